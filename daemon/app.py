@@ -1,0 +1,189 @@
+"""The HTTP front-end: route, check, build the event, hand the call to the pool, answer.
+
+It runs no user code: functions run in workers, assets are files served from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from daemon import calls
+from daemon.calls import Call, Outcome, text_outcome
+from daemon.config import Config
+from daemon.event import EventError, build_event, check_request_headers, parse_body
+from daemon.pool import Pool
+from daemon.project import Project, Route
+from daemon.stats import Stats
+
+INVOCATION_HEADER = "X-Fnd-Invocation-Id"
+_FUNCTION_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+}
+
+
+class InvocationIds:
+    """Unique, cheap ids: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+
+def _is_trusted_proxy(request: web.BaseRequest, trusted: tuple[str, ...]) -> bool:
+    transport = request.transport
+    if transport is None:
+        return False
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple):  # a unix socket peer (nginx on the same host)
+        return "unix" in trusted
+    return peer[0] in trusted
+
+
+class FrontEnd:
+    def __init__(self, config: Config, project: Project, pool: Pool, stats: Stats) -> None:
+        self.config = config
+        self.project = project
+        self.pool = pool
+        self.stats = stats
+        self.ids = InvocationIds()
+        self._context_defaults = config.context_defaults()
+
+    def set_project(self, config: Config, project: Project) -> None:
+        """Swap in a re-scanned project (reload): one assignment, so no request sees a mix."""
+        self.config, self.project = config, project
+        self._context_defaults = config.context_defaults()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        received = loop.time()
+        invocation_id = self.ids.next()
+        config, project = self.config, self.project
+        path = request.path
+        route = project.lookup(path) if path != "/" else project.index()
+        function_name: str | None = None
+        if route is None:
+            outcome = text_outcome(404, calls.REJECTED, f"no function or asset at {path}")
+        elif request.method == "OPTIONS" and config.cors:
+            outcome = Outcome(204, list(_CORS_HEADERS.items()), b"", calls.REJECTED)
+        elif route.kind == "asset":
+            return await self._asset(request, route, invocation_id, received)
+        else:
+            function_name = route.path
+            try:
+                return await self._function(request, route, invocation_id, received)
+            except EventError as exc:
+                outcome = text_outcome(exc.status, calls.REJECTED, exc.reason)
+        self.stats.record(
+            invocation_id=invocation_id, method=request.method, path=path,
+            function=function_name, status=outcome.status, outcome=outcome.outcome,
+            duration=loop.time() - received, reason=outcome.reason,
+        )
+        return _response(outcome, invocation_id)
+
+    async def _function(
+        self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
+    ) -> web.StreamResponse:
+        config = self.config
+        if request.method not in _FUNCTION_METHODS and request.method != "OPTIONS":
+            raise EventError(405, f"method {request.method} is not allowed")
+        if route.error is not None:
+            raise EventError(500, route.error)
+        check_request_headers(request.raw_headers, config.max_header_bytes,
+                              config.max_header_count)
+        body = await _read_body(request, config.max_request_body)
+        content_type = request.headers.get("Content-Type", "")
+        parsed = parse_body(content_type, body)
+        event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
+        context: dict[str, Any] = dict(self._context_defaults)
+        context["DOMAIN_NAME"] = self._domain_name(request)
+        context["PATH"] = request.path
+        loop = asyncio.get_running_loop()
+        call = Call(
+            id=invocation_id,
+            function={"name": route.path, "file": str(route.file)},
+            event=event,
+            context=context,
+            timeout=config.timeout_for(route.path),
+            method=request.method,
+            path=request.path,
+            received=received,
+            result=loop.create_future(),
+        )
+        outcome = await self.pool.invoke(call)
+        if call.started == 0.0:  # never reached a worker (503): the pool did not log it
+            self.stats.record(
+                invocation_id=invocation_id, method=request.method, path=request.path,
+                function=route.path, status=outcome.status, outcome=outcome.outcome,
+                duration=loop.time() - received, queue_wait=loop.time() - received,
+                reason=outcome.reason,
+            )
+        return _response(outcome, invocation_id)
+
+    async def _asset(
+        self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        if request.method not in ("GET", "HEAD"):
+            outcome = text_outcome(405, calls.REJECTED, f"method {request.method} is not allowed",
+                                   Allow="GET, HEAD, OPTIONS")
+            response: web.StreamResponse = _response(outcome, invocation_id)
+        else:
+            response = web.FileResponse(route.file)
+            response.headers[INVOCATION_HEADER] = invocation_id
+        self.stats.record(
+            invocation_id=invocation_id, method=request.method, path=request.path,
+            status=response.status, outcome=calls.OK if response.status < 400 else calls.REJECTED,
+            duration=loop.time() - received,
+        )
+        return response
+
+    def _domain_name(self, request: web.BaseRequest) -> str:
+        """The configured domain, else the host the client used (via a trusted proxy)."""
+        configured = self.config.env.get("DOMAIN_NAME")
+        if configured:
+            return configured
+        if _is_trusted_proxy(request, self.config.trusted_proxies):
+            forwarded = request.headers.get("X-Forwarded-Host")
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        return request.headers.get("Host", "")
+
+
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise EventError(413, f"request body of {declared} bytes is over the {limit} byte limit")
+    if not request.body_exists:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise EventError(413, f"request body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# Framing is the daemon's job: a function cannot set these and break the HTTP stream.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+def _response(outcome: Outcome, invocation_id: str) -> web.Response:
+    headers = CIMultiDict(
+        (name, value) for name, value in outcome.headers if name.lower() not in _FRAMING_HEADERS
+    )
+    headers[INVOCATION_HEADER] = invocation_id
+    return web.Response(status=outcome.status, body=outcome.body or None, headers=headers)

@@ -1,0 +1,63 @@
+"""One invocation as the daemon tracks it, and the outcome it ends with."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.messages import FunctionRef
+
+# Outcomes, as counted and logged (SPEC 8.3: every accepted request ends in exactly one).
+OK = "ok"  # the function answered (any status it chose)
+ERROR = "error"  # the function failed: 500 from an exception, callback(error), bad response
+TIMEOUT = "timeout"  # 504
+CRASH = "crash"  # 502: the worker died mid-invocation
+OVERLOAD = "overload"  # 503: queue full or waited too long
+REJECTED = "rejected"  # 4xx decided by the daemon (404, 400, 401, 413, 431 ...)
+
+
+@dataclass
+class Outcome:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    outcome: str
+    reason: str | None = None
+
+
+def text_outcome(status: int, outcome: str, reason: str, **headers: str) -> Outcome:
+    """A daemon-made answer: one readable line, also used as the log reason."""
+    body = (reason + "\n").encode()
+    pairs = [("Content-Type", "text/plain; charset=utf-8")]
+    pairs.extend((name.replace("_", "-"), value) for name, value in headers.items())
+    return Outcome(status, pairs, body, outcome, reason)
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    function: FunctionRef
+    event: dict[str, Any]
+    context: dict[str, Any]
+    timeout: float
+    method: str
+    path: str
+    received: float  # loop.time() when the request arrived
+    result: asyncio.Future[Outcome]
+    started: float = 0.0  # loop.time() when a worker took it
+    worker_pid: int | None = None
+    cpu: float | None = None
+    rss: int | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def queue_wait(self) -> float:
+        return max(0.0, self.started - self.received) if self.started else 0.0
+
+    def resolve(self, outcome: Outcome) -> bool:
+        """Set the outcome once; later attempts (a late result after a kill) are ignored."""
+        if self.result.done():
+            return False
+        self.result.set_result(outcome)
+        return True

@@ -1,0 +1,126 @@
+"""The `fnd` command: a thin layer over the daemon's modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from daemon import __version__
+from daemon.config import ConfigError
+from daemon.logs import configure_logging, get_logger
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DEGRADED = 3
+EXIT_UNREACHABLE = 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fnd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fnd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a project's functions and assets")
+    serve.add_argument("project", nargs="?", default=".", help="project folder (default: .)")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--port", type=int, help="TCP port (default 3000; 0 picks a free one)")
+    where.add_argument("--unix", metavar="PATH", help="listen on a unix socket instead of TCP")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--config", metavar="FILE", help="fnd.toml to use instead of the project's")
+    serve.add_argument("--workers-min", type=int, help="warm workers kept at all times")
+    serve.add_argument("--workers-max", type=int, help="most workers under load")
+    serve.add_argument("--timeout", type=float, help="time limit per invocation, seconds")
+    serve.add_argument("--dev", action="store_true", default=None,
+                       help="development mode: console logs, tracebacks in 500 bodies")
+    serve.add_argument("--no-signatures", action="store_true", default=None,
+                       help="with --dev: skip X-Twilio-Signature checks (warns per request)")
+    serve.add_argument("--strict", action="store_true", default=None,
+                       help="refuse to start if any function or asset has a problem")
+    serve.add_argument("--log-format", choices=["json", "console"])
+    serve.add_argument("--control", metavar="PATH", help="control socket path")
+
+    status = commands.add_parser("status", help="show a running daemon's pool and totals")
+    status.add_argument("--control", metavar="PATH", help="control socket path")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    reload = commands.add_parser("reload", help="re-read the project; returns when done")
+    reload.add_argument("--control", metavar="PATH", help="control socket path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "reload":
+        return _reload(args)
+    return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from daemon.server import StartupError, serve
+
+    flags: dict[str, Any] = {
+        "host": args.host, "port": args.port, "unix": args.unix,
+        "workers_min": args.workers_min, "workers_max": args.workers_max,
+        "timeout": args.timeout, "dev": args.dev, "no_signatures": args.no_signatures,
+        "strict": args.strict, "log_format": args.log_format, "control": args.control,
+    }
+    log_format = args.log_format or ("console" if args.dev else None)
+    configure_logging(log_format)
+    log = get_logger("fnd")
+    try:
+        return serve(args.project, flags, args.config)
+    except (ConfigError, StartupError) as exc:
+        log.error("cannot start", reason=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _control_request(path: str | None, payload: dict[str, Any]) -> dict[str, Any] | None:
+    from daemon.control import default_control_path, request
+
+    try:
+        return asyncio.run(request(path or default_control_path(), payload))
+    except (OSError, ValueError, TimeoutError) as exc:
+        print(f"fnd: control socket {path or default_control_path()} not reachable: {exc}",
+              file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _control_request(args.control, {"cmd": "status"})
+    if answer is None:
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        workers = answer.get("workers", {})
+        print(f"fnd {answer.get('version')}  pid {answer.get('pid')}  "
+              f"listening on {answer.get('listen')}  up {answer.get('uptime')} s")
+        print(f"workers: {workers}  queue: {answer.get('queue')}")
+        print(f"totals: {answer.get('totals')}")
+    healthy = answer.get("ok") and answer.get("workers", {}).get("idle", 0) + answer.get(
+        "workers", {}).get("busy", 0) >= answer.get("workers", {}).get("min", 1)
+    return EXIT_OK if healthy else EXIT_DEGRADED
+
+
+def _reload(args: argparse.Namespace) -> int:
+    answer = _control_request(args.control, {"cmd": "reload"})
+    if answer is None:
+        return EXIT_UNREACHABLE
+    if not answer.get("ok"):
+        print(f"fnd: reload failed: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(f"reloaded (generation {answer.get('generation')})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One typed, frozen configuration: flags > FND_* environment > fnd.toml > defaults (SPEC 9.1).
+
+The project's variables (`.env` and `[env]`) are secrets: they live in `Config.env`, are sent to
+workers per invocation, and never reach the zygote or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from dotenv import dotenv_values
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or contradictory; the message names it."""
+
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """Per-function overrides from `[functions."/path"]` in fnd.toml."""
+
+    timeout: float | None = None
+    memory_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    project_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 3000
+    unix: str | None = None
+    control: str | None = None
+    metrics_port: int | None = None
+    workers_min: int = 2
+    workers_max: int = 4
+    queue_max: int = 1024
+    queue_timeout: float = 10.0
+    timeout: float = 5.0
+    idle_timeout: float = 60.0
+    drain_timeout: float = 30.0
+    max_requests: int = 0  # 0: never recycle by count
+    max_requests_jitter: int = 0
+    max_rss_mb: int = 0  # 0: never recycle by RSS
+    dev: bool = False
+    strict: bool = False
+    no_signatures: bool = False
+    log_format: str | None = None  # "json" | "console" | None (decide by terminal)
+    max_request_body: int = 1 * _MIB
+    max_response_body: int = 4 * _MIB
+    max_header_bytes: int = 15 * 1024
+    max_header_count: int = 90
+    cors: bool = True
+    cookie_secure: bool = True
+    public_url: str | None = None
+    twilio_api_base_url: str | None = None
+    trusted_proxies: tuple[str, ...] = ("unix",)
+    sandbox: str = "strict"  # "strict" | "permissive"
+    memory_mb: int = 256
+    network: bool = True
+    uid_base: int = 61000
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    functions: Mapping[str, FunctionSettings] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def timeout_for(self, function: str) -> float:
+        override = self.functions.get(function)
+        if override is not None and override.timeout is not None:
+            return override.timeout
+        return self.timeout
+
+    def context_defaults(self) -> dict[str, str | None]:
+        """The context fields every invocation starts from (SPEC 4.1); `.env` may override."""
+        env = self.env
+        base: dict[str, str | None] = {
+            "ACCOUNT_SID": env.get("ACCOUNT_SID"),
+            "AUTH_TOKEN": env.get("AUTH_TOKEN"),
+            "SERVICE_SID": env.get("SERVICE_SID"),
+            "ENVIRONMENT_SID": env.get("ENVIRONMENT_SID"),
+        }
+        base.update(env)
+        return base
+
+
+# Settings that may appear in fnd.toml / FND_* / flags, with the type each is parsed as.
+_INT = {
+    "port", "workers_min", "workers_max", "queue_max", "max_requests", "max_requests_jitter",
+    "max_rss_mb", "max_request_body", "max_response_body", "max_header_bytes",
+    "max_header_count", "memory_mb", "uid_base",
+}
+_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout"}
+_BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network"}
+_STR = {"host", "sandbox"}
+_OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base_url"}
+_OPTIONAL_INT = {"metrics_port"}
+
+
+def _kind(name: str) -> type:
+    if name in _INT or name in _OPTIONAL_INT:
+        return int
+    if name in _FLOAT:
+        return float
+    if name in _BOOL:
+        return bool
+    return str
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    if name == "trusted_proxies":
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: trusted_proxies must be a list of addresses")
+        return tuple(value)
+    kind = _kind(name)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(text)
+                return text in {"1", "true", "yes", "on"}
+            return kind(text)
+        except ValueError:
+            message = f"{source}: {name} must be a {kind.__name__}, got {value!r}"
+            raise ConfigError(message) from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+_SETTABLE = _INT | _FLOAT | _BOOL | _STR | _OPTIONAL_STR | _OPTIONAL_INT | {"trusted_proxies"}
+
+
+def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, FunctionSettings]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    env_table = data.pop("env", {})
+    functions_table = data.pop("functions", {})
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _SETTABLE:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        settings[key] = _coerce(key, value, str(path))
+    if not isinstance(env_table, dict):
+        raise ConfigError(f"{path}: [env] must be a table")
+    env = {str(k): str(v) for k, v in env_table.items()}
+    functions: dict[str, FunctionSettings] = {}
+    for name, table in functions_table.items():
+        if not isinstance(table, dict) or set(table) - {"timeout", "memory_mb"}:
+            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout and memory_mb only")
+        route = name if name.startswith("/") else "/" + name
+        functions[route] = FunctionSettings(
+            timeout=_coerce("timeout", table["timeout"], str(path)) if "timeout" in table else None,
+            memory_mb=(
+                _coerce("memory_mb", table["memory_mb"], str(path))
+                if "memory_mb" in table
+                else None
+            ),
+        )
+    return settings, env, functions
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for name in _SETTABLE:
+        raw = environ.get("FND_" + name.upper())
+        if raw is not None and raw != "":
+            settings[name] = _coerce(name, raw, "FND_" + name.upper())
+    return settings
+
+
+def load_config(
+    project_dir: str | Path,
+    flags: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge defaults < fnd.toml < FND_* environment < flags; validate; return a frozen Config."""
+    root = Path(project_dir).resolve()
+    if not (root / "functions").is_dir() and not (root / "assets").is_dir():
+        raise ConfigError(f"{root} is not a project: it has neither functions/ nor assets/")
+    toml_path = Path(config_file) if config_file else root / "fnd.toml"
+    settings: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    functions: dict[str, FunctionSettings] = {}
+    if toml_path.exists():
+        settings, env, functions = _from_toml(toml_path)
+    elif config_file:
+        raise ConfigError(f"--config {config_file}: no such file")
+    settings.update(_from_environment(os.environ if environ is None else environ))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            if key not in _SETTABLE:
+                raise ConfigError(f"unknown setting {key!r}")
+            settings[key] = _coerce(key, value, "--" + key.replace("_", "-"))
+    dotenv_path = root / ".env"
+    if dotenv_path.exists():
+        env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    config = Config(
+        project_dir=root,
+        env=MappingProxyType(env),
+        functions=MappingProxyType(functions),
+        **settings,
+    )
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    if config.workers_min < 1:
+        raise ConfigError("workers_min must be at least 1")
+    if config.workers_max < config.workers_min:
+        raise ConfigError(
+            f"workers_max ({config.workers_max}) is below workers_min ({config.workers_min})"
+        )
+    for name in ("timeout", "queue_timeout", "drain_timeout", "idle_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+    if config.sandbox not in {"strict", "permissive"}:
+        raise ConfigError(f"sandbox must be 'strict' or 'permissive', got {config.sandbox!r}")
+    if config.log_format not in {None, "json", "console"}:
+        raise ConfigError(f"log_format must be 'json' or 'console', got {config.log_format!r}")
+    if config.no_signatures and not config.dev:
+        raise ConfigError("--no-signatures is only allowed together with --dev")
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"port {config.port} is out of range")
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    """A copy with some settings changed (tests, reload)."""
+    return replace(config, **changes)

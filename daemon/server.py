@@ -1,0 +1,220 @@
+"""`fnd serve`: scan the project, start the pool, listen, and handle signals until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from daemon import __version__
+from daemon.app import FrontEnd
+from daemon.config import Config, load_config
+from daemon.control import ControlServer, default_control_path
+from daemon.logs import get_logger
+from daemon.pool import Pool, PoolError
+from daemon.project import Project, ProjectError, route_table_lines, scan_project
+from daemon.stats import Stats
+from protocol import messages as m
+
+_log = get_logger("fnd")
+
+
+class StartupError(Exception):
+    """fnd serve cannot start; the message says why (and usually how to fix it)."""
+
+
+def worker_config(config: Config, project: Project) -> m.WorkerConfig:
+    """The non-secret part of the configuration that workers get at birth via the zygote."""
+    return {
+        "project_dir": str(config.project_dir),
+        "functions": {path: str(route.file) for path, route in project.functions.items()},
+        "assets": {path: str(route.file) for path, route in project.assets.items()},
+        "dev": config.dev,
+        "max_body": config.max_response_body,
+        "max_header_bytes": config.max_header_bytes,
+        "max_header_count": config.max_header_count,
+        "cookie_secure_default": config.cookie_secure,
+        "twilio_api_base_url": config.twilio_api_base_url,
+        "sandbox": {},
+    }
+
+
+def load_project(config: Config) -> Project:
+    try:
+        project = scan_project(config.project_dir)
+    except ProjectError as exc:
+        raise StartupError(str(exc)) from None
+    if project.problems:
+        for problem in project.problems:
+            _log.error("project problem", problem=problem)
+        if config.strict:
+            raise StartupError(f"--strict: {len(project.problems)} problem(s) in the project, "
+                               f"first: {project.problems[0]}")
+    return project
+
+
+class Daemon:
+    def __init__(self, config: Config, flags: dict[str, Any], config_file: str | None) -> None:
+        self.config = config
+        self._flags = flags
+        self._config_file = config_file
+        self.stats = Stats()
+        self.project = load_project(config)
+        self.pool = Pool(config, worker_config(config, self.project), self.stats,
+                         on_fatal=self._fatal)
+        self.front = FrontEnd(config, self.project, self.pool, self.stats)
+        self.control = ControlServer(config.control or default_control_path(), self._control)
+        self._runner: web.ServerRunner | None = None
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+        self._reload_lock = asyncio.Lock()
+        self.listen_address = ""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> int:
+        started = time.monotonic()
+        try:
+            await self.pool.start()
+        except PoolError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._listen()
+            await self.control.start()
+        except OSError as exc:
+            await self.pool.stop(drain_timeout=0)
+            raise StartupError(f"cannot listen: {exc}") from None
+        self._install_signals()
+        for line in route_table_lines(self.project, self._base_url()):
+            _log.info("route", line=line)
+        _log.info("ready", version=__version__, listen=self.listen_address,
+                  control=self.control.path, workers=self.config.workers_min,
+                  startup_ms=round((time.monotonic() - started) * 1000, 1))
+        await self._stop.wait()
+        await self._shutdown()
+        return self._exit_code
+
+    async def _listen(self) -> None:
+        config = self.config
+        server = web.Server(
+            self.front.handle,
+            max_line_size=64 * 1024,
+            max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
+            max_headers=1024,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False, access_log=None,
+                                        shutdown_timeout=config.drain_timeout)
+        await self._runner.setup()
+        site: web.BaseSite
+        if config.unix:
+            site = web.UnixSite(self._runner, config.unix)
+            await site.start()
+            os.chmod(config.unix, 0o660)
+            self.listen_address = f"unix:{config.unix}"
+        else:
+            host = config.host
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, config.port))
+            sock.listen(1024)
+            sock.setblocking(False)
+            site = web.SockSite(self._runner, sock)
+            await site.start()
+            port = sock.getsockname()[1]
+            shown = f"[{host}]" if family == socket.AF_INET6 else host
+            self.listen_address = f"http://{shown}:{port}"
+
+    def _base_url(self) -> str:
+        return self.listen_address if self.listen_address.startswith("http") else ""
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signo in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signo, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    def _fatal(self, reason: str) -> None:
+        _log.critical("fatal", reason=reason)
+        self._exit_code = 1
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        _log.info("stopping", drain_timeout=self.config.drain_timeout)
+        await self.control.stop()
+        if self._runner is not None:
+            # Stop accepting; in-flight requests get up to the drain timeout to finish.
+            for site in list(self._runner.sites):
+                await site.stop()
+        await self.pool.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        _log.info("stopped", exit_code=self._exit_code)
+
+    # -- reload -------------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Re-read config and project, start workers on the new code, retire the old ones."""
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config.project_dir, self._flags, self._config_file)
+                project = load_project(config)
+                await self.pool.reload(config, worker_config(config, project))
+            except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
+                _log.error("reload failed", reason=str(exc))
+                return {"ok": False, "error": str(exc)}
+            self.config, self.project = config, project
+            self.front.set_project(config, project)
+            _log.info("reloaded", functions=len(project.functions), assets=len(project.assets))
+            return {"ok": True, "generation": self.pool.generation}
+
+    # -- control socket -----------------------------------------------------------------
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("cmd")
+        if command in ("health", "status"):
+            return {"ok": True, **self.status()}
+        if command == "reload":
+            return await self.reload()
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def status(self) -> dict[str, Any]:
+        pool = self.pool.snapshot()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.stats.started_at, 3),
+            "listen": self.listen_address,
+            "project": str(self.config.project_dir),
+            "sandbox": self.config.sandbox,
+            "workers": pool["workers"],
+            "queue": pool["queue"],
+            "per_worker": pool["per_worker"],
+            "totals": {
+                "invocations": self.stats.invocations,
+                **dict(self.stats.outcomes),
+            },
+            "restarts": dict(self.stats.restarts),
+        }
+
+
+def serve(project_dir: str | Path, flags: dict[str, Any], config_file: str | None) -> int:
+    config = load_config(project_dir, flags, config_file)
+    _use_uvloop()
+    return asyncio.run(_serve(config, flags, config_file))
+
+
+async def _serve(config: Config, flags: dict[str, Any], config_file: str | None) -> int:
+    daemon = Daemon(config, flags, config_file)
+    return await daemon.run()
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,261 @@
+"""The daemon's handle on one worker process: its pipes, its state, its current call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from daemon import calls
+from daemon.calls import Call, Outcome, text_outcome
+from daemon.logs import get_logger
+from daemon.zygote_client import SpawnedPipes
+from protocol import AsyncFrameReader, ProtocolError, encode
+from protocol import messages as m
+
+STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+_log = get_logger("fnd.worker")
+_MAX_OUTPUT_LINE = 8192
+
+
+class PoolEvents(Protocol):
+    """What a worker tells its pool."""
+
+    def worker_ready(self, worker: WorkerProc) -> None: ...
+    def worker_done(
+        self, worker: WorkerProc, call: Call, clean: bool, reason: str | None
+    ) -> None: ...
+    def worker_gone(self, worker: WorkerProc) -> None: ...
+    def kill_slot(self, slot: int) -> None: ...
+
+
+def describe_exit(status: int | None) -> str:
+    """A wait status as words: 'exited with code 3', 'killed by SIGSEGV'."""
+    if status is None:
+        return "died (exit status unknown)"
+    if os.WIFSIGNALED(status):
+        signo = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signo).name
+        except ValueError:
+            name = f"signal {signo}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with code {os.WEXITSTATUS(status)}"
+    return f"died (wait status {status})"
+
+
+class _OutputReader(asyncio.Protocol):
+    """The worker's fd 1/2: text written below Python's sys.stdout (C code, subprocesses)."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self._on_line = on_line
+        self._partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > _MAX_OUTPUT_LINE:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            self._on_line(line.decode("utf-8", "replace"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._partial:
+            self._on_line(self._partial.decode("utf-8", "replace"))
+
+
+class WorkerProc:
+    def __init__(self, events: PoolEvents, slot: int, generation: int) -> None:
+        self.events = events
+        self.slot = slot
+        self.generation = generation
+        self.pid: int | None = None
+        self.state = STARTING
+        self.call: Call | None = None
+        self.served = 0
+        self.request_limit = 0  # recycle after this many calls; 0: never
+        self.layers: dict[str, str] = {}
+        self.failure: str | None = None
+        self.retiring = False
+        self.spawned_at = time.monotonic()
+        self.busy_since = 0.0
+        self.cpu_total = 0.0
+        self.rss = 0
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exit_status: asyncio.Future[int] = loop.create_future()
+        self._cmd: asyncio.WriteTransport | None = None
+        self._res: asyncio.ReadTransport | None = None
+        self._out: asyncio.ReadTransport | None = None
+        self._kill_reason: str | None = None
+
+    async def attach(self, pipes: SpawnedPipes) -> None:
+        loop = asyncio.get_running_loop()
+        self._cmd, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(pipes.cmd_w, "wb", buffering=0)
+        )
+        self._res, _ = await loop.connect_read_pipe(
+            lambda: AsyncFrameReader(self._on_message, self._on_closed),
+            os.fdopen(pipes.res_r, "rb", buffering=0),
+        )
+        self._out, _ = await loop.connect_read_pipe(
+            lambda: _OutputReader(self._on_output), os.fdopen(pipes.out_r, "rb", buffering=0)
+        )
+
+    # -- orders -------------------------------------------------------------------------
+    def start_call(self, call: Call) -> None:
+        assert self._cmd is not None and self.state == IDLE
+        self.state = BUSY
+        self.call = call
+        self.busy_since = time.monotonic()
+        call.worker_pid = self.pid
+        frame = encode(
+            {
+                "t": m.INVOKE,
+                "id": call.id,
+                "function": call.function,
+                "event": call.event,
+                "context": call.context,
+                "timeout": call.timeout,
+            }
+        )
+        self._cmd.write(frame)
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest."""
+        if self._kill_reason is None:
+            self._kill_reason = reason
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.events.kill_slot(self.slot)
+        if self.state != DEAD and self.pid is None:
+            self._finish("killed before it started")
+
+    def retire(self) -> None:
+        """Ask an idle worker to leave: closing its command pipe makes it exit cleanly."""
+        self.retiring = True
+        if self._cmd is not None:
+            self._cmd.close()
+
+    @property
+    def kill_reason(self) -> str | None:
+        return self._kill_reason
+
+    # -- what the worker says ------------------------------------------------------------
+    def _on_message(self, message: m.Message) -> None:
+        kind = message["t"]
+        try:
+            if kind == m.RESULT:
+                self._on_result(message)
+            elif kind == m.LOG:
+                self._log_output(str(message.get("line", "")), message.get("stream", "stdout"),
+                                 message.get("id"), message.get("level"))
+            elif kind == m.DONE:
+                self._on_done(message)
+            elif kind == m.READY:
+                self.layers = {str(k): str(v) for k, v in message.get("layers", {}).items()}
+                self.state = IDLE
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                self.events.worker_ready(self)
+            elif kind == m.FAILED:
+                self.failure = str(message.get("reason"))
+                self.kill(f"failed to start: {self.failure}")
+            else:
+                raise ProtocolError(f"unexpected message {kind!r}")
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            self.kill(f"protocol error: {exc!r}")
+
+    def _on_result(self, message: m.Message) -> None:
+        call = self.call
+        if call is None or message["id"] != call.id:
+            raise ProtocolError("result for an invocation the worker does not hold")
+        body = message["body"]
+        if not isinstance(body, bytes):
+            raise ProtocolError("result body is not bytes")
+        headers = [(str(name), str(value)) for name, value in message["headers"]]
+        status = int(message["status"])
+        error = message.get("error")
+        if not message.get("clean", True):
+            # Something the invocation started is still alive: it must not outlive the answer.
+            self.kill("left threads or processes running")
+        outcome = calls.ERROR if error else calls.OK
+        call.resolve(Outcome(status, headers, body, outcome, error))
+
+    def _on_done(self, message: m.Message) -> None:
+        call = self.call
+        if call is None or message["id"] != call.id:
+            raise ProtocolError("done for an invocation the worker does not hold")
+        call.cpu = float(message.get("cpu") or 0.0)
+        call.rss = int(message.get("rss") or 0)
+        self.cpu_total += call.cpu
+        self.rss = call.rss
+        if not call.result.done():
+            call.resolve(text_outcome(500, calls.ERROR, "function finished without a response"))
+        self.served += 1
+        self.call = None
+        clean = bool(message.get("clean", True))
+        if self.state == BUSY:
+            self.state = IDLE
+        self.events.worker_done(self, call, clean, message.get("reason"))
+
+    def _on_output(self, line: str) -> None:
+        call = self.call
+        self._log_output(line, "fd", call.id if call else None, None)
+
+    def _log_output(self, line: str, stream: str, invocation_id: Any, level: Any) -> None:
+        call = self.call
+        _log.info(
+            "function output",
+            line=line,
+            stream=stream,
+            level=level,
+            invocation_id=invocation_id,
+            function=call.function["name"] if call else None,
+            worker_pid=self.pid,
+        )
+
+    def _on_closed(self, exc: Exception | None) -> None:
+        if exc is not None and isinstance(exc, ProtocolError):
+            self.kill(f"protocol error: {exc}")
+        self._finish(self._kill_reason)
+
+    def _finish(self, reason: str | None) -> None:
+        if self.state == DEAD:
+            return
+        self.state = DEAD
+        if self._cmd is not None:
+            self._cmd.close()
+        if not self.ready.done():
+            self.ready.set_exception(
+                RuntimeError(self.failure or reason or "worker exited before it was ready")
+            )
+            self.ready.exception()  # retrieved: a failed start is reported by the pool
+        self.events.worker_gone(self)
+
+    def close_pipes(self) -> None:
+        for transport in (self._cmd, self._res, self._out):
+            if transport is not None:
+                transport.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        call = self.call
+        now = time.monotonic()
+        return {
+            "pid": self.pid,
+            "slot": self.slot,
+            "state": self.state,
+            "generation": self.generation,
+            "function": call.function["name"] if call else None,
+            "invocation": call.id if call else None,
+            "busy_for": round(now - self.busy_since, 3) if call else None,
+            "served": self.served,
+            "layers": self.layers,
+        }

@@ -1,0 +1,141 @@
+"""Length-prefixed msgpack frames: encoder, incremental decoder, blocking and asyncio readers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+# Largest frame either side accepts: a 4 MiB response body or 1 MiB request plus headroom.
+MAX_FRAME = 8 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+Message = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame; the channel cannot be trusted."""
+
+
+def encode(message: Message) -> bytes:
+    payload: bytes = msgpack.packb(message, use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME} byte limit")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def write_frame(fd: int, message: Message) -> None:
+    """Write one whole frame to a blocking fd (worker and zygote side)."""
+    view = memoryview(encode(message))
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _decode_payload(payload: bytes) -> Message:
+    try:
+        message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError(f"undecodable frame: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+        raise ProtocolError("frame is not a message map with a 't' field")
+    return message
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get whole messages."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buffer = bytearray()
+        self._max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buffer += data
+        messages: list[Message] = []
+        buffer = self._buffer
+        offset = 0
+        while len(buffer) - offset >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, offset)
+            if length > self._max_frame:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {self._max_frame} limit")
+            end = offset + _HEADER.size + length
+            if len(buffer) < end:
+                break
+            messages.append(_decode_payload(bytes(buffer[offset + _HEADER.size : end])))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return messages
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame still buffered (non-zero at EOF means truncation)."""
+        return len(self._buffer)
+
+
+class BlockingFrameReader:
+    """Reads frames from a blocking fd; used by the worker and the zygote."""
+
+    def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
+        self._fd = fd
+        self._decoder = FrameDecoder(max_frame)
+        self._ready: list[Message] = []
+
+    def read(self) -> Message | None:
+        """Next message, or None at a clean EOF. Raises ProtocolError on a truncated frame."""
+        while not self._ready:
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                if self._decoder.pending:
+                    raise ProtocolError("truncated frame at end of stream")
+                return None
+            self._ready.extend(self._decoder.feed(chunk))
+        return self._ready.pop(0)
+
+
+class AsyncFrameReader(asyncio.Protocol):
+    """asyncio protocol for ``loop.connect_read_pipe``: calls back per message and at the end.
+
+    ``on_close`` receives None at a clean EOF, or the ProtocolError / OSError that ended it.
+    """
+
+    def __init__(
+        self,
+        on_message: Callable[[Message], None],
+        on_close: Callable[[Exception | None], None],
+        max_frame: int = MAX_FRAME,
+    ) -> None:
+        self._on_message = on_message
+        self._on_close = on_close
+        self._decoder = FrameDecoder(max_frame)
+        self._error: Exception | None = None
+        self.transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._error = exc
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message in messages:
+            self._on_message(message)
+
+    def eof_received(self) -> bool | None:
+        if self._error is None and self._decoder.pending:
+            self._error = ProtocolError("truncated frame at end of stream")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_close(self._error or exc)

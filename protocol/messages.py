@@ -1,0 +1,63 @@
+"""Message types carried in frames. Every message is a map with a ``t`` field.
+
+zygote channel (daemon <-> zygote, a unix socketpair; worker fds travel as SCM_RIGHTS):
+  daemon -> zygote  {"t": CONFIGURE, "config": WorkerConfig}  (first frame, and on reload)
+  zygote -> daemon  {"t": ZYGOTE_READY, "pid": int}   (after the first CONFIGURE)
+  daemon -> zygote  {"t": SPAWN, "slot": int}  + fds [cmd_r, res_w, out_w] on the same sendmsg
+  zygote -> daemon  {"t": SPAWNED, "slot": int, "pid": int}
+                    {"t": EXITED, "pid": int, "status": int}   (raw wait status)
+                    {"t": SPAWN_FAILED, "slot": int, "reason": str}
+
+worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain text):
+  worker -> daemon  {"t": READY, "pid": int, "layers": {name: str}}
+                    {"t": FAILED, "reason": str}   (could not sandbox or start; it exits)
+  daemon -> worker  {"t": INVOKE, "id": str, "function": FunctionRef, "event": dict,
+                     "context": dict, "timeout": float}
+  worker -> daemon  {"t": RESULT, "id": str, "status": int, "headers": [[name, value], ...],
+                     "body": bytes, "clean": bool, "error": str | None}
+                    {"t": LOG, "id": str, "stream": "stdout"|"stderr"|"logging",
+                     "level": str, "line": str}
+                    {"t": DONE, "id": str, "clean": bool, "reason": str | None,
+                     "cpu": float, "rss": int}
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+CONFIGURE = "configure"
+ZYGOTE_READY = "zygote_ready"
+SPAWN = "spawn"
+SPAWNED = "spawned"
+SPAWN_FAILED = "spawn_failed"
+EXITED = "exited"
+
+READY = "ready"
+FAILED = "failed"
+INVOKE = "invoke"
+RESULT = "result"
+LOG = "log"
+DONE = "done"
+
+
+class FunctionRef(TypedDict):
+    name: str  # the route, e.g. "/sms/reply"
+    file: str  # absolute path of the .py file
+
+
+class WorkerConfig(TypedDict, total=False):
+    """Non-secret settings a worker needs from birth; passed through the zygote."""
+
+    project_dir: str
+    functions: dict[str, str]  # function name -> absolute file, private ones included
+    assets: dict[str, str]  # private asset path -> absolute file
+    dev: bool
+    max_body: int  # response body limit in bytes
+    max_header_bytes: int
+    max_header_count: int
+    cookie_secure_default: bool
+    twilio_api_base_url: str | None
+    sandbox: dict[str, Any]  # sandbox settings (issue 3)
+
+
+Message = dict[str, Any]

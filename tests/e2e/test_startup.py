@@ -1,0 +1,35 @@
+"""Start-up: problems reported with file names, the rest served; --strict refuses (SPEC 1.2)."""
+
+from __future__ import annotations
+
+from tests.fndserver import FIXTURES, FndServer, running, world_readable_copy
+
+
+def test_problems_are_reported_and_other_functions_served() -> None:
+    with running("problems") as fnd:
+        problems = [line["problem"] for line in fnd.lines if line.get("event") == "project problem"]
+        assert any("broken.py" in p for p in problems)
+        assert any("twice.py" in p and "twice.protected.py" in p for p in problems)
+        assert fnd.get("/good").text == "good"
+        broken = fnd.get("/broken")
+        assert broken.status_code == 500 and "broken.py" in broken.text
+        assert fnd.get("/twice").status_code == 404
+
+
+def test_missing_handler_and_bootstrap_error_are_500_naming_the_file() -> None:
+    with running("problems") as fnd:
+        missing = fnd.get("/nohandler")
+        assert missing.status_code == 500 and "nohandler.py" in missing.text
+        failed = fnd.get("/bootfail")
+        assert failed.status_code == 500 and "bootstrap failed" in failed.text
+        again = fnd.get("/bootfail")  # the next request tries the bootstrap again
+        assert again.status_code == 500 and "bootstrap failed" in again.text
+        assert fnd.get("/good").text == "good"
+
+
+def test_strict_refuses_to_start() -> None:
+    project = world_readable_copy(FIXTURES / "problems")
+    server = FndServer(project, ["--strict"])
+    line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
+    assert "--strict" in line["reason"] and ".py" in line["reason"]
+    assert server.process.wait(30) == 1

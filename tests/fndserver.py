@@ -1,0 +1,134 @@
+"""Start the real `fnd serve` as a subprocess on a fixture project, and wait on its log lines.
+
+Fixture projects are copied to a world-readable temp folder: sandboxed workers run as other
+uids and must be able to read them (pytest's own tmp_path is 0700).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+FIXTURES = Path(__file__).parent / "e2e" / "fixtures"
+Line = dict[str, Any]
+
+
+def world_readable_copy(source: Path) -> Path:
+    """Copy a project to /tmp so that a worker uid can read it; returns the copy."""
+    top = Path(tempfile.mkdtemp(prefix="fnd-test-", dir="/tmp"))
+    target = top / source.name
+    shutil.copytree(source, target, symlinks=True)
+    for path in [top, *top.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+class FndServer:
+    def __init__(self, project: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.project = project
+        self.control = str(project.parent / "control.sock")
+        command = [sys.executable, "-m", "daemon.cli", "serve", str(project), "--port", "0",
+                   "--log-format", "json", "--control", self.control, *args]
+        full_env = {**os.environ, **(env or {})}
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=full_env,
+        )
+        self.lines: list[Line] = []
+        self.raw: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = ""
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            try:
+                line = json.loads(text)
+            except ValueError:
+                line = {"event": "raw", "text": text}
+            with self._changed:
+                self.raw.append(text)
+                if isinstance(line, dict):
+                    self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[Line], bool], timeout: float = 30.0) -> Line:
+        """The first log line matching `predicate`, waiting up to `timeout` seconds for it."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if predicate(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        "log line not seen; output so far:\n" + "\n".join(self.raw[-40:])
+                    )
+                self._changed.wait(min(remaining, 0.5))
+
+    def invocation(self, invocation_id: str, timeout: float = 30.0) -> Line:
+        return self.wait_for(
+            lambda line: line.get("event") == "invocation"
+            and line.get("invocation_id") == invocation_id, timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        ready = self.wait_for(lambda line: line.get("event") in ("ready", "cannot start"), timeout)
+        if ready["event"] != "ready":
+            raise AssertionError(f"fnd did not start: {ready.get('reason')}")
+        self.url = ready["listen"]
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, self.url + path, timeout=kwargs.pop("timeout", 30),
+                                **kwargs)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@contextmanager
+def running(fixture: str | Path, *args: str, env: dict[str, str] | None = None,
+            files: dict[str, str] | None = None) -> Iterator[FndServer]:
+    """`fnd serve` on a copy of tests/e2e/fixtures/<fixture> (or any folder); stopped after."""
+    source = fixture if isinstance(fixture, Path) else FIXTURES / fixture
+    project = world_readable_copy(source)
+    for name, text in (files or {}).items():
+        (project / name).write_text(text)
+        (project / name).chmod(0o644)
+    server = FndServer(project, list(args), env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(project.parent, ignore_errors=True)

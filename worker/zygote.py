@@ -1,0 +1,163 @@
+"""The zygote: imports the runtime once, holds no secrets, and forks sandboxed workers on order.
+
+Run by the daemon as ``python -m worker.zygote FD`` where FD is its end of a unix socketpair.
+It stays single-threaded so that fork is safe and PDEATHSIG (which follows the forking thread)
+means "the zygote died".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+from collections import deque
+from typing import Any, NoReturn
+
+from protocol import FrameDecoder, ProtocolError, encode, write_frame
+from protocol import messages as m
+
+# Imported here, before any fork, so every worker starts with the runtime already loaded.
+from worker import loop as worker_loop
+from worker import sandbox
+
+_PR_SET_PDEATHSIG = 1
+_FDS_PER_SPAWN = 3
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the daemon is already gone
+        os._exit(1)
+
+
+class Zygote:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder()
+        self.fds: deque[int] = deque()
+        self.config: m.WorkerConfig = {}
+        self.prepared: Any = None
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda _signo, _frame: None)
+        self.wake_w = wake_w
+
+    def send(self, message: m.Message) -> None:
+        self.sock.sendall(encode(message))
+
+    def receive(self) -> list[m.Message]:
+        data, ancdata, _flags, _addr = self.sock.recvmsg(
+            1 << 16, socket.CMSG_SPACE(_FDS_PER_SPAWN * 4 * 8)
+        )
+        if not data:
+            raise EOFError
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                self.fds.extend(int.from_bytes(payload[i : i + 4], sys.byteorder)
+                                for i in range(0, usable, 4))
+        return self.decoder.feed(data)
+
+    def configure(self, message: m.Message) -> None:
+        self.config = message["config"]
+        self.prepared = sandbox.prepare(self.config.get("sandbox", {}))
+
+    def spawn(self, slot: int) -> None:
+        if len(self.fds) < _FDS_PER_SPAWN:
+            raise ProtocolError("spawn order arrived without its three fds")
+        cmd_r, res_w, out_w = (self.fds.popleft() for _ in range(_FDS_PER_SPAWN))
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.send({"t": m.SPAWN_FAILED, "slot": slot, "reason": f"fork failed: {exc}"})
+            pid = -1
+        if pid == 0:
+            self._become_worker(slot, cmd_r, res_w, out_w)
+        for fd in (cmd_r, res_w, out_w):
+            os.close(fd)
+        if pid > 0:
+            self.send({"t": m.SPAWNED, "slot": slot, "pid": pid})
+
+    def _become_worker(self, slot: int, cmd_r: int, res_w: int, out_w: int) -> NoReturn:
+        try:
+            os.setsid()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            layers = sandbox.apply(
+                self.config.get("sandbox", {}), slot, (cmd_r, res_w), self.prepared
+            )
+        except BaseException as exc:  # noqa: BLE001 - report every failure, then exit
+            try:
+                write_frame(res_w, {"t": m.FAILED, "reason": f"{type(exc).__name__}: {exc}"})
+            finally:
+                os._exit(70)
+        worker_loop.serve(cmd_r, res_w, self.config, layers)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.send({"t": m.EXITED, "pid": pid, "status": status})
+
+    def run(self) -> NoReturn:
+        while True:
+            try:
+                readable, _, _ = select.select([self.sock, self.wake_r], [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+                self.reap()
+            if self.sock in readable:
+                try:
+                    messages = self.receive()
+                except (EOFError, ConnectionError):
+                    os._exit(0)  # the daemon is gone; workers die by PDEATHSIG
+                for message in messages:
+                    self.dispatch(message)
+
+    def dispatch(self, message: m.Message) -> None:
+        kind = message["t"]
+        if kind == m.CONFIGURE:
+            first = not self.config
+            self.configure(message)
+            if first:
+                gc.freeze()  # keep the imported runtime's pages shared copy-on-write
+                self.send({"t": m.ZYGOTE_READY, "pid": os.getpid()})
+        elif kind == m.SPAWN:
+            self.spawn(int(message["slot"]))
+        else:
+            raise ProtocolError(f"zygote got unexpected message {kind!r}")
+
+
+def main() -> NoReturn:
+    _die_with_parent()
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.setblocking(True)
+    gc.collect()
+    try:
+        Zygote(sock).run()
+    except ProtocolError as exc:
+        print(f"fnd zygote: protocol error: {exc}", file=sys.stderr)
+        os._exit(2)
+
+
+if __name__ == "__main__":
+    main()
