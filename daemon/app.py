@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import time
 from typing import Any
 
 from aiohttp import web
@@ -66,8 +67,7 @@ class FrontEnd:
         self._context_defaults = config.context_defaults()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        received = loop.time()
+        received = time.perf_counter()
         invocation_id = self.ids.next()
         config, project = self.config, self.project
         path = request.path
@@ -88,7 +88,7 @@ class FrontEnd:
         self.stats.record(
             invocation_id=invocation_id, method=request.method, path=path,
             function=function_name, status=outcome.status, outcome=outcome.outcome,
-            duration=loop.time() - received, reason=outcome.reason,
+            duration=time.perf_counter() - received, reason=outcome.reason,
         )
         return _response(outcome, invocation_id)
 
@@ -126,7 +126,8 @@ class FrontEnd:
             self.stats.record(
                 invocation_id=invocation_id, method=request.method, path=request.path,
                 function=route.path, status=outcome.status, outcome=outcome.outcome,
-                duration=loop.time() - received, queue_wait=loop.time() - received,
+                duration=time.perf_counter() - received,
+                queue_wait=time.perf_counter() - call.queued,
                 reason=outcome.reason,
             )
         return _response(outcome, invocation_id)
@@ -134,7 +135,6 @@ class FrontEnd:
     async def _asset(
         self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
     ) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
         if request.method not in ("GET", "HEAD"):
             outcome = text_outcome(405, calls.REJECTED, f"method {request.method} is not allowed",
                                    Allow="GET, HEAD, OPTIONS")
@@ -145,7 +145,7 @@ class FrontEnd:
         self.stats.record(
             invocation_id=invocation_id, method=request.method, path=request.path,
             status=response.status, outcome=calls.OK if response.status < 400 else calls.REJECTED,
-            duration=loop.time() - received,
+            duration=time.perf_counter() - received,
         )
         return response
 

@@ -43,9 +43,10 @@ class Call:
     timeout: float
     method: str
     path: str
-    received: float  # loop.time() when the request arrived
+    received: float  # time.perf_counter() when the request arrived (uvloop's clock is ms)
     result: asyncio.Future[Outcome]
-    started: float = 0.0  # loop.time() when a worker took it
+    queued: float = 0.0  # time.perf_counter() when the pool was asked for a worker
+    started: float = 0.0  # time.perf_counter() when a worker took it
     worker_pid: int | None = None
     cpu: float | None = None
     rss: int | None = None
@@ -53,7 +54,7 @@ class Call:
 
     @property
     def queue_wait(self) -> float:
-        return max(0.0, self.started - self.received) if self.started else 0.0
+        return max(0.0, self.started - self.queued) if self.started else 0.0
 
     def resolve(self, outcome: Outcome) -> bool:
         """Set the outcome once; later attempts (a late result after a kill) are ignored."""

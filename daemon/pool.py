@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -138,6 +139,7 @@ class Pool:
 
     # -- calls --------------------------------------------------------------------------
     async def invoke(self, call: Call) -> Outcome:
+        call.queued = time.perf_counter()
         worker = self._take_idle()
         if worker is None:
             if self.closing:
@@ -156,7 +158,7 @@ class Pool:
                     Retry_After="1",
                 )
         loop = asyncio.get_running_loop()
-        call.started = loop.time()
+        call.started = time.perf_counter()
         worker.start_call(call)
         call.timer = loop.call_later(call.timeout, self._on_deadline, worker, call)
         return await call.result
@@ -318,7 +320,6 @@ class Pool:
         if not call.result.done():
             return
         outcome = call.result.result()
-        loop = asyncio.get_running_loop()
         self.stats.record(
             invocation_id=call.id,
             method=call.method,
@@ -326,7 +327,7 @@ class Pool:
             function=call.function["name"],
             status=outcome.status,
             outcome=outcome.outcome,
-            duration=loop.time() - call.received,
+            duration=time.perf_counter() - call.received,
             queue_wait=call.queue_wait,
             cpu=call.cpu,
             rss=call.rss,
@@ -413,12 +414,11 @@ class Pool:
         for w in self.workers.values():
             if w.state in states:
                 states[w.state] += 1
-        loop = asyncio.get_running_loop()
         return {
             "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max},
             "queue": len(self._waiters),
             "per_worker": workers,
             "zygote_pid": self.zygote.pid,
-            "now": loop.time(),
+            "now": time.perf_counter(),
         }
 

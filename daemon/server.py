@@ -41,7 +41,13 @@ def worker_config(config: Config, project: Project) -> m.WorkerConfig:
         "max_header_count": config.max_header_count,
         "cookie_secure_default": config.cookie_secure,
         "twilio_api_base_url": config.twilio_api_base_url,
-        "sandbox": {},
+        "sandbox": {
+            "mode": config.sandbox,
+            "uid_base": config.uid_base,
+            "memory_bytes": config.memory_mb * 1024 * 1024,
+            "network": config.network,
+            "project_dir": str(config.project_dir),
+        },
     }
 
 

@@ -113,11 +113,10 @@ class AsyncFrameReader(asyncio.Protocol):
         self._on_close = on_close
         self._decoder = FrameDecoder(max_frame)
         self._error: Exception | None = None
-        self.transport: asyncio.ReadTransport | None = None
+        self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.ReadTransport)
-        self.transport = transport
+        self.transport = transport  # uvloop's pipe transports are not asyncio.ReadTransport
 
     def data_received(self, data: bytes) -> None:
         if self._error is not None:
