@@ -16,12 +16,14 @@ from typing import Any
 
 from daemon import calls
 from daemon.calls import Call, Outcome, text_outcome
+from daemon.cgroups import CgroupError
 from daemon.config import Config
 from daemon.logs import get_logger
 from daemon.stats import Stats
 from daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, WorkerProc, describe_exit
 from daemon.zygote_client import ZygoteClient, ZygoteError
 from protocol import messages as m
+from protocol.sandbox_settings import missing_layers
 
 _log = get_logger("fnd.pool")
 _EXIT_STATUS_WAIT = 2.0  # how long a crash report waits for the zygote's exit status
@@ -48,6 +50,7 @@ class Pool:
         worker_config: m.WorkerConfig,
         stats: Stats,
         on_fatal: Callable[[str], None] = lambda reason: None,
+        prepare_slot: Callable[[int], None] = lambda slot: None,
         kill_slot: Callable[[int], None] = lambda slot: None,
         oom_killed: Callable[[int], bool] = lambda slot: False,
     ) -> None:
@@ -55,6 +58,7 @@ class Pool:
         self.worker_config = worker_config
         self.stats = stats
         self._on_fatal = on_fatal
+        self._prepare_slot = prepare_slot
         self._kill_slot = kill_slot
         self._oom_killed = oom_killed
         self.workers: dict[int, WorkerProc] = {}  # by slot, including dying ones
@@ -222,9 +226,10 @@ class Pool:
 
     async def _start_worker(self, worker: WorkerProc) -> None:
         try:
+            self._prepare_slot(worker.slot)
             pipes = await self.zygote.spawn(worker.slot)
             await worker.attach(pipes)
-        except (ZygoteError, OSError) as exc:
+        except (ZygoteError, OSError, CgroupError) as exc:
             worker.failure = f"spawn failed: {exc}"
             worker.kill(worker.failure)
 
@@ -257,6 +262,14 @@ class Pool:
 
     # PoolEvents, called by WorkerProc
     def worker_ready(self, worker: WorkerProc) -> None:
+        missing = missing_layers(worker.layers) if self.config.sandbox == "strict" else []
+        if missing:
+            # Fail closed: a worker without every protection never gets a call (SPEC 7.5).
+            details = ", ".join(f"{name} ({worker.layers.get(name, 'not reported')})"
+                                for name in missing)
+            worker.failure = f"sandbox layers missing: {details}"
+            worker.kill(f"failed to start: {worker.failure}")
+            return
         if self.closing or worker.generation != self.generation:
             worker.retire()
             return

@@ -19,8 +19,10 @@ from daemon.control import ControlServer, default_control_path
 from daemon.logs import get_logger
 from daemon.pool import Pool, PoolError
 from daemon.project import Project, ProjectError, route_table_lines, scan_project
+from daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from daemon.stats import Stats
 from protocol import messages as m
+from protocol.sandbox_settings import SandboxSettings
 
 _log = get_logger("fnd")
 
@@ -29,7 +31,9 @@ class StartupError(Exception):
     """fnd serve cannot start; the message says why (and usually how to fix it)."""
 
 
-def worker_config(config: Config, project: Project) -> m.WorkerConfig:
+def worker_config(
+    config: Config, project: Project, sandbox: SandboxSettings
+) -> m.WorkerConfig:
     """The non-secret part of the configuration that workers get at birth via the zygote."""
     return {
         "project_dir": str(config.project_dir),
@@ -41,13 +45,7 @@ def worker_config(config: Config, project: Project) -> m.WorkerConfig:
         "max_header_count": config.max_header_count,
         "cookie_secure_default": config.cookie_secure,
         "twilio_api_base_url": config.twilio_api_base_url,
-        "sandbox": {
-            "mode": config.sandbox,
-            "uid_base": config.uid_base,
-            "memory_bytes": config.memory_mb * 1024 * 1024,
-            "network": config.network,
-            "project_dir": str(config.project_dir),
-        },
+        "sandbox": dict(sandbox),
     }
 
 
@@ -66,14 +64,19 @@ def load_project(config: Config) -> Project:
 
 
 class Daemon:
-    def __init__(self, config: Config, flags: dict[str, Any], config_file: str | None) -> None:
+    def __init__(
+        self, config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None
+    ) -> None:
         self.config = config
+        self.sandbox = sandbox
         self._flags = flags
         self._config_file = config_file
         self.stats = Stats()
         self.project = load_project(config)
-        self.pool = Pool(config, worker_config(config, self.project), self.stats,
-                         on_fatal=self._fatal)
+        self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
+                         self.stats, on_fatal=self._fatal, prepare_slot=sandbox.prepare_slot,
+                         kill_slot=sandbox.kill_slot,
+                         oom_killed=sandbox.oom_killed)
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
         self.control = ControlServer(config.control or default_control_path(), self._control)
         self._runner: web.ServerRunner | None = None
@@ -85,15 +88,19 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
         started = time.monotonic()
+        for warning in self.sandbox.warnings:
+            _log.warning("sandbox degraded", reason=warning, sandbox=self.config.sandbox)
         try:
             await self.pool.start()
         except PoolError as exc:
+            self.sandbox.cleanup()
             raise StartupError(str(exc)) from None
         try:
             await self._listen()
             await self.control.start()
         except OSError as exc:
             await self.pool.stop(drain_timeout=0)
+            self.sandbox.cleanup()
             raise StartupError(f"cannot listen: {exc}") from None
         self._install_signals()
         for line in route_table_lines(self.project, self._base_url()):
@@ -160,6 +167,7 @@ class Daemon:
         await self.pool.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.sandbox.cleanup()
         _log.info("stopped", exit_code=self._exit_code)
 
     # -- reload -------------------------------------------------------------------------
@@ -169,7 +177,9 @@ class Daemon:
             try:
                 config = load_config(self.config.project_dir, self._flags, self._config_file)
                 project = load_project(config)
-                await self.pool.reload(config, worker_config(config, project))
+                await self.pool.reload(
+                    config, worker_config(config, project, self.sandbox.settings)
+                )
             except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
                 _log.error("reload failed", reason=str(exc))
                 return {"ok": False, "error": str(exc)}
@@ -196,6 +206,7 @@ class Daemon:
             "listen": self.listen_address,
             "project": str(self.config.project_dir),
             "sandbox": self.config.sandbox,
+            "sandbox_warnings": self.sandbox.warnings,
             "workers": pool["workers"],
             "queue": pool["queue"],
             "per_worker": pool["per_worker"],
@@ -209,12 +220,22 @@ class Daemon:
 
 def serve(project_dir: str | Path, flags: dict[str, Any], config_file: str | None) -> int:
     config = load_config(project_dir, flags, config_file)
+    try:
+        sandbox = prepare_sandbox(config)  # before the event loop: its read check forks
+    except SandboxUnavailable as exc:
+        raise StartupError(f"sandbox: {exc}") from None
     _use_uvloop()
-    return asyncio.run(_serve(config, flags, config_file))
+    return asyncio.run(_serve(config, sandbox, flags, config_file))
 
 
-async def _serve(config: Config, flags: dict[str, Any], config_file: str | None) -> int:
-    daemon = Daemon(config, flags, config_file)
+async def _serve(
+    config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None
+) -> int:
+    try:
+        daemon = Daemon(config, sandbox, flags, config_file)
+    except BaseException:
+        sandbox.cleanup()
+        raise
     return await daemon.run()
 
 

@@ -1,14 +1,59 @@
-"""Counters kept in the front-end, and the one log line per invocation (SPEC 9.6, 8.3)."""
+"""Counters kept in the front-end, and the one log line per invocation (SPEC 9.6, 8.3).
+
+`record` runs once per request, so everything here is a dict increment or a bisect: the
+metrics text and the status figures are computed from these only when someone asks.
+"""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from bisect import bisect_left
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import calls
 from daemon.logs import get_logger
+
+# Upper bounds (seconds) of the latency histograms; +Inf is implied. Hello-world through the
+# worker hop is ~0.2 ms and the default time limit is 5 s, so this spans both ends.
+BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+NO_FUNCTION = "-"  # the function label for requests that matched no function (404s, assets)
+OUTCOMES = (calls.OK, calls.ERROR, calls.TIMEOUT, calls.CRASH, calls.OVERLOAD, calls.REJECTED)
+# Worker restarts that mean a worker died under us, as opposed to a planned recycle/reload or
+# a kill we decided (timeout, unclean). Many of them in a short time is a "crash storm".
+CRASH_REASONS = frozenset({"crash", "oom", "zygote"})
+CRASH_WINDOW = 60.0  # seconds that recent_crashes() looks back
+
+
+@dataclass
+class Histogram:
+    """Prometheus-style histogram: per-bucket counts (not cumulative), sum and count."""
+
+    bounds: tuple[float, ...] = BUCKETS
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= bound) pairs, ending with (inf, count)."""
+        pairs: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            pairs.append((bound, running))
+        return pairs
 
 
 @dataclass
@@ -17,6 +62,13 @@ class Stats:
     invocations: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     restarts: Counter[str] = field(default_factory=Counter)
+    # (function label, outcome) -> count; function labels are known routes or NO_FUNCTION,
+    # so the label set stays bounded whatever paths clients ask for.
+    by_function: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Requests that went to the pool (a function, not rejected by the daemon up front).
+    duration: Histogram = field(default_factory=Histogram)
+    queue_wait: Histogram = field(default_factory=Histogram)
+    _crash_times: deque[float] = field(default_factory=deque, repr=False)
     log: Any = field(default_factory=lambda: get_logger("fnd.invocation"))
 
     def record(
@@ -37,6 +89,10 @@ class Stats:
     ) -> None:
         self.invocations += 1
         self.outcomes[outcome] += 1
+        self.by_function[(function or NO_FUNCTION, outcome)] += 1
+        if function is not None and outcome != calls.REJECTED:
+            self.duration.observe(duration)
+            self.queue_wait.observe(queue_wait)
         level = "info" if outcome in (calls.OK, calls.REJECTED) else "warning"
         getattr(self.log, level)(
             "invocation",
@@ -56,3 +112,21 @@ class Stats:
 
     def worker_restart(self, reason: str) -> None:
         self.restarts[reason] += 1
+        if reason in CRASH_REASONS:
+            now = time.monotonic()
+            self._crash_times.append(now)
+            self._forget_crashes_before(now - CRASH_WINDOW)  # bounded even if nobody asks
+
+    def recent_crashes(self) -> int:
+        """Workers that died under us (CRASH_REASONS) in the last CRASH_WINDOW seconds."""
+        self._forget_crashes_before(time.monotonic() - CRASH_WINDOW)
+        return len(self._crash_times)
+
+    def _forget_crashes_before(self, horizon: float) -> None:
+        times = self._crash_times
+        while times and times[0] < horizon:
+            times.popleft()
+
+    def totals(self) -> dict[str, int]:
+        """Invocations and every outcome (zero-filled), as `fnd status` shows them."""
+        return {"invocations": self.invocations, **{o: self.outcomes[o] for o in OUTCOMES}}

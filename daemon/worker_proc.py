@@ -162,9 +162,9 @@ class WorkerProc:
             elif kind == m.READY:
                 self.layers = {str(k): str(v) for k, v in message.get("layers", {}).items()}
                 self.state = IDLE
-                if not self.ready.done():
+                self.events.worker_ready(self)  # may refuse it (missing sandbox layers)
+                if self._kill_reason is None and not self.ready.done():
                     self.ready.set_result(None)
-                self.events.worker_ready(self)
             elif kind == m.FAILED:
                 self.failure = str(message.get("reason"))
                 self.kill(f"failed to start: {self.failure}")

@@ -107,6 +107,13 @@ def default_data_bytes(memory_bytes: int) -> int:
     return max(memory_bytes - max(16 * MiB, memory_bytes // 16), memory_bytes // 2)
 
 
+def default_scratch_root() -> str:
+    """Root-owned ``$TMPDIR/fnd-scratch`` for a root daemon, a per-user dir otherwise."""
+    euid = os.geteuid()
+    name = "fnd-scratch" if euid == 0 else f"fnd-scratch-{euid}"
+    return os.path.join(tempfile.gettempdir(), name)
+
+
 def resolve(settings: Mapping[str, object]) -> ResolvedSettings:
     """Fill in every default; raise ValueError on a value of the wrong kind."""
     s = dict(settings)
@@ -132,9 +139,7 @@ def resolve(settings: Mapping[str, object]) -> ResolvedSettings:
         "network": bool(s.get("network", True)),
         "tcp_bind": bool(s.get("tcp_bind", False)),
         "project_dir": str(s.get("project_dir", "")),
-        "scratch_root": str(
-            s.get("scratch_root", os.path.join(tempfile.gettempdir(), "fnd-scratch"))
-        ),
+        "scratch_root": str(s.get("scratch_root", default_scratch_root())),
         "readable_paths": _strs(s, "readable_paths"),
         "hidden_paths": _strs(s, "hidden_paths"),
         "cgroup_dirs": _strs(s, "cgroup_dirs"),

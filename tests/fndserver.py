@@ -81,7 +81,8 @@ class FndServer:
                     if predicate(line):
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                exited = self.process.poll() is not None and not self._reader.is_alive()
+                if remaining <= 0 or exited:
                     raise AssertionError(
                         "log line not seen; output so far:\n" + "\n".join(self.raw[-40:])
                     )

@@ -26,12 +26,16 @@ from worker import loop as worker_loop
 from worker import sandbox
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _FDS_PER_SPAWN = 3
 
 
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # Orphans of killed workers come to us and are reaped, so they stop counting against
+    # pids.max and the slot uid's RLIMIT_NPROC.
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if os.getppid() == 1:  # the daemon is already gone
         os._exit(1)
 
@@ -118,14 +122,14 @@ class Zygote:
     def run(self) -> NoReturn:
         while True:
             try:
-                readable, _, _ = select.select([self.sock, self.wake_r], [], [])
+                readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
             except InterruptedError:
                 continue
             if self.wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
                 self.reap()
-            if self.sock in readable:
+            if self.sock.fileno() in readable:
                 try:
                     messages = self.receive()
                 except (EOFError, ConnectionError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -39,7 +40,9 @@ def test_twiml_response(fnd: FndServer) -> None:
     response = fnd.get("/twiml")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/xml; charset=utf-8"
-    assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Hi</Say></Response>'
+    assert response.text == (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Hi</Say></Response>'
+    )
 
 
 def test_custom_response_with_repeated_header(fnd: FndServer) -> None:
@@ -219,10 +222,8 @@ def test_asyncio_task_is_cancelled_at_callback(fnd: FndServer) -> None:
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        pass
 
 
 def test_leftover_thread_gets_worker_killed(fnd: FndServer) -> None:

@@ -1,0 +1,91 @@
+"""What the daemon prepares before any worker exists: sandbox settings, cgroups, read checks.
+
+Fails closed (SPEC 7.5): in strict mode a protection that cannot be applied stops `fnd serve`
+with the layer and the reason; in permissive mode it becomes a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from daemon.cgroups import CgroupError, Cgroups
+from daemon.config import Config
+from daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
+from protocol.sandbox_settings import SandboxSettings, resolve
+
+
+class SandboxUnavailable(Exception):
+    """A required protection cannot be applied on this host; the message says which and why."""
+
+
+@dataclass
+class SandboxSetup:
+    settings: SandboxSettings
+    cgroups: Cgroups | None
+    scratch_root: str
+    warnings: list[str] = field(default_factory=list)
+
+    def prepare_slot(self, slot: int) -> None:
+        """Make the slot's cgroups (once) before its first worker is forked."""
+        if self.cgroups is not None:
+            self.cgroups.slot_dirs(slot)
+
+    def kill_slot(self, slot: int) -> None:
+        if self.cgroups is not None:
+            self.cgroups.kill_slot(slot)
+
+    def oom_killed(self, slot: int) -> bool:
+        return self.cgroups.oom_killed(slot) if self.cgroups is not None else False
+
+    def cleanup(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.cleanup()
+        shutil.rmtree(self.scratch_root, ignore_errors=True)
+
+
+def prepare_sandbox(config: Config) -> SandboxSetup:
+    strict = config.sandbox == "strict"
+    # Per daemon, so that two daemons on one host never share (and wipe) scratch folders.
+    scratch_root = os.path.join(tempfile.gettempdir(), f"fnd-{os.getpid()}-scratch")
+    settings: SandboxSettings = {
+        "mode": "strict" if strict else "permissive",
+        "uid_base": config.uid_base,
+        "memory_bytes": config.memory_mb * 1024 * 1024,
+        "network": config.network,
+        "project_dir": str(config.project_dir),
+        "scratch_root": scratch_root,
+    }
+    resolved = resolve(settings)
+    setup = SandboxSetup(settings, None, scratch_root)
+    if os.geteuid() != 0:
+        setup.warnings.append(
+            "not running as root: workers run as this user, without per-worker uids or cgroups"
+        )
+        return setup
+    _fail_or_warn(setup, strict, _unreadable(config, resolved["uid_base"]))
+    try:
+        setup.cgroups = Cgroups.create(resolved["memory_bytes"], resolved["pids_max"])
+        settings["cgroup_dirs"] = setup.cgroups.dir_templates()
+    except CgroupError as exc:
+        _fail_or_warn(setup, strict, [f"cgroup: {exc}"])
+    return setup
+
+
+def _unreadable(config: Config, uid: int) -> list[str]:
+    paths = interpreter_paths() + project_paths(str(config.project_dir))
+    return [f"worker uid {uid} cannot read: {problem}"
+            for problem in check_readable_for_uid(uid, uid, paths)]
+
+
+def _fail_or_warn(setup: SandboxSetup, strict: bool, problems: list[str]) -> None:
+    if not problems:
+        return
+    if strict:
+        setup.cleanup()
+        raise SandboxUnavailable(
+            "; ".join(problems) + " (set sandbox = \"permissive\" to start anyway, unprotected)"
+        )
+    setup.warnings.extend(problems)

@@ -1,0 +1,316 @@
+"""Prometheus text from Stats + status, checked by a strict parser of format 0.0.4 (SPEC 9.5)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon import calls
+from daemon.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
+from daemon.stats import BUCKETS, Histogram, Stats
+
+# -- a strict parser ------------------------------------------------------------------------
+
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
+LABEL = rf"{LABEL_NAME}={LABEL_VALUE}"
+VALUE = r"[+-]?(?:Inf|NaN|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
+SAMPLE = re.compile(rf"({NAME})(?:\{{((?:{LABEL})(?:,{LABEL})*)?\}})? ({VALUE})")
+HELP = re.compile(rf"# HELP ({NAME}) ((?:[^\\\n]|\\[\\n])*)")
+TYPE = re.compile(rf"# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)")
+LABEL_PAIR = re.compile(rf"({LABEL_NAME})=({LABEL_VALUE})")
+UNESCAPE = re.compile(r"\\(.)")
+
+
+@dataclass
+class Family:
+    kind: str
+    help: str = ""
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples[(name, tuple(sorted(labels.items())))]
+
+
+def _unescape(quoted: str) -> str:
+    return UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), quoted[1:-1])
+
+
+def _family_of(name: str, families: dict[str, Family]) -> str:
+    if name in families:
+        return name
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = name.removesuffix(suffix)
+        if base != name and families.get(base, Family("")).kind == "histogram":
+            return base
+    raise AssertionError(f"sample {name} before (or without) its # TYPE line")
+
+
+def parse(text: str) -> dict[str, Family]:
+    """Every line must match the grammar; TYPE once per family, before its samples; no
+    duplicate series; histograms cumulative and ending with +Inf == _count."""
+    assert text.endswith("\n"), "the exposition ends with a newline"
+    families: dict[str, Family] = {}
+    helps: dict[str, str] = {}
+    for line in text[:-1].split("\n"):
+        if m := HELP.fullmatch(line):
+            assert m.group(1) not in helps, f"second HELP for {m.group(1)}"
+            helps[m.group(1)] = m.group(2)
+        elif m := TYPE.fullmatch(line):
+            assert m.group(1) not in families, f"second TYPE for {m.group(1)}"
+            families[m.group(1)] = Family(m.group(2), helps.get(m.group(1), ""))
+        elif m := SAMPLE.fullmatch(line):
+            name, labels_text, value = m.groups()
+            family = families[_family_of(name, families)]
+            labels = tuple(sorted((k, _unescape(v))
+                                  for k, v in LABEL_PAIR.findall(labels_text or "")))
+            assert len({k for k, _ in labels}) == len(labels), f"repeated label in {line}"
+            key = (name, labels)
+            assert key not in family.samples, f"duplicate series {line}"
+            family.samples[key] = float(value.replace("Inf", "inf"))
+        else:
+            raise AssertionError(f"not Prometheus text format: {line!r}")
+    for name, family in families.items():
+        if family.kind == "counter":
+            assert name.endswith("_total"), name
+        if family.kind == "histogram":
+            _check_histogram(name, family)
+    return families
+
+
+def _check_histogram(name: str, family: Family) -> None:
+    buckets = sorted(
+        (float(dict(labels)["le"].replace("Inf", "inf")), value)
+        for (sample, labels), value in family.samples.items() if sample == name + "_bucket"
+    )
+    assert buckets and buckets[-1][0] == math.inf, f"{name}: no +Inf bucket"
+    counts = [count for _, count in buckets]
+    assert counts == sorted(counts), f"{name}: buckets are not cumulative"
+    assert buckets[-1][1] == family.value(name + "_count")
+    assert (name + "_sum", ()) in family.samples
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+def status(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "version": "0.1.0",
+        "pid": 4242,
+        "uptime": 12.5,
+        "listen": "unix:/run/fnd/http.sock",
+        "sandbox": "strict",
+        "workers": {"idle": 2, "busy": 1, "starting": 0, "min": 2, "max": 8},
+        "queue": 3,
+        "per_worker": [],
+    }
+    return base | overrides
+
+
+def record(stats: Stats, function: str | None, outcome: str, duration: float = 0.01,
+           queue_wait: float = 0.0, status_code: int = 200) -> None:
+    stats.record(invocation_id="inv", method="GET", path=function or "/nope",
+                 status=status_code, outcome=outcome, duration=duration,
+                 queue_wait=queue_wait, function=function)
+
+
+@pytest.fixture
+def stats() -> Stats:
+    return Stats(log=_Quiet())
+
+
+class _Quiet:
+    """Stands in for the structlog logger: these tests are about counters."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+def test_empty_daemon_renders_valid_text(stats: Stats) -> None:
+    families = parse(render_metrics(stats, status()))
+    assert families["fnd_build_info"].value("fnd_build_info", version="0.1.0") == 1
+    assert families["fnd_uptime_seconds"].value("fnd_uptime_seconds") == 12.5
+    assert families["fnd_invocations_total"].kind == "counter"
+    assert families["fnd_invocations_total"].samples == {}
+    workers = families["fnd_workers"]
+    assert workers.kind == "gauge"
+    assert [workers.value("fnd_workers", state=s) for s in ("idle", "busy", "starting")] == [
+        2, 1, 0]
+    assert families["fnd_workers_min"].value("fnd_workers_min") == 2
+    assert families["fnd_queue_length"].value("fnd_queue_length") == 3
+    assert "fnd_queue_longest_wait_seconds" not in families
+    for name in ("fnd_invocation_duration_seconds", "fnd_queue_wait_seconds"):
+        assert families[name].kind == "histogram"
+        assert families[name].value(name + "_count") == 0
+        assert families[name].value(name + "_bucket", le="+Inf") == 0
+    assert all(family.help for family in families.values())
+
+
+def test_counters_and_histograms_move_with_record(stats: Stats) -> None:
+    record(stats, "/hello", calls.OK, duration=0.003, queue_wait=0.0005)
+    record(stats, "/hello", calls.OK, duration=0.2, queue_wait=0.02)
+    record(stats, "/hello", calls.TIMEOUT, duration=5.01, status_code=504)
+    record(stats, "/crashy", calls.CRASH, duration=0.05, status_code=502)
+    record(stats, "/hello", calls.OVERLOAD, duration=10.5, queue_wait=10.5, status_code=503)
+    record(stats, None, calls.REJECTED, duration=0.0001, status_code=404)  # unknown path
+    record(stats, "/hello", calls.REJECTED, duration=0.0001, status_code=405)
+
+    families = parse(render_metrics(stats, status()))
+    inv = families["fnd_invocations_total"]
+    assert inv.value("fnd_invocations_total", function="/hello", outcome="ok") == 2
+    assert inv.value("fnd_invocations_total", function="/hello", outcome="timeout") == 1
+    assert inv.value("fnd_invocations_total", function="/hello", outcome="overload") == 1
+    assert inv.value("fnd_invocations_total", function="/hello", outcome="rejected") == 1
+    assert inv.value("fnd_invocations_total", function="/crashy", outcome="crash") == 1
+    assert inv.value("fnd_invocations_total", function="-", outcome="rejected") == 1
+    assert sum(inv.samples.values()) == stats.invocations == 7
+
+    # Only requests that went to the pool are timed: rejected ones would drown the latency.
+    duration = families["fnd_invocation_duration_seconds"]
+    name = "fnd_invocation_duration_seconds"
+    assert duration.value(name + "_count") == 5
+    assert duration.value(name + "_sum") == pytest.approx(0.003 + 0.2 + 5.01 + 0.05 + 10.5)
+    assert duration.value(name + "_bucket", le="0.005") == 1
+    assert duration.value(name + "_bucket", le="0.25") == 3
+    assert duration.value(name + "_bucket", le="10.0") == 4
+    assert duration.value(name + "_bucket", le="+Inf") == 5
+
+    wait = families["fnd_queue_wait_seconds"]
+    assert wait.value("fnd_queue_wait_seconds_count") == 5
+    assert wait.value("fnd_queue_wait_seconds_bucket", le="0.001") == 3  # 0.0005, 0, 0
+    assert wait.value("fnd_queue_wait_seconds_bucket", le="0.025") == 4
+
+    # And they keep moving.
+    record(stats, "/hello", calls.OK)
+    again = parse(render_metrics(stats, status()))
+    assert again["fnd_invocations_total"].value(
+        "fnd_invocations_total", function="/hello", outcome="ok") == 3
+    assert again["fnd_invocation_duration_seconds"].value(
+        "fnd_invocation_duration_seconds_count") == 6
+
+
+def test_worker_restarts_by_reason(stats: Stats) -> None:
+    for reason in ("timeout", "timeout", "oom", "max_requests"):
+        stats.worker_restart(reason)
+    family = parse(render_metrics(stats, status()))["fnd_worker_restarts_total"]
+    assert family.kind == "counter"
+    assert family.value("fnd_worker_restarts_total", reason="timeout") == 2
+    assert family.value("fnd_worker_restarts_total", reason="oom") == 1
+    assert family.value("fnd_worker_restarts_total", reason="max_requests") == 1
+
+
+def test_label_values_are_escaped(stats: Stats) -> None:
+    odd = '/we"ird\\path\nx'
+    record(stats, odd, calls.ERROR, status_code=500)
+    text = render_metrics(stats, status(version='1.0"\\'))
+    families = parse(text)
+    assert families["fnd_invocations_total"].value(
+        "fnd_invocations_total", function=odd, outcome="error") == 1
+    assert families["fnd_build_info"].value("fnd_build_info", version='1.0"\\') == 1
+
+
+def test_longest_queue_wait_when_the_status_has_it(stats: Stats) -> None:
+    families = parse(render_metrics(stats, status(queue_longest_wait=1.25)))
+    assert families["fnd_queue_longest_wait_seconds"].value(
+        "fnd_queue_longest_wait_seconds") == 1.25
+
+
+def test_histogram_bounds_are_inclusive() -> None:
+    hist = Histogram()
+    for value in (BUCKETS[0], BUCKETS[-1], BUCKETS[-1] * 2):
+        hist.observe(value)
+    cumulative = dict(hist.cumulative())
+    assert cumulative[BUCKETS[0]] == 1
+    assert cumulative[BUCKETS[-1]] == 2
+    assert cumulative[math.inf] == 3
+
+
+def test_uptime_falls_back_to_stats(stats: Stats) -> None:
+    families = parse(render_metrics(stats, {"version": "0.1.0"}))
+    assert 0 <= families["fnd_uptime_seconds"].value("fnd_uptime_seconds") < 60
+
+
+# -- the loopback HTTP endpoint -------------------------------------------------------------
+
+async def _get(url: str) -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+
+def test_metrics_server_serves_on_loopback(stats: Stats) -> None:
+    record(stats, "/hello", calls.OK)
+
+    async def scenario() -> tuple[tuple[int, str, str], tuple[int, str, str], str]:
+        runner = await start_metrics_server(
+            "127.0.0.1", 0, lambda: render_metrics(stats, status()))
+        try:
+            host, port = runner.addresses[0][:2]
+            metrics = await _get(f"http://127.0.0.1:{port}/metrics")
+            other = await _get(f"http://127.0.0.1:{port}/other")
+            return metrics, other, host
+        finally:
+            await runner.cleanup()
+
+    (code, content_type, body), (other_code, _, _), host = asyncio.run(scenario())
+    assert host == "127.0.0.1"
+    assert code == 200
+    assert content_type == CONTENT_TYPE
+    assert other_code == 404
+    assert parse(body)["fnd_invocations_total"].value(
+        "fnd_invocations_total", function="/hello", outcome="ok") == 1
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::", "example.com", ""])
+def test_metrics_server_refuses_other_hosts(host: str) -> None:
+    with pytest.raises(ValueError, match="loopback only"):
+        asyncio.run(start_metrics_server(host, 0, lambda: ""))
+
+
+def test_metrics_server_on_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def scenario() -> str:
+        runner = await start_metrics_server("::1", 0, lambda: "x 1\n")
+        try:
+            port = runner.addresses[0][1]
+            return (await _get(f"http://[::1]:{port}/metrics"))[2]
+        finally:
+            await runner.cleanup()
+
+    try:
+        body = asyncio.run(scenario())
+    except OSError as exc:
+        pytest.skip(f"::1 not usable here: {exc}")
+    assert body == "x 1\n"
+
+
+def test_many_functions_stay_one_series_each(stats: Stats) -> None:
+    for i in range(50):
+        record(stats, f"/f{i}", calls.OK)
+        record(stats, f"/f{i}", calls.OK)
+    families = parse(render_metrics(stats, status()))
+    assert len(families["fnd_invocations_total"].samples) == 50
+
+
+@pytest.mark.parametrize("bad", [
+    "x 1\n",  # no TYPE
+    "# TYPE x gauge\nx{a=\"b} 1\n",  # unterminated label value
+    "# TYPE x gauge\nx 1\nx 2\n",  # duplicate series
+    "# TYPE x gauge\nx one\n",  # not a number
+    "# TYPE x_total counter\n# TYPE x_total counter\n",  # second TYPE
+    "# TYPE h histogram\nh_bucket{le=\"1.0\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+    "# TYPE x gauge\nx 1",  # no final newline
+])
+def test_the_parser_is_strict(bad: str) -> None:
+    with pytest.raises((AssertionError, KeyError)):
+        parse(bad)

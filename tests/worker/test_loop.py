@@ -1,0 +1,62 @@
+"""The worker's main loop: READY first, exit 0 at EOF, non-zero on a malformed frame."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.worker.harness import Worker
+
+
+def test_ready_frame_first(worker: Worker) -> None:
+    assert worker.ready == {"t": "ready", "pid": worker.pid, "layers": {"test": "harness"}}
+
+
+def test_exit_0_at_eof(worker: Worker) -> None:
+    assert worker.call("respond_value", {"value": "x"}).body == b"x"
+    os.close(worker.cmd_w)
+    assert worker.wait_exit() == 0
+
+
+def test_exit_2_on_a_truncated_frame(worker: Worker) -> None:
+    os.write(worker.cmd_w, b"\x00\x00\x00\x10abc")
+    os.close(worker.cmd_w)
+    assert worker.wait_exit() == 2
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": "spawn"},
+        {"t": "invoke", "id": 7, "function": {"name": "/x", "file": "/x.py"}},
+        {"t": "invoke", "id": "a", "function": "x", "event": {}, "context": {}, "timeout": 1},
+        {
+            "t": "invoke",
+            "id": "a",
+            "function": {"name": "/x", "file": "/x.py"},
+            "event": [],
+            "context": {},
+            "timeout": 1,
+        },
+        {
+            "t": "invoke",
+            "id": "a",
+            "function": {"name": "/x", "file": "/x.py"},
+            "event": {},
+            "context": {},
+            "timeout": "soon",
+        },
+    ],
+)
+def test_exit_2_on_a_malformed_message(worker: Worker, message: dict[str, Any]) -> None:
+    worker.send(message)
+    log = worker.read()
+    assert log["t"] == "log" and "protocol error" in log["line"]
+    assert worker.wait_exit() == 2
+
+
+def test_many_invocations_in_one_worker(worker: Worker) -> None:
+    for n in range(50):
+        assert worker.call("respond_value", {"value": n}).body == str(n).encode()

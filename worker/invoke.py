@@ -1,0 +1,230 @@
+"""One invocation: load the function, run the handler, RESULT at once, then DONE (SPEC 5).
+
+RESULT is written the moment the invocation completes (callback, a return-style handler
+returning, or an uncaught exception), from whichever thread completes it; its ``clean`` flag
+says whether anything the invocation started can still run. DONE follows once the handler
+has unwound, with the resources used and whether the worker can be reused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import resource
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from protocol.messages import DONE, RESULT
+from worker.aio import AsyncRun, CallbackDone
+from worker.context import Context
+from worker.leftovers import leftover_reason
+from worker.loader import FunctionError, Loader, Style
+from worker.output import Channel, Output
+from worker.runtime import RuntimeAPI
+from worker.serialize import (
+    Reply,
+    describe,
+    error_reply,
+    format_traceback,
+    reply_for,
+    text_reply,
+)
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every invocation of this worker shares."""
+
+    channel: Channel
+    output: Output
+    settings: Settings
+    loader: Loader
+    runtime: RuntimeAPI
+
+
+_NO_RESPONSE = "the function ended without a response"
+_current: Invocation | None = None  # one invocation at a time per worker
+
+
+class Invocation:
+    def __init__(self, message: dict[str, Any], services: Services) -> None:
+        self._s = services
+        self.id: str = message["id"]
+        self._function: dict[str, str] = message["function"]
+        self._event: dict[str, Any] = message["event"]
+        self.context = Context(message["context"], services.settings.twilio_api_base_url)
+        self.deadline = time.monotonic() + float(message["timeout"])
+        self.finished = threading.Event()  # set once RESULT is written
+        self._lock = threading.Lock()
+        self._home = threading.current_thread()
+        self._caller: threading.Thread | None = None  # another thread that completed it
+        self._unclean: str | None = None  # why the worker must not be reused
+        self.aio: AsyncRun | None = None
+
+    def run(self) -> None:
+        """The whole invocation, on the worker's main thread; returns after DONE."""
+        global _current
+        s = self._s
+        started = _cpu_seconds()
+        s.channel.invocation_id = self.id
+        s.runtime.bind(self.context)
+        _current = self
+        try:
+            reason = self._execute()
+            if not self.finished.is_set():  # unreachable by design: never leave the daemon waiting
+                self.complete(text_reply(500, _NO_RESPONSE, reason=_NO_RESPONSE))
+            reason = self._unclean or reason or self._settle()
+            s.output.flush()
+            s.channel.send(
+                {
+                    "t": DONE,
+                    "id": self.id,
+                    "clean": reason is None,
+                    "reason": reason,
+                    "cpu": round(_cpu_seconds() - started, 6),
+                    "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                }
+            )
+        finally:
+            _current = None
+            s.runtime.bind(None)
+            s.channel.invocation_id = None
+
+    def _execute(self) -> str | None:
+        """Run the handler until it responded; the reason if its asyncio tasks did not end."""
+        s = self._s
+        try:
+            handler, style = s.loader.handler(self._function["name"], self._function["file"])
+        except FunctionError as exc:
+            self._log_exception(str(exc), exc.__cause__)
+            self.complete(error_reply(str(exc), exc.__cause__, s.settings, str(exc)))
+            return None
+        callback_style = style is Style.CALLBACK
+        args = (
+            (self.context, self._event, self.callback)
+            if callback_style
+            else (self.context, self._event)
+        )
+        try:
+            value = handler(*args)
+            if inspect.isawaitable(value):
+                self.aio = AsyncRun(self, callback_style)
+                value = self.aio.run(value)
+            if self.finished.is_set():
+                pass
+            elif not callback_style:
+                self.complete(reply_for(value, s.settings))
+            else:
+                # SPEC 5.5: open until callback (maybe from another thread) or the time limit.
+                self.note_ignored_return(value)
+                self.finished.wait()
+        except CallbackDone:
+            pass
+        except BaseException as exc:  # noqa: B036 - SystemExit in a handler is a 500 too
+            self.fail(exc, "handler raised")
+        finally:
+            reason = self.aio.close(self.deadline) if self.aio is not None else None
+        return reason
+
+    def callback(self, error: object = None, response: object = None) -> NoReturn:
+        """``callback(error=None, response=None)``: respond now; never returns (SPEC 5.4)."""
+        if not self.finished.is_set():
+            if error is not None:
+                text = describe(error)
+                if isinstance(error, BaseException) and error.__traceback__ is not None:
+                    self._log_exception(f"callback(error): {text}", error)
+                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}")
+            else:
+                reply = reply_for(response, self._s.settings)
+            if self.complete(reply):
+                raise CallbackDone
+        self._s.channel.log(
+            "logging", "WARNING", "callback called again after the response was sent; ignored"
+        )
+        raise CallbackDone
+
+    def complete(self, reply: Reply, unclean: str | None = None) -> bool:
+        """Write RESULT unless already written; False if this call lost the race."""
+        with self._lock:
+            if self.finished.is_set():
+                return False
+            current = threading.current_thread()
+            ignore, skip = 0, frozenset[int]()
+            if current is not self._home:
+                # The calling thread is about to unwind (CallbackDone); it is joined later.
+                self._caller = current
+                ignore, skip = 1, frozenset({current.ident or 0})
+            if self.aio is not None:
+                ignore += self.aio.idle_threads()
+            self._unclean = unclean or leftover_reason(ignore, skip)
+            self._s.output.flush()
+            self._s.channel.send(
+                {
+                    "t": RESULT,
+                    "id": self.id,
+                    "status": reply.status,
+                    "headers": [list(pair) for pair in reply.headers],
+                    "body": reply.body,
+                    "clean": self._unclean is None,
+                    "error": reply.reason if reply.status >= 500 else None,
+                }
+            )
+            self.finished.set()
+        if self.aio is not None:
+            self.aio.responded()
+        if reply.reason and reply.status < 500:
+            self._s.channel.log("logging", "WARNING", reply.reason)
+        return True
+
+    def fail(self, exc: BaseException, prefix: str) -> None:
+        """An uncaught exception: 500 per SPEC 5.1, traceback to the log."""
+        text = describe(exc)
+        late = " after the response was sent" if self.finished.is_set() else ""
+        self._log_exception(f"{prefix} {text}{late}", exc)
+        # After a MemoryError the worker's state is suspect: replace it.
+        unclean = "MemoryError in the handler" if isinstance(exc, MemoryError) else None
+        reply = error_reply(text, exc, self._s.settings, f"{prefix} {text}")
+        if not self.complete(reply, unclean) and unclean:
+            self._unclean = self._unclean or unclean  # too late for RESULT: DONE says it
+
+    def note_ignored_return(self, value: object) -> None:
+        if value is not None:
+            self._s.channel.log(
+                "logging",
+                "WARNING",
+                "a callback-style handler returned a value without calling callback; the value "
+                "is ignored (respond with callback(None, response))",
+            )
+
+    def _settle(self) -> str | None:
+        """After the handler unwound: wait for the thread that called callback, then check."""
+        caller = self._caller
+        if caller is not None and caller.is_alive():
+            caller.join(max(0.0, self.deadline - time.monotonic()))
+        return leftover_reason()
+
+    def _log_exception(self, message: str, exc: BaseException | None) -> None:
+        if exc is not None and exc.__traceback__ is not None:
+            message += "\n" + format_traceback(exc).rstrip()
+        self._s.channel.log("logging", "ERROR", message)
+
+
+def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """An uncaught exception in a thread before the response is a 500, as in the handler."""
+    exc = args.exc_value
+    if isinstance(exc, CallbackDone):
+        return  # that thread called callback: ending it was the point
+    invocation = _current
+    if invocation is not None and isinstance(exc, Exception) and not invocation.finished.is_set():
+        name = args.thread.name if args.thread is not None else "?"
+        invocation.fail(exc, f"thread {name!r} raised")
+        return
+    threading.__excepthook__(args)
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

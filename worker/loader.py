@@ -1,0 +1,108 @@
+"""Loading function modules: one module per file, cached per worker (SPEC 2.1-2.3).
+
+A module's top-level code is the function's bootstrap: it runs the first time the function
+is invoked (or ``Runtime.load``-ed) in this worker, and the module is kept for later
+invocations. A module whose bootstrap raised is not cached, so the next request retries it.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import inspect
+import sys
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from worker.serialize import describe
+from worker.settings import Settings
+
+
+class Style(enum.Enum):
+    CALLBACK = "callback"  # handler(context, event, callback)
+    RETURN = "return"  # handler(context, event) -> response
+
+
+class FunctionError(Exception):
+    """The function cannot run; the message is the 500 body (the cause is chained)."""
+
+
+class Loader:
+    def __init__(self, injected: dict[str, Any], settings: Settings) -> None:
+        self._injected = injected
+        self._settings = settings
+        self._modules: dict[str, ModuleType] = {}
+        self._loading: dict[str, ModuleType] = {}
+        # Re-entrant: a bootstrap may Runtime.load() another function.
+        self._lock = threading.RLock()
+        self._styles: dict[int, tuple[Callable[..., Any], Style]] = {}
+
+    def module(self, route: str, file: str) -> ModuleType:
+        """The module of a function file, running its bootstrap if not loaded yet."""
+        with self._lock:
+            module = self._modules.get(file) or self._loading.get(file)
+            if module is not None:
+                # A module still loading is returned half-initialised, as `import` does.
+                return module
+            name = "functions" + route
+            spec = importlib.util.spec_from_file_location(name, file)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {self._settings.display_path(file)}")
+            module = importlib.util.module_from_spec(spec)
+            module.__dict__.update(self._injected)
+            self._loading[file] = module
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+            finally:
+                del self._loading[file]
+            self._modules[file] = module
+            return module
+
+    def handler(self, route: str, file: str) -> tuple[Callable[..., Any], Style]:
+        """The function's handler and its calling style; FunctionError if it has none."""
+        shown = self._settings.display_path(file)
+        try:
+            module = self.module(route, file)
+        except (Exception, SystemExit) as exc:  # sys.exit() in a bootstrap is a failure too
+            raise FunctionError(f"error loading {shown}: {describe(exc)}") from exc
+        handler = getattr(module, "handler", None)
+        if handler is None:
+            raise FunctionError(
+                f"{shown} defines no handler; define handler(context, event, callback)"
+            )
+        if not callable(handler):
+            raise FunctionError(
+                f"handler in {shown} is not callable (it is a {type(handler).__name__})"
+            )
+        cached = self._styles.get(id(handler))
+        if cached is not None and cached[0] is handler:
+            return handler, cached[1]
+        style = _style(handler, shown)
+        self._styles[id(handler)] = (handler, style)
+        return handler, style
+
+
+def _style(handler: Callable[..., Any], shown: str) -> Style:
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return Style.CALLBACK  # no introspectable signature: use the documented default
+    kinds = [p.kind for p in parameters]
+    positional = sum(
+        kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for kind in kinds
+    )
+    if inspect.Parameter.VAR_POSITIONAL in kinds or positional >= 3:
+        return Style.CALLBACK
+    if positional == 2:
+        return Style.RETURN
+    raise FunctionError(
+        f"handler in {shown} must take (context, event, callback) or (context, event); "
+        f"it takes {positional} positional parameter(s)"
+    )

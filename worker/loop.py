@@ -1,0 +1,99 @@
+"""The worker's main loop: announce readiness, then run INVOKE frames one at a time.
+
+Called by the zygote in the freshly forked, sandboxed child (on its only thread)::
+
+    serve(cmd_fd, res_fd, config, layers)   # never returns
+
+``cmd_fd`` carries INVOKE frames from the daemon, ``res_fd`` takes READY, RESULT, LOG and
+DONE frames; fds 1 and 2 are already the daemon's plain-text capture pipe. The worker exits
+0 when ``cmd_fd`` reaches EOF, 2 on a malformed frame (the channel cannot be trusted), 3 on
+an internal error (traceback on fd 2) and 70 when the daemon closed the result pipe.
+Everything a function may need is imported here, before the sandbox can make the library
+unreadable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from typing import Any, NoReturn
+
+from protocol.frames import BlockingFrameReader, ProtocolError
+from protocol.messages import INVOKE, READY, Message, WorkerConfig
+from worker.invoke import Invocation, Services, thread_excepthook
+from worker.leftovers import become_subreaper
+from worker.loader import Loader
+from worker.output import Channel, Output, write_plain
+from worker.runtime import Runtime
+from worker.settings import Settings
+from worker.twilio_api import Twilio
+
+EXIT_EOF = 0
+EXIT_PROTOCOL = 2
+EXIT_INTERNAL = 3
+
+_log = logging.getLogger("fnd.worker")
+
+
+def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]) -> NoReturn:
+    for fd in (cmd_fd, res_fd):
+        os.set_inheritable(fd, False)  # never leak the protocol into a function's children
+    settings = Settings.from_config(config)
+    channel = Channel(res_fd)
+    output = Output(channel)
+    output.install((cmd_fd, res_fd))
+    threading.excepthook = thread_excepthook
+    loader = Loader({"Twilio": Twilio, "Runtime": Runtime}, settings)
+    Runtime.configure(settings.functions, settings.assets, loader)
+    services = Services(channel, output, settings, loader, Runtime)
+
+    channel.send({"t": READY, "pid": os.getpid(), "layers": layers})
+    try:
+        become_subreaper()
+    except OSError as exc:
+        _log.warning("orphaned grandchildren will not count as leftovers: %s", exc)
+
+    reader = BlockingFrameReader(cmd_fd)
+    while True:
+        try:
+            message = reader.read()
+            if message is None:
+                _exit(output, EXIT_EOF)
+            _check_invoke(message)
+        except ProtocolError as exc:
+            _log.error("protocol error on the command pipe: %s", exc)
+            _exit(output, EXIT_PROTOCOL)
+        try:
+            Invocation(message, services).run()
+        except BaseException:  # noqa: B036 - a bug of ours: say so on fd 2, then die loudly
+            write_plain(2, "fnd worker: internal error\n" + traceback.format_exc())
+            os._exit(EXIT_INTERNAL)
+
+
+def _check_invoke(message: Message) -> None:
+    """Raise ProtocolError unless ``message`` is a well-formed INVOKE."""
+    if message["t"] != INVOKE:
+        raise ProtocolError(f"unexpected {message['t']!r} frame; expected {INVOKE!r}")
+    function = message.get("function")
+    fields: dict[str, Any] = {
+        "id": message.get("id"),
+        "function.name": function.get("name") if isinstance(function, dict) else None,
+        "function.file": function.get("file") if isinstance(function, dict) else None,
+    }
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise ProtocolError(f"invoke frame: {name} must be a string")
+    for name in ("event", "context"):
+        if not isinstance(message.get(name), dict):
+            raise ProtocolError(f"invoke frame: {name} must be a map")
+    timeout = message.get("timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ProtocolError("invoke frame: timeout must be a number")
+
+
+def _exit(output: Output, code: int) -> NoReturn:
+    output.flush()
+    # os._exit: no atexit handlers or buffered state inherited from the zygote may run.
+    os._exit(code)
