@@ -59,6 +59,8 @@ class FrontEnd:
         self.pool = pool
         self.stats = stats
         self.ids = InvocationIds()
+        # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
+        self._loop = asyncio.get_running_loop()
         self._context_defaults = config.context_defaults()
 
     def set_project(self, config: Config, project: Project) -> None:
@@ -109,7 +111,6 @@ class FrontEnd:
         context: dict[str, Any] = dict(self._context_defaults)
         context["DOMAIN_NAME"] = self._domain_name(request)
         context["PATH"] = request.path
-        loop = asyncio.get_running_loop()
         call = Call(
             id=invocation_id,
             function={"name": route.path, "file": str(route.file)},
@@ -119,7 +120,7 @@ class FrontEnd:
             method=request.method,
             path=request.path,
             received=received,
-            result=loop.create_future(),
+            result=self._loop.create_future(),
         )
         outcome = await self.pool.invoke(call)
         if call.started == 0.0:  # never reached a worker (503): the pool did not log it

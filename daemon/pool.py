@@ -38,9 +38,7 @@ class _QueueTimeout(Exception):
     pass
 
 
-def _expire(waiter: asyncio.Future[WorkerProc]) -> None:
-    if not waiter.done():
-        waiter.set_exception(_QueueTimeout())
+_SWEEP_INTERVAL = 0.05  # how often queued requests are checked against queue_timeout
 
 
 class Pool:
@@ -57,6 +55,8 @@ class Pool:
         self.config = config
         self.worker_config = worker_config
         self.stats = stats
+        # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
+        self._loop = asyncio.get_running_loop()
         self._on_fatal = on_fatal
         self._prepare_slot = prepare_slot
         self._kill_slot = kill_slot
@@ -64,7 +64,9 @@ class Pool:
         self.workers: dict[int, WorkerProc] = {}  # by slot, including dying ones
         self._by_pid: dict[int, WorkerProc] = {}
         self._idle: list[WorkerProc] = []  # LIFO: hot workers stay hot, extras can retire
-        self._waiters: deque[asyncio.Future[WorkerProc]] = deque()
+        # (enqueued at, waiter), oldest first. One sweep timer expires them, not one timer each.
+        self._waiters: deque[tuple[float, asyncio.Future[WorkerProc]]] = deque()
+        self._sweeping = False
         self._free_slots = list(reversed(range(config.workers_max * 2)))
         self._tasks: set[asyncio.Task[Any]] = set()
         self.generation = 0
@@ -97,7 +99,7 @@ class Pool:
         """Stop taking calls, let busy workers finish (up to the drain timeout), kill the rest."""
         self.closing = True
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(_QueueTimeout())
         limit = self.config.drain_timeout if drain_timeout is None else drain_timeout
@@ -161,29 +163,46 @@ class Pool:
                     f"no worker became free within {self.config.queue_timeout:g} s",
                     Retry_After="1",
                 )
-        loop = asyncio.get_running_loop()
         call.started = time.perf_counter()
         worker.start_call(call)
-        call.timer = loop.call_later(call.timeout, self._on_deadline, worker, call)
+        call.timer = self._loop.call_later(call.timeout, self._on_deadline, worker, call)
         return await call.result
 
     async def _wait_for_worker(self) -> WorkerProc:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[WorkerProc] = loop.create_future()
-        self._waiters.append(waiter)
+        waiter: asyncio.Future[WorkerProc] = self._loop.create_future()
+        entry = (time.perf_counter(), waiter)
+        self._waiters.append(entry)
+        if not self._sweeping:
+            self._sweeping = True
+            self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
         self._grow()
-        expire = loop.call_later(self.config.queue_timeout, _expire, waiter)
         try:
             return await waiter
-        except asyncio.CancelledError:
-            # The client went away while queued: hand the worker on, if it already had one.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+        except BaseException as exc:
+            # Still queued after a timeout or a cancel (never on success: _release popped it;
+            # a failed deque.remove would format the future's repr into its message).
+            if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            elif isinstance(exc, asyncio.CancelledError):
+                # The client went away just as a worker was handed over: pass it on.
                 self._release(waiter.result())
             raise
-        finally:
-            expire.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+
+    def _sweep(self) -> None:
+        """Fail the requests that waited longer than queue_timeout (oldest are first)."""
+        limit = time.perf_counter() - self.config.queue_timeout
+        while self._waiters and self._waiters[0][0] <= limit:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(_QueueTimeout())
+        self._sweeping = bool(self._waiters)
+        if self._sweeping:
+            self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    def longest_wait(self) -> float:
+        """Seconds the oldest queued request has waited (0 with an empty queue)."""
+        return time.perf_counter() - self._waiters[0][0] if self._waiters else 0.0
 
     def _take_idle(self) -> WorkerProc | None:
         while self._idle:
@@ -195,7 +214,7 @@ class Pool:
     def _release(self, worker: WorkerProc) -> None:
         """An idle worker goes to the oldest waiter, else back to the idle stack."""
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(worker)
                 return
@@ -430,6 +449,7 @@ class Pool:
         return {
             "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max},
             "queue": len(self._waiters),
+            "queue_longest_wait": round(self.longest_wait(), 3),
             "per_worker": workers,
             "zygote_pid": self.zygote.pid,
             "now": time.perf_counter(),

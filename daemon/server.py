@@ -209,6 +209,7 @@ class Daemon:
             "sandbox_warnings": self.sandbox.warnings,
             "workers": pool["workers"],
             "queue": pool["queue"],
+            "queue_longest_wait": pool["queue_longest_wait"],
             "per_worker": pool["per_worker"],
             "totals": {
                 "invocations": self.stats.invocations,

@@ -71,6 +71,12 @@ class Stats:
     _crash_times: deque[float] = field(default_factory=deque, repr=False)
     log: Any = field(default_factory=lambda: get_logger("fnd.invocation"))
 
+    def __post_init__(self) -> None:
+        # Bound once: a structlog proxy re-resolves itself on every call.
+        bound = self.log.bind()
+        self._info = bound.info
+        self._warning = bound.warning
+
     def record(
         self,
         *,
@@ -93,8 +99,8 @@ class Stats:
         if function is not None and outcome != calls.REJECTED:
             self.duration.observe(duration)
             self.queue_wait.observe(queue_wait)
-        level = "info" if outcome in (calls.OK, calls.REJECTED) else "warning"
-        getattr(self.log, level)(
+        log = self._info if outcome == calls.OK or outcome == calls.REJECTED else self._warning
+        log(
             "invocation",
             invocation_id=invocation_id,
             method=method,

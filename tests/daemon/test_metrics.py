@@ -129,6 +129,9 @@ def stats() -> Stats:
 class _Quiet:
     """Stands in for the structlog logger: these tests are about counters."""
 
+    def bind(self, **_context: Any) -> _Quiet:
+        return self
+
     def __getattr__(self, _name: str) -> Any:
         return lambda *args, **kwargs: None
 
