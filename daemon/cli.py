@@ -14,7 +14,6 @@ from daemon.logs import configure_logging, get_logger
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_DEGRADED = 3
 EXIT_UNREACHABLE = 4
 
 
@@ -41,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="refuse to start if any function or asset has a problem")
     serve.add_argument("--log-format", choices=["json", "console"])
     serve.add_argument("--control", metavar="PATH", help="control socket path")
+    serve.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="also serve Prometheus metrics on 127.0.0.1:PORT/metrics")
 
     status = commands.add_parser("status", help="show a running daemon's pool and totals")
     status.add_argument("--control", metavar="PATH", help="control socket path")
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
 
     reload = commands.add_parser("reload", help="re-read the project; returns when done")
     reload.add_argument("--control", metavar="PATH", help="control socket path")
+
+    metrics = commands.add_parser("metrics", help="print Prometheus metrics of a running daemon")
+    metrics.add_argument("--control", metavar="PATH", help="control socket path")
     return parser
 
 
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "reload":
         return _reload(args)
+    if args.command == "metrics":
+        return _metrics(args)
     return EXIT_USAGE
 
 
@@ -70,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         "workers_min": args.workers_min, "workers_max": args.workers_max,
         "timeout": args.timeout, "dev": args.dev, "no_signatures": args.no_signatures,
         "strict": args.strict, "log_format": args.log_format, "control": args.control,
+        "metrics_port": args.metrics_port,
     }
     log_format = args.log_format or ("console" if args.dev else None)
     configure_logging(log_format)
@@ -95,20 +102,25 @@ def _control_request(path: str | None, payload: dict[str, Any]) -> dict[str, Any
 
 
 def _status(args: argparse.Namespace) -> int:
+    from daemon.status_view import collect_process_figures, health_exit_code, render_status
+
     answer = _control_request(args.control, {"cmd": "status"})
     if answer is None:
         return EXIT_UNREACHABLE
+    answer["per_worker"] = collect_process_figures(answer.get("per_worker", []))
     if args.json:
         print(json.dumps(answer, indent=2, sort_keys=True))
     else:
-        workers = answer.get("workers", {})
-        print(f"fnd {answer.get('version')}  pid {answer.get('pid')}  "
-              f"listening on {answer.get('listen')}  up {answer.get('uptime')} s")
-        print(f"workers: {workers}  queue: {answer.get('queue')}")
-        print(f"totals: {answer.get('totals')}")
-    healthy = answer.get("ok") and answer.get("workers", {}).get("idle", 0) + answer.get(
-        "workers", {}).get("busy", 0) >= answer.get("workers", {}).get("min", 1)
-    return EXIT_OK if healthy else EXIT_DEGRADED
+        print(render_status(answer))
+    return health_exit_code(answer)
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    answer = _control_request(args.control, {"cmd": "metrics"})
+    if answer is None:
+        return EXIT_UNREACHABLE
+    sys.stdout.write(str(answer.get("text", "")))
+    return EXIT_OK
 
 
 def _reload(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,19 @@ from daemon import __version__
 from daemon.app import FrontEnd
 from daemon.config import Config, load_config
 from daemon.control import ControlServer, default_control_path
+from daemon.listen import start_sites
 from daemon.logs import get_logger
+from daemon.metrics import render_metrics, start_metrics_server
 from daemon.pool import Pool, PoolError
 from daemon.project import Project, ProjectError, route_table_lines, scan_project
 from daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from daemon.stats import Stats
+from daemon.systemd import Notifier, watchdog_loop
 from protocol import messages as m
 from protocol.sandbox_settings import SandboxSettings
 
 _log = get_logger("fnd")
+_STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= updates
 
 
 class StartupError(Exception):
@@ -84,6 +88,9 @@ class Daemon:
         self._exit_code = 0
         self._reload_lock = asyncio.Lock()
         self.listen_address = ""
+        self.notifier = Notifier()  # takes NOTIFY_SOCKET & co. out of our environment
+        self._metrics: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -108,12 +115,16 @@ class Daemon:
         _log.info("ready", version=__version__, listen=self.listen_address,
                   control=self.control.path, workers=self.config.workers_min,
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
+        self.notifier.ready()
+        self._background(self._report_status())
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            self._background(watchdog_loop(self.notifier, interval))
         await self._stop.wait()
         await self._shutdown()
         return self._exit_code
 
     async def _listen(self) -> None:
-        config = self.config
         server = web.Server(
             self.front.handle,
             max_line_size=64 * 1024,
@@ -121,27 +132,16 @@ class Daemon:
             max_headers=1024,
         )
         self._runner = web.ServerRunner(server, handle_signals=False, access_log=None,
-                                        shutdown_timeout=config.drain_timeout)
+                                        shutdown_timeout=self.config.drain_timeout)
         await self._runner.setup()
-        site: web.BaseSite
-        if config.unix:
-            site = web.UnixSite(self._runner, config.unix)
-            await site.start()
-            os.chmod(config.unix, 0o660)
-            self.listen_address = f"unix:{config.unix}"
-        else:
-            host = config.host
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, config.port))
-            sock.listen(1024)
-            sock.setblocking(False)
-            site = web.SockSite(self._runner, sock)
-            await site.start()
-            port = sock.getsockname()[1]
-            shown = f"[{host}]" if family == socket.AF_INET6 else host
-            self.listen_address = f"http://{shown}:{port}"
+        self.listen_address = await start_sites(self._runner, self.config)
+        if self.config.metrics_port is not None:
+            try:
+                self._metrics = await start_metrics_server(
+                    "127.0.0.1", self.config.metrics_port, self.metrics_text
+                )
+            except ValueError as exc:
+                raise OSError(str(exc)) from None
 
     def _base_url(self) -> str:
         return self.listen_address if self.listen_address.startswith("http") else ""
@@ -159,7 +159,12 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         _log.info("stopping", drain_timeout=self.config.drain_timeout)
+        self.notifier.stopping()
+        for task in self._tasks:
+            task.cancel()
         await self.control.stop()
+        if self._metrics is not None:
+            await self._metrics.cleanup()
         if self._runner is not None:
             # Stop accepting; in-flight requests get up to the drain timeout to finish.
             for site in list(self._runner.sites):
@@ -168,12 +173,30 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         self.sandbox.cleanup()
+        self.notifier.close()
         _log.info("stopped", exit_code=self._exit_code)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _report_status(self) -> None:
+        """Keep systemd's STATUS= line current with the pool's figures."""
+        while True:
+            self.notifier.status(self.status_line())
+            await asyncio.sleep(_STATUS_INTERVAL)
+
+    def status_line(self) -> str:
+        pool = self.pool.snapshot()
+        workers = pool["workers"]
+        return (f"{workers['idle']} idle, {workers['busy']} busy, {workers['starting']} starting "
+                f"(min {workers['min']}, max {workers['max']}); queue {pool['queue']}; "
+                f"{self.stats.invocations} served")
 
     # -- reload -------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
         """Re-read config and project, start workers on the new code, retire the old ones."""
         async with self._reload_lock:
+            self.notifier.reloading()
             try:
                 config = load_config(self.config.project_dir, self._flags, self._config_file)
                 project = load_project(config)
@@ -183,10 +206,16 @@ class Daemon:
             except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
                 _log.error("reload failed", reason=str(exc))
                 return {"ok": False, "error": str(exc)}
-            self.config, self.project = config, project
-            self.front.set_project(config, project)
-            _log.info("reloaded", functions=len(project.functions), assets=len(project.assets))
-            return {"ok": True, "generation": self.pool.generation}
+            else:
+                self.config, self.project = config, project
+                self.front.set_project(config, project)
+                _log.info("reloaded", functions=len(project.functions),
+                          assets=len(project.assets))
+                return {"ok": True, "generation": self.pool.generation}
+            finally:
+                # The old or the new code is serving either way: systemd may leave "reloading".
+                self.notifier.ready()
+                self.notifier.status(self.status_line())
 
     # -- control socket -----------------------------------------------------------------
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +224,12 @@ class Daemon:
             return {"ok": True, **self.status()}
         if command == "reload":
             return await self.reload()
+        if command == "metrics":
+            return {"ok": True, "text": self.metrics_text()}
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def metrics_text(self) -> str:
+        return render_metrics(self.stats, self.status())
 
     def status(self) -> dict[str, Any]:
         pool = self.pool.snapshot()
@@ -211,10 +245,8 @@ class Daemon:
             "queue": pool["queue"],
             "queue_longest_wait": pool["queue_longest_wait"],
             "per_worker": pool["per_worker"],
-            "totals": {
-                "invocations": self.stats.invocations,
-                **dict(self.stats.outcomes),
-            },
+            "totals": self.stats.totals(),
+            "recent_crashes": self.stats.recent_crashes(),
             "restarts": dict(self.stats.restarts),
         }
 

@@ -39,15 +39,24 @@ def world_readable_copy(source: Path) -> Path:
 
 
 class FndServer:
-    def __init__(self, project: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        project: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
+        """`wrap` turns the fnd command into another (e.g. a shell that sets LISTEN_PID)."""
         self.project = project
         self.control = str(project.parent / "control.sock")
-        command = [sys.executable, "-m", "daemon.cli", "serve", str(project), "--port", "0",
+        where = [] if "--unix" in args else ["--port", "0"]
+        command = [sys.executable, "-m", "daemon.cli", "serve", str(project), *where,
                    "--log-format", "json", "--control", self.control, *args]
         full_env = {**os.environ, **(env or {})}
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=full_env,
+            wrap(command) if wrap else command, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=full_env, pass_fds=pass_fds,
         )
         self.lines: list[Line] = []
         self.raw: list[str] = []
@@ -119,14 +128,20 @@ class FndServer:
 
 @contextmanager
 def running(fixture: str | Path, *args: str, env: dict[str, str] | None = None,
-            files: dict[str, str] | None = None) -> Iterator[FndServer]:
-    """`fnd serve` on a copy of tests/e2e/fixtures/<fixture> (or any folder); stopped after."""
+            files: dict[str, str] | None = None,
+            wrap: Callable[[list[str]], list[str]] | None = None,
+            pass_fds: tuple[int, ...] = ()) -> Iterator[FndServer]:
+    """`fnd serve` on a copy of tests/e2e/fixtures/<fixture> (or any folder); stopped after.
+
+    "{dir}" in an argument is replaced by the copy's parent folder (a private temp dir).
+    """
     source = fixture if isinstance(fixture, Path) else FIXTURES / fixture
     project = world_readable_copy(source)
     for name, text in (files or {}).items():
         (project / name).write_text(text)
         (project / name).chmod(0o644)
-    server = FndServer(project, list(args), env)
+    args = tuple(arg.replace("{dir}", str(project.parent)) for arg in args)
+    server = FndServer(project, list(args), env, wrap=wrap, pass_fds=pass_fds)
     try:
         server.wait_ready()
         yield server

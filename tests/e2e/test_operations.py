@@ -1,0 +1,234 @@
+"""Operating fnd for real: nginx in front, sd_notify, socket activation, status and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from twilio.request_validator import RequestValidator
+
+from daemon.control import request as control_request
+from tests.fndserver import FndServer, running
+from tests.nginx import running_nginx
+
+AUTH_TOKEN = "12345678901234567890123456789012"  # the ops fixture's .env
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fnd_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def _status(fnd: FndServer) -> dict[str, Any]:
+    return asyncio.run(control_request(fnd.control, {"cmd": "status"}))
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)  # polling the control socket, not synchronising on time
+
+
+# -- nginx ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def behind_nginx() -> Iterator[tuple[FndServer, str]]:
+    with running("ops", "--unix", "{dir}/http.sock") as fnd:
+        workdir = Path(tempfile.mkdtemp(prefix="fnd-nginx-", dir="/tmp"))
+        try:
+            with running_nginx(str(fnd.project.parent / "http.sock"), workdir) as base:
+                yield fnd, base
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_requests_through_nginx_reach_functions(behind_nginx: tuple[FndServer, str]) -> None:
+    fnd, base = behind_nginx
+    response = requests.get(base + "/hello", timeout=30)
+    assert response.status_code == 200 and response.text == "hello"
+    assert response.headers["X-Fnd-Invocation-Id"]
+    assert fnd.url.startswith("unix:")
+
+
+def test_domain_name_comes_from_the_forwarded_host(behind_nginx: tuple[FndServer, str]) -> None:
+    _, base = behind_nginx
+    body = requests.get(base + "/domain", headers={"Host": "functions.example.com"},
+                        timeout=30).json()
+    assert body["domain"] == "functions.example.com"
+    assert not [h for h in body["request_headers"] if h.startswith("x-forwarded-")]
+
+
+def test_protected_function_signed_for_the_public_url(behind_nginx: tuple[FndServer, str]) -> None:
+    _, base = behind_nginx
+    url = base + "/secure"
+    params = {"Body": "hi", "From": "+15550001111"}
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, params)
+    signed = requests.post(url, data=params, headers={"X-Twilio-Signature": signature},
+                           timeout=30)
+    assert signed.status_code == 200 and signed.text == "signed hi"
+    unsigned = requests.post(url, data=params, timeout=30)
+    assert unsigned.status_code == 401
+
+
+def test_slow_function_gets_fnds_own_504_not_nginxs(behind_nginx: tuple[FndServer, str]) -> None:
+    _, base = behind_nginx
+    response = requests.get(base + "/slow", params={"s": "6"}, timeout=30)
+    assert response.status_code == 504
+    assert "X-Fnd-Invocation-Id" in response.headers  # fnd answered, not nginx
+    assert "timed out after 5 s" in response.text
+
+
+# -- systemd ----------------------------------------------------------------------------
+
+
+def _datagrams(sock: socket.socket, wanted: Callable[[list[str]], bool],
+               timeout: float = 30.0) -> list[str]:
+    """Collect sd_notify fields until `wanted(fields so far)` holds."""
+    fields: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not wanted(fields):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"notify messages so far: {fields}"
+        sock.settimeout(remaining)
+        fields.extend(sock.recv(4096).decode().splitlines())
+    return fields
+
+
+def test_sd_notify_ready_status_watchdog_and_reload() -> None:
+    folder = tempfile.mkdtemp(prefix="fnd-notify-", dir="/tmp")
+    path = os.path.join(folder, "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    try:
+        env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
+        with running("ops", "--workers-min", "2", env=env) as fnd:
+            fields = _datagrams(listener, lambda f: "READY=1" in f)
+            status = _status(fnd)
+            assert status["workers"]["idle"] + status["workers"]["busy"] >= 2
+            assert status["workers"]["starting"] == 0
+            fields = _datagrams(listener, lambda f: any(x.startswith("STATUS=") for x in f)
+                                and f.count("WATCHDOG=1") >= 2)
+            line = next(x for x in fields if x.startswith("STATUS="))
+            assert re.search(r"\d+ idle, \d+ busy, \d+ starting \(min 2, max \d+\)", line)
+            reload = _fnd_cli("reload", "--control", fnd.control)
+            assert reload.returncode == 0, reload.stderr
+            fields = _datagrams(listener, lambda f: "RELOADING=1" in f and "READY=1" in
+                                f[f.index("RELOADING=1"):])
+            assert fields.index("RELOADING=1") < len(fields) - 1
+    finally:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_socket_activation_serves_the_passed_socket() -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    # A tiny launcher does what systemd does: the socket as fd 3, LISTEN_PID = the server's pid.
+    launcher = (f"import os, sys; os.dup2({fd}, 3); os.close({fd}); "
+                "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+
+    def wrap(command: list[str]) -> list[str]:
+        return [sys.executable, "-c", launcher, *command]
+
+    try:
+        with running("ops", wrap=wrap, pass_fds=(fd,)) as fnd:
+            assert fnd.url == f"systemd:http://127.0.0.1:{port}"
+            response = requests.get(f"http://127.0.0.1:{port}/hello", timeout=30)
+            assert response.text == "hello"
+    finally:
+        listener.close()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_unit_files_pass_systemd_analyze_verify() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(ROOT / "systemd" / "fnd.service"),
+         str(ROOT / "systemd" / "fnd.socket")],
+        capture_output=True, text=True, timeout=60,
+    )
+    # verify only warns on unknown keys and still exits 0: no output at all is the bar.
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and output == "", output
+
+
+# -- fnd status / fnd metrics ------------------------------------------------------------
+
+
+def test_status_table_and_json_with_busy_and_idle_workers() -> None:
+    with running("ops", "--workers-min", "2", "--workers-max", "2") as fnd:
+        slow = threading.Thread(target=lambda: fnd.get("/slow", params={"s": "2"}))
+        slow.start()
+        _until(lambda: _status(fnd)["workers"]["busy"] == 1)
+        table = _fnd_cli("status", "--control", fnd.control)
+        assert table.returncode == 0, table.stdout + table.stderr
+        assert "1 idle, 1 busy" in table.stdout and "/slow" in table.stdout
+        as_json = _fnd_cli("status", "--control", fnd.control, "--json")
+        assert as_json.returncode == 0
+        status = json.loads(as_json.stdout)
+        busy = [w for w in status["per_worker"] if w["state"] == "busy"]
+        idle = [w for w in status["per_worker"] if w["state"] == "idle"]
+        assert len(busy) == 1 and len(idle) == 1
+        assert busy[0]["function"] == "/slow" and busy[0]["invocation"]
+        assert busy[0]["rss"] > 0
+        for key in ("version", "uptime", "pid", "listen", "sandbox", "queue", "totals"):
+            assert key in status, key
+        slow.join(30)
+
+
+def test_status_exit_codes_unreachable_and_degraded() -> None:
+    missing = _fnd_cli("status", "--control", "/tmp/fnd-no-such-daemon.sock")
+    assert missing.returncode == 4
+    with running("ops", env={"FND_SANDBOX": "permissive"}) as fnd:
+        degraded = _fnd_cli("status", "--control", fnd.control)
+        assert degraded.returncode == 3, degraded.stdout
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
+                     r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)?\})? '
+                     r'(-?[0-9.]+(?:[eE][+-]?[0-9]+)?|NaN|[+-]Inf)$')
+
+
+def _parse_metrics(text: str) -> dict[str, float]:
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE ") or not line:
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not Prometheus text: {line!r}"
+        samples[match.group(1) + (match.group(2) or "")] = float(match.group(4))
+    return samples
+
+
+def test_metrics_parse_and_move_with_requests() -> None:
+    with running("ops") as fnd:
+        key = 'fnd_invocations_total{function="/hello",outcome="ok"}'
+        before = _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
+        for _ in range(3):
+            assert fnd.get("/hello").status_code == 200
+        _until(lambda: _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
+               .get(key, 0) >= before.get(key, 0) + 3)
+        after = _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
+        assert after["fnd_invocation_duration_seconds_count"] >= 3
+        assert after['fnd_workers{state="idle"}'] + after['fnd_workers{state="busy"}'] >= 1
+        assert 'fnd_build_info{version="0.1.0"}' in after
