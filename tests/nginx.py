@@ -20,23 +20,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def site_config(fnd_socket: str, port: int) -> str:
-    """The shipped site with only its deployment-specific parts replaced."""
+def site_config(fnd_sockets: list[str], port: int) -> str:
+    """The shipped site with only its deployment-specific parts replaced.
+
+    Several sockets make several `server` lines in the one upstream (fnd instances side by side).
+    """
     text = SITE.read_text()
-    for needle in ("unix:/run/fnd/http.sock", "listen 80;", "listen [::]:80;"):
+    upstream = "server unix:/run/fnd/http.sock;"
+    for needle in (upstream, "listen 80;", "listen [::]:80;"):
         assert needle in text, f"{SITE} no longer contains {needle!r}"
-    text = text.replace("unix:/run/fnd/http.sock", f"unix:{fnd_socket}")
+    text = text.replace(upstream, "\n    ".join(f"server unix:{path};" for path in fnd_sockets))
     text = text.replace("listen 80;", f"listen 127.0.0.1:{port};")
     return text.replace("listen [::]:80;", "")
 
 
 @contextmanager
-def running_nginx(fnd_socket: str, workdir: Path) -> Iterator[str]:
+def running_nginx(fnd_sockets: str | list[str], workdir: Path) -> Iterator[str]:
     """nginx in front of fnd's unix socket; yields its base URL. Stopped afterwards."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     port = _free_port()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    (workdir / "site.conf").write_text(site_config(fnd_socket, port))
+    sockets = [fnd_sockets] if isinstance(fnd_sockets, str) else fnd_sockets
+    (workdir / "site.conf").write_text(site_config(sockets, port))
     (workdir / "nginx.conf").write_text(f"""
 user root root;  # tests only: lets the worker reach fnd's 0660 root-owned socket
 worker_processes 1;
