@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -47,24 +49,51 @@ def readable_copy(project: Path) -> Path:
     return target
 
 
+@dataclass
+class FndInstance:
+    """A running `fnd serve`: where it listens, its pid, control socket and JSON log file."""
+
+    port: int
+    pid: int
+    control: str
+    log: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                line = json.loads(raw)
+                if isinstance(line, dict):
+                    lines.append(line)
+        return lines
+
+
 @contextmanager
-def fnd_server(project: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
+def fnd_instance(project: Path, *args: str, env: dict[str, str] | None = None
+                 ) -> Iterator[FndInstance]:
     port = free_port()
     copy = readable_copy(project)
+    control = str(copy.parent / "control.sock")
     log = open(copy.parent / "fnd.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", "serve", str(copy), "--port", str(port),
-         "--log-format", "json", "--control", str(copy.parent / "control.sock"), *args],
+         "--log-format", "json", "--control", control, *args],
         stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})}, cwd=ROOT,
     )
     try:
         wait_port(port)
-        yield port
+        yield FndInstance(port, process.pid, control, copy.parent / "fnd.log")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         log.close()
         shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+@contextmanager
+def fnd_server(project: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    with fnd_instance(project, *args, env=env) as instance:
+        yield instance.port
 
 
 @contextmanager

@@ -15,15 +15,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from daemon import calls
+from daemon.asset_response import AssetResponse
 from daemon.calls import Call, Outcome, text_outcome
-from daemon.config import Config
-from daemon.event import EventError, build_event, check_request_headers, parse_body
+from daemon.config import Config, ConfigError
+from daemon.event import EventError, ParsedBody, build_event, check_request_headers, parse_body
+from daemon.logs import get_logger
 from daemon.pool import Pool
 from daemon.project import Project, Route
+from daemon.signature_gate import SignatureGate, parse_proxies
 from daemon.stats import Stats
 
 INVOCATION_HEADER = "X-Fnd-Invocation-Id"
 _FUNCTION_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+_log = get_logger("fnd")
 _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Headers": "*",
@@ -42,16 +46,6 @@ class InvocationIds:
         return f"{self._prefix}-{next(self._counter):x}"
 
 
-def _is_trusted_proxy(request: web.BaseRequest, trusted: tuple[str, ...]) -> bool:
-    transport = request.transport
-    if transport is None:
-        return False
-    peer = transport.get_extra_info("peername")
-    if not isinstance(peer, tuple):  # a unix socket peer (nginx on the same host)
-        return "unix" in trusted
-    return peer[0] in trusted
-
-
 class FrontEnd:
     def __init__(self, config: Config, project: Project, pool: Pool, stats: Stats) -> None:
         self.config = config
@@ -62,11 +56,21 @@ class FrontEnd:
         # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
         self._loop = asyncio.get_running_loop()
         self._context_defaults = config.context_defaults()
+        self._proxies = parse_proxies(config)
+        self._gate = SignatureGate(config, self._context_defaults.get("AUTH_TOKEN"),
+                                   self._proxies)
 
     def set_project(self, config: Config, project: Project) -> None:
         """Swap in a re-scanned project (reload): one assignment, so no request sees a mix."""
+        defaults = config.context_defaults()
+        try:
+            proxies = parse_proxies(config)
+        except ConfigError as exc:  # the pool already runs the new code: keep serving
+            _log.error("reload: trusted_proxies unchanged", reason=str(exc))
+            proxies = self._proxies
+        gate = SignatureGate(config, defaults.get("AUTH_TOKEN"), proxies)
         self.config, self.project = config, project
-        self._context_defaults = config.context_defaults()
+        self._context_defaults, self._proxies, self._gate = defaults, proxies, gate
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received = time.perf_counter()
@@ -87,9 +91,16 @@ class FrontEnd:
                 return await self._function(request, route, invocation_id, received)
             except EventError as exc:
                 outcome = text_outcome(exc.status, calls.REJECTED, exc.reason)
+        return self._answer(request, outcome, invocation_id, received, function_name)
+
+    def _answer(
+        self, request: web.BaseRequest, outcome: Outcome, invocation_id: str, received: float,
+        function: str | None,
+    ) -> web.Response:
+        """A response decided by the daemon itself: log it and send it."""
         self.stats.record(
-            invocation_id=invocation_id, method=request.method, path=path,
-            function=function_name, status=outcome.status, outcome=outcome.outcome,
+            invocation_id=invocation_id, method=request.method, path=request.path,
+            function=function, status=outcome.status, outcome=outcome.outcome,
             duration=time.perf_counter() - received, reason=outcome.reason,
         )
         return _response(outcome, invocation_id)
@@ -100,13 +111,21 @@ class FrontEnd:
         config = self.config
         if request.method not in _FUNCTION_METHODS and request.method != "OPTIONS":
             raise EventError(405, f"method {request.method} is not allowed")
-        if route.error is not None:
-            raise EventError(500, route.error)
         check_request_headers(request.raw_headers, config.max_header_bytes,
                               config.max_header_count)
         body = await _read_body(request, config.max_request_body)
         content_type = request.headers.get("Content-Type", "")
-        parsed = parse_body(content_type, body)
+        if route.visibility == "protected":
+            parsed_or_denied = self._check_protected(request, route, invocation_id, body)
+            if isinstance(parsed_or_denied, Outcome):
+                return self._answer(request, parsed_or_denied, invocation_id, received,
+                                    route.path)
+            parsed = parsed_or_denied
+        else:
+            parsed = parse_body(content_type, body)
+        # After the signature check: unsigned clients never see a protected function's problem.
+        if route.error is not None:
+            raise EventError(500, route.error)
         event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
         context: dict[str, Any] = dict(self._context_defaults)
         context["DOMAIN_NAME"] = self._domain_name(request)
@@ -121,6 +140,7 @@ class FrontEnd:
             path=request.path,
             received=received,
             result=self._loop.create_future(),
+            transport=request.transport,  # lets the pool drop it if the client leaves
         )
         outcome = await self.pool.invoke(call)
         if call.started == 0.0:  # never reached a worker (503): the pool did not log it
@@ -133,32 +153,60 @@ class FrontEnd:
             )
         return _response(outcome, invocation_id)
 
+    def _check_protected(
+        self, request: web.BaseRequest, route: Route, invocation_id: str, body: bytes
+    ) -> ParsedBody | Outcome:
+        """The parsed body if the signature holds, else the denial (SPEC 6.1).
+
+        The signature is checked before a malformed body is reported, so an unsigned client
+        gets 401 whatever it sends.
+        """
+        try:
+            parsed = parse_body(request.headers.get("Content-Type", ""), body)
+        except EventError:
+            denied = self._gate.check(request, route, invocation_id, body, None)
+            if denied is not None:
+                return denied
+            raise
+        denied = self._gate.check(request, route, invocation_id, body, parsed)
+        return parsed if denied is None else denied
+
     async def _asset(
         self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
     ) -> web.StreamResponse:
+        if route.visibility == "protected":
+            denied = self._gate.check(request, route, invocation_id)
+            if denied is not None:
+                return self._answer(request, denied, invocation_id, received, None)
         if request.method not in ("GET", "HEAD"):
             outcome = text_outcome(405, calls.REJECTED, f"method {request.method} is not allowed",
                                    Allow="GET, HEAD, OPTIONS")
-            response: web.StreamResponse = _response(outcome, invocation_id)
-        else:
-            response = web.FileResponse(route.file)
-            response.headers[INVOCATION_HEADER] = invocation_id
-        self.stats.record(
-            invocation_id=invocation_id, method=request.method, path=request.path,
-            status=response.status, outcome=calls.OK if response.status < 400 else calls.REJECTED,
-            duration=time.perf_counter() - received,
-        )
+            return self._answer(request, outcome, invocation_id, received, None)
+
+        def sent(status: int) -> None:
+            self.stats.record(
+                invocation_id=invocation_id, method=request.method, path=request.path,
+                status=status, outcome=calls.OK if status < 400 else calls.REJECTED,
+                duration=time.perf_counter() - received,
+            )
+
+        response = AssetResponse(route.file, sent)
+        response.headers[INVOCATION_HEADER] = invocation_id
         return response
 
     def _domain_name(self, request: web.BaseRequest) -> str:
-        """The configured domain, else the host the client used (via a trusted proxy)."""
+        """The configured domain, else the host the client used (via a trusted proxy).
+
+        The same host the signature check uses: the last X-Forwarded-Host element, the one
+        the nearest (trusted) proxy added.
+        """
         configured = self.config.env.get("DOMAIN_NAME")
         if configured:
             return configured
-        if _is_trusted_proxy(request, self.config.trusted_proxies):
+        if self._proxies.trusts(request.remote):
             forwarded = request.headers.get("X-Forwarded-Host")
             if forwarded:
-                return forwarded.split(",")[0].strip()
+                return forwarded.rpartition(",")[2].strip()
         return request.headers.get("Host", "")
 
 

@@ -51,6 +51,8 @@ class Call:
     cpu: float | None = None
     rss: int | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # The client's connection: a queued call whose client hung up is dropped, not run.
+    transport: asyncio.BaseTransport | None = field(default=None, repr=False)
 
     @property
     def queue_wait(self) -> float:
@@ -58,7 +60,7 @@ class Call:
 
     def resolve(self, outcome: Outcome) -> bool:
         """Set the outcome once; later attempts (a late result after a kill) are ignored."""
-        if self.result.done():
+        if self.result.done():  # also when cancelled: the request handler is gone
             return False
         self.result.set_result(outcome)
         return True

@@ -52,6 +52,23 @@ def _parser() -> argparse.ArgumentParser:
 
     metrics = commands.add_parser("metrics", help="print Prometheus metrics of a running daemon")
     metrics.add_argument("--control", metavar="PATH", help="control socket path")
+
+    init = commands.add_parser("init", help="create a new function project in DIR")
+    init.add_argument("dir", help="folder to create (must be new or empty)")
+
+    invoke = commands.add_parser(
+        "invoke", help="run one function once through the real daemon and print the response")
+    invoke.add_argument("path", help="route (/sms/reply) or function file (functions/x.py)")
+    invoke.add_argument("-d", "--data", action="append", default=[], metavar="KEY=VALUE",
+                        help="form field (repeatable); makes the request a POST")
+    invoke.add_argument("--json", metavar="BODY", help="JSON body; makes the request a POST")
+    invoke.add_argument("-X", "--method", help="HTTP method (default GET, POST with a body)")
+    invoke.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="request header (repeatable)")
+    invoke.add_argument("--project", default=".", metavar="DIR",
+                        help="project folder (default: .)")
+    invoke.add_argument("--dev", action="store_true", help="tracebacks in 500 bodies")
+    invoke.add_argument("--timeout", type=float, help="time limit for this invocation, seconds")
     return parser
 
 
@@ -65,7 +82,39 @@ def main(argv: list[str] | None = None) -> int:
         return _reload(args)
     if args.command == "metrics":
         return _metrics(args)
+    if args.command == "init":
+        return _init(args)
+    if args.command == "invoke":
+        return _invoke(args)
     return EXIT_USAGE
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from daemon.scaffold import ScaffoldError, create_project
+
+    target = Path(args.dir)
+    try:
+        files = create_project(target)
+    except (ScaffoldError, OSError) as exc:
+        print(f"fnd init: {exc}", file=sys.stderr)
+        return 1
+    for file in files:
+        print(f"created {file}")
+    print(f"\nNext: cd {target} && cp .env.example .env && fnd serve --dev   (tests: pytest)")
+    return EXIT_OK
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from daemon.invoke_once import InvokeArgs, invoke
+
+    return invoke(InvokeArgs(
+        project=Path(args.project), path=args.path, data=args.data, json_body=args.json,
+        method=args.method, headers=args.header, dev=args.dev, timeout=args.timeout,
+    ))
 
 
 def _serve(args: argparse.Namespace) -> int:

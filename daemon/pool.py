@@ -1,7 +1,13 @@
-"""The worker pool: prewarmed workers, a FIFO queue, deadlines and kills on the daemon's clock.
+"""The worker pool: warm workers, a FIFO queue, deadlines and kills on the daemon's clock.
 
 Every accepted call ends in exactly one outcome (SPEC 8.3): the worker's result, 502 when the
 worker dies, 503 when the queue is full or too slow, 504 at the time limit.
+
+Sizing (SPEC 8.1): `workers_min` are always there; while any worker is busy one spare is kept
+idle or starting, plus one per queued call, up to `workers_max`, so a burst finds forks
+already under way; idle workers above the minimum retire after `idle_timeout`. A worker that
+leaves (killed, retired, crashed) is replaced the moment the daemon decides or notices it,
+never when a request needs it.
 """
 
 from __future__ import annotations
@@ -10,35 +16,33 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from daemon import calls
+from daemon import calls, deaths
 from daemon.calls import Call, Outcome, text_outcome
 from daemon.cgroups import CgroupError
 from daemon.config import Config
 from daemon.logs import get_logger
+from daemon.pool_queue import WaitQueue
 from daemon.stats import Stats
-from daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, WorkerProc, describe_exit
+from daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, WorkerProc
 from daemon.zygote_client import ZygoteClient, ZygoteError
 from protocol import messages as m
 from protocol.sandbox_settings import missing_layers
 
 _log = get_logger("fnd.pool")
-_EXIT_STATUS_WAIT = 2.0  # how long a crash report waits for the zygote's exit status
+_EXIT_STATUS_WAIT = 2.0  # how long a death report waits for the zygote's exit status
 _ZYGOTE_RESTARTS = 5  # consecutive failed zygote restarts before the daemon gives up
+# Workers failing to start one after another: back off, then give up (like gunicorn's
+# boot-error exit) instead of forking in a tight loop.
+_START_FAILURES = 10
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
+_RETIRE_GRACE = 5.0  # a retired worker that has not exited after this long is killed
 
 
 class PoolError(Exception):
     """The pool could not reach a serving state; the message says why."""
-
-
-class _QueueTimeout(Exception):
-    pass
-
-
-_SWEEP_INTERVAL = 0.05  # how often queued requests are checked against queue_timeout
 
 
 class Pool:
@@ -61,17 +65,28 @@ class Pool:
         self._prepare_slot = prepare_slot
         self._kill_slot = kill_slot
         self._oom_killed = oom_killed
-        self.workers: dict[int, WorkerProc] = {}  # by slot, including dying ones
+        self.workers: dict[int, WorkerProc] = {}  # by slot, dying ones too until reaped
         self._by_pid: dict[int, WorkerProc] = {}
-        self._idle: list[WorkerProc] = []  # LIFO: hot workers stay hot, extras can retire
-        # (enqueued at, waiter), oldest first. One sweep timer expires them, not one timer each.
-        self._waiters: deque[tuple[float, asyncio.Future[WorkerProc]]] = deque()
-        self._sweeping = False
-        self._free_slots = list(reversed(range(config.workers_max * 2)))
+        # Capacity: workers starting, idle or busy that are not leaving (current generation
+        # and older ones still finishing a call).
+        self._live: set[WorkerProc] = set()
+        self._starting: set[WorkerProc] = set()
+        self._idle: list[WorkerProc] = []  # LIFO: hot workers stay hot, the bottom retires
+        self._fresh: list[WorkerProc] = []  # a reload's next generation, held until the switch
+        self._queue = WaitQueue(self._loop, config.queue_timeout)
+        self._free_slots: list[int] = []
+        self._next_slot = 0
+        self._slot_kills: dict[int, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._spawn_after = 0.0  # loop time before which no worker is forked (back-off)
+        self._start_failures = 0
+        self._zygote_failures = 0
+        self._zygote_up = False
+        self._started = False
         self.generation = 0
         self.closing = False
-        self._zygote_failures = 0
         self.zygote = ZygoteClient(
             on_spawned=self._on_spawned,
             on_spawn_failed=self._on_spawn_failed,
@@ -86,28 +101,33 @@ class Pool:
             await self.zygote.start(self.worker_config)
         except ZygoteError as exc:
             raise PoolError(str(exc)) from None
+        self._zygote_up = True
         first = [self._spawn() for _ in range(self.config.workers_min)]
-        done, pending = await asyncio.wait([w.ready for w in first], timeout=timeout)
-        failures = [w.failure or str(w.ready.exception()) for w in first
-                    if w.ready in done and w.ready.exception() is not None]
-        if failures or pending:
-            reason = failures[0] if failures else f"workers not ready within {timeout:.0f} s"
+        failure = await _wait_ready(first, timeout)
+        if failure is not None:
             await self.stop(drain_timeout=0)
-            raise PoolError(f"cannot start workers: {reason}")
+            raise PoolError(f"cannot start workers: {failure}")
+        self._started = True
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop taking calls, let busy workers finish (up to the drain timeout), kill the rest."""
+        """Take no new calls; finish the busy and queued ones (up to the drain timeout); kill."""
         self.closing = True
-        while self._waiters:
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(_QueueTimeout())
         limit = self.config.drain_timeout if drain_timeout is None else drain_timeout
-        busy = [w.call.result for w in self.workers.values() if w.call is not None]
-        if busy and limit > 0:
-            await asyncio.wait(busy, timeout=limit)
+        pending = [w.call.result for w in self.workers.values() if w.call is not None]
+        pending += [call.result for call in self._queue.calls()]
+        if pending and limit > 0:
+            await asyncio.wait(pending, timeout=limit)
+        self._queue.fail_all("server is shutting down")
         for worker in list(self.workers.values()):
-            worker.kill("daemon stopping")
+            call = worker.call
+            if call is not None and call.resolve(text_outcome(
+                502, calls.CRASH, f"stopped: the daemon's drain timeout ({limit:g} s) ran out"
+            )):
+                self._finalize(call)
+            worker.kill("daemon stopping", deaths.STOPPING)
+        for timer in (self._idle_timer, self._retry_timer):
+            if timer is not None:
+                timer.cancel()
         await self.zygote.stop()
         for worker in list(self.workers.values()):
             worker.close_pipes()
@@ -115,241 +135,327 @@ class Pool:
             task.cancel()
 
     async def reload(self, config: Config, worker_config: m.WorkerConfig,
-                     timeout: float = 60.0) -> None:
-        """Start `workers_min` workers on the new code; retire the old ones once they are idle.
+                     timeout: float = 60.0, switch: Callable[[], None] | None = None) -> None:
+        """Start the new generation, then switch to it in one step; old workers retire.
 
-        If the new workers cannot start, the old generation keeps serving and PoolError says why.
+        `switch` runs inside that step (the front-end swaps its route table there), so no
+        call routed by the new table reaches an old worker. If the new workers cannot start,
+        the old generation keeps serving and PoolError says why.
         """
-        old_config, old_worker_config = self.config, self.worker_config
-        self.config, self.worker_config = config, worker_config
-        for slot in range(old_config.workers_max * 2, config.workers_max * 2):
-            self._free_slots.insert(0, slot)
+        old_worker_config = self.worker_config
         await self.zygote.configure(worker_config)
-        self.generation += 1
-        fresh = [self._spawn() for _ in range(config.workers_min)]
-        await asyncio.wait([w.ready for w in fresh], timeout=timeout)
-        failed = [w for w in fresh if not w.ready.done() or w.ready.exception() is not None]
-        if failed:
-            reason = failed[0].failure or "new workers not ready in time"
-            self.generation -= 1
-            self.config, self.worker_config = old_config, old_worker_config
-            await self.zygote.configure(old_worker_config)
+        fresh = [self._spawn(fresh=True, config=config) for _ in range(config.workers_min)]
+        failure = await _wait_ready(fresh, timeout)
+        if failure is None and self.closing:
+            failure = "the daemon is stopping"
+        if failure is not None:
             for worker in fresh:
-                worker.kill("reload failed")
-            raise PoolError(f"reload failed: {reason}")
-        for worker in list(self._idle):
-            if worker.generation != self.generation:
-                self._idle.remove(worker)
-                self.stats.worker_restart("reload")
-                worker.retire()
+                worker.kill("reload failed", deaths.DISCARDED)
+            self._fresh = [w for w in self._fresh if w not in fresh]
+            with contextlib.suppress(ZygoteError):
+                await self.zygote.configure(old_worker_config)
+            raise PoolError(f"reload failed: {failure}")
+        # The switch: nothing below awaits, so no call sees half of it.
+        self.config, self.worker_config = config, worker_config
+        self.generation += 1
+        self._queue.timeout = config.queue_timeout
+        if switch is not None:
+            switch()
+        self._fresh = [w for w in self._fresh if w not in fresh]
+        old_idle, now = list(self._idle), time.monotonic()
+        for worker in fresh:
+            if worker.state == IDLE and not worker.leaving:
+                worker.idle_since = now
+                self._live.add(worker)
+                self._idle.append(worker)
+        for worker in old_idle:
+            worker.retire(deaths.RELOAD)  # busy ones retire when their call is done
+        while self._idle:
+            call = self._queue.pop()
+            if call is None:
+                break
+            self._dispatch(self._idle.pop(), call)
+        self._top_up()
 
     # -- calls --------------------------------------------------------------------------
     async def invoke(self, call: Call) -> Outcome:
         call.queued = time.perf_counter()
-        worker = self._take_idle()
-        if worker is None:
-            if self.closing:
-                return text_outcome(503, calls.OVERLOAD, "server is shutting down", Retry_After="1")
-            if len(self._waiters) >= self.config.queue_max:
-                return text_outcome(
-                    503, calls.OVERLOAD, "all workers are busy and the queue is full",
-                    Retry_After="1",
-                )
-            try:
-                worker = await self._wait_for_worker()
-            except _QueueTimeout:
-                return text_outcome(
-                    503, calls.OVERLOAD,
-                    f"no worker became free within {self.config.queue_timeout:g} s",
-                    Retry_After="1",
-                )
+        if self.closing:
+            return text_outcome(503, calls.OVERLOAD, "server is shutting down", Retry_After="1")
+        idle = self._idle
+        if idle:
+            self._dispatch(idle.pop(), call)
+            if not idle:
+                self._top_up()  # the last warm worker just went: fork the spare now
+        elif len(self._queue) >= self.config.queue_max:
+            return text_outcome(
+                503, calls.OVERLOAD, "all workers are busy and the queue is full",
+                Retry_After="1",
+            )
+        else:
+            self._queue.push(call)
+            self._top_up()
+        return await call.result
+
+    def _dispatch(self, worker: WorkerProc, call: Call) -> None:
         call.started = time.perf_counter()
         worker.start_call(call)
         call.timer = self._loop.call_later(call.timeout, self._on_deadline, worker, call)
-        return await call.result
-
-    async def _wait_for_worker(self) -> WorkerProc:
-        waiter: asyncio.Future[WorkerProc] = self._loop.create_future()
-        entry = (time.perf_counter(), waiter)
-        self._waiters.append(entry)
-        if not self._sweeping:
-            self._sweeping = True
-            self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
-        self._grow()
-        try:
-            return await waiter
-        except BaseException as exc:
-            # Still queued after a timeout or a cancel (never on success: _release popped it;
-            # a failed deque.remove would format the future's repr into its message).
-            if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(entry)
-            elif isinstance(exc, asyncio.CancelledError):
-                # The client went away just as a worker was handed over: pass it on.
-                self._release(waiter.result())
-            raise
-
-    def _sweep(self) -> None:
-        """Fail the requests that waited longer than queue_timeout (oldest are first)."""
-        limit = time.perf_counter() - self.config.queue_timeout
-        while self._waiters and self._waiters[0][0] <= limit:
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(_QueueTimeout())
-        self._sweeping = bool(self._waiters)
-        if self._sweeping:
-            self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
     def longest_wait(self) -> float:
         """Seconds the oldest queued request has waited (0 with an empty queue)."""
-        return time.perf_counter() - self._waiters[0][0] if self._waiters else 0.0
-
-    def _take_idle(self) -> WorkerProc | None:
-        while self._idle:
-            worker = self._idle.pop()
-            if worker.state == IDLE and not worker.retiring:
-                return worker
-        return None
+        return self._queue.longest_wait()
 
     def _release(self, worker: WorkerProc) -> None:
-        """An idle worker goes to the oldest waiter, else back to the idle stack."""
-        while self._waiters:
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(worker)
-                return
+        """An idle worker takes the oldest waiting call, else goes on the idle stack."""
+        call = self._queue.pop()
+        if call is not None:
+            self._dispatch(worker, call)
+            return
+        worker.idle_since = time.monotonic()
         self._idle.append(worker)
+        if self._idle_timer is None and len(self._live) > self.config.workers_min:
+            self._schedule_idle_check()
 
     def _on_deadline(self, worker: WorkerProc, call: Call) -> None:
-        if call.resolve(text_outcome(
+        call.timer = None
+        call.resolve(text_outcome(
             504, calls.TIMEOUT, f"function timed out after {call.timeout:g} s"
-        )):
-            self.stats.worker_restart("timeout")
-        worker.kill("timeout")
+        ))
+        worker.kill("timeout", deaths.TIMEOUT)
+
+    # -- sizing -------------------------------------------------------------------------
+    def _top_up(self) -> None:
+        """Fork what the pool is short of: the minimum, one spare while busy, the queue."""
+        if not (self._zygote_up and self.zygote.alive):
+            return  # _restart_zygote tops up once the zygote is back
+        cfg = self.config
+        live = len(self._live)
+        ready_or_starting = len(self._idle) + len(self._starting)
+        busy = live - ready_or_starting
+        if self.closing:
+            wanted = len(self._queue) - ready_or_starting  # only what the drain still needs
+        else:
+            spare = 1 if busy > 0 else 0
+            wanted = max(len(self._queue) + spare - ready_or_starting, cfg.workers_min - live)
+        count = min(wanted, cfg.workers_max - live)
+        if count <= 0:
+            return
+        delay = self._spawn_after - self._loop.time()
+        if delay > 0:
+            if self._retry_timer is None:
+                self._retry_timer = self._loop.call_later(delay, self._retry_top_up)
+            return
+        for _ in range(count):
+            self._spawn()
+
+    def _retry_top_up(self) -> None:
+        self._retry_timer = None
+        self._top_up()
+
+    def _schedule_idle_check(self) -> None:
+        if not self._idle:
+            return
+        due = self._idle[0].idle_since + self.config.idle_timeout - time.monotonic()
+        self._idle_timer = self._loop.call_later(max(due, 0.01), self._retire_idle)
+
+    def _retire_idle(self) -> None:
+        """Idle workers above the minimum leave after idle_timeout, oldest first."""
+        self._idle_timer = None
+        horizon = time.monotonic() - self.config.idle_timeout
+        while len(self._live) > self.config.workers_min and self._idle and (
+            self._idle[0].idle_since <= horizon
+        ):
+            keep_spare = len(self._live) > len(self._idle) + len(self._starting)
+            if keep_spare and len(self._idle) == 1:
+                break  # the spare for busy workers stays
+            self._idle[0].retire(deaths.IDLE)
+        if len(self._live) > self.config.workers_min:
+            self._schedule_idle_check()
 
     # -- workers ------------------------------------------------------------------------
-    def _alive(self) -> list[WorkerProc]:
-        return [w for w in self.workers.values() if w.state != DEAD]
+    def _take_slot(self) -> int:
+        if self._free_slots:
+            return self._free_slots.pop()
+        # A new slot (its own uid and cgroup): only when every known slot is in use, so the
+        # count tracks the most workers ever alive at once, dying ones included.
+        self._next_slot += 1
+        return self._next_slot - 1
 
-    def _spawn(self) -> WorkerProc:
-        slot = self._free_slots.pop()
-        worker = WorkerProc(self, slot, self.generation)
-        if self.config.max_requests:
+    def _spawn(self, fresh: bool = False, config: Config | None = None) -> WorkerProc:
+        cfg = config or self.config
+        slot = self._take_slot()
+        worker = WorkerProc(self, slot, self.generation + 1 if fresh else self.generation)
+        if cfg.max_requests:
             # Jitter spreads recycling out so that workers do not all restart together.
-            worker.request_limit = self.config.max_requests + random.randint(
-                0, max(0, self.config.max_requests_jitter)
+            worker.request_limit = cfg.max_requests + random.randint(
+                0, max(0, cfg.max_requests_jitter)
             )
         self.workers[slot] = worker
+        if fresh:
+            self._fresh.append(worker)
+        else:
+            self._live.add(worker)
+            self._starting.add(worker)
         self._run(self._start_worker(worker))
         return worker
 
     async def _start_worker(self, worker: WorkerProc) -> None:
         try:
+            pending = self._slot_kills.get(worker.slot)
+            if pending is not None:
+                await pending  # the slot's previous occupants are gone before it is reused
             self._prepare_slot(worker.slot)
             pipes = await self.zygote.spawn(worker.slot)
             await worker.attach(pipes)
         except (ZygoteError, OSError, CgroupError) as exc:
             worker.failure = f"spawn failed: {exc}"
-            worker.kill(worker.failure)
-
-    def _grow(self) -> None:
-        alive = self._alive()
-        starting = sum(1 for w in alive if w.state == STARTING)
-        if len(alive) < self.config.workers_max and starting < len(self._waiters) and (
-            self._free_slots
-        ):
-            self._spawn()
-
-    def _ensure_min(self) -> None:
-        if self.closing:
-            return
-        alive = [w for w in self._alive() if not w.retiring]
-        for _ in range(self.config.workers_min - len(alive)):
-            if not self._free_slots:
-                break
-            self._spawn()
+            worker.kill(f"failed to start: {worker.failure}", deaths.START_FAILED)
+            if worker.pid is None and not worker.exit_status.done():
+                worker.exit_status.set_result(-1)  # no process was made
+            if worker.state == DEAD:
+                self._free_slot(worker)
 
     def _due_for_recycling(self, worker: WorkerProc) -> str | None:
         cfg = self.config
-        if worker.request_limit and worker.served >= worker.request_limit:
-            return "max_requests"
-        if cfg.max_rss_mb and worker.rss > cfg.max_rss_mb * 1024 * 1024:
-            return "max_rss"
         if worker.generation != self.generation:
-            return "reload"
+            return deaths.RELOAD
+        if worker.request_limit and worker.served >= worker.request_limit:
+            return deaths.MAX_REQUESTS
+        if cfg.max_rss_mb and worker.rss > cfg.max_rss_mb * 1024 * 1024:
+            return deaths.MAX_RSS
         return None
 
     # PoolEvents, called by WorkerProc
     def worker_ready(self, worker: WorkerProc) -> None:
+        self._starting.discard(worker)
+        if worker.leaving:
+            return
         missing = missing_layers(worker.layers) if self.config.sandbox == "strict" else []
         if missing:
             # Fail closed: a worker without every protection never gets a call (SPEC 7.5).
             details = ", ".join(f"{name} ({worker.layers.get(name, 'not reported')})"
                                 for name in missing)
             worker.failure = f"sandbox layers missing: {details}"
-            worker.kill(f"failed to start: {worker.failure}")
+            worker.kill(f"failed to start: {worker.failure}", deaths.START_FAILED)
             return
-        if self.closing or worker.generation != self.generation:
-            worker.retire()
-            return
-        self._release(worker)
+        self._start_failures = 0
+        self._spawn_after = 0.0
+        _log.info("worker ready", pid=worker.pid, slot=worker.slot, generation=worker.generation,
+                  start_ms=round((worker.ready_at - worker.spawned_at) * 1000, 1))
+        if worker.generation > self.generation:
+            return  # a reload's new worker: held until the switch
+        if worker.generation < self.generation:
+            worker.retire(deaths.RELOAD)
+        else:
+            self._release(worker)
 
     def worker_done(self, worker: WorkerProc, call: Call, clean: bool, reason: str | None) -> None:
         self._finalize(call)
         if not clean:
-            self.stats.worker_restart("unclean")
-            worker.kill(reason or "left threads or processes running")
+            worker.kill(reason or "left threads or processes running", deaths.UNCLEAN)
             return
-        if worker.state != IDLE:
+        if worker.state != IDLE or worker.leaving:
             return
         recycle = self._due_for_recycling(worker)
-        if recycle is not None or self.closing:
-            if recycle:
-                self.stats.worker_restart(recycle)
-            worker.retire()
-            self._ensure_min()
-            return
-        self._release(worker)
+        if recycle is not None:
+            worker.retire(recycle)  # its replacement is forked in worker_leaving
+        else:
+            self._release(worker)
+
+    def worker_leaving(self, worker: WorkerProc) -> None:
+        self._forget(worker)
+        if worker.retiring:
+            # An idle worker exits on EOF at once; one that does not is made to.
+            self._loop.call_later(_RETIRE_GRACE, self._kill_lingering, worker)
+        self._top_up()
+
+    def _kill_lingering(self, worker: WorkerProc) -> None:
+        if worker.state != DEAD:
+            worker.kill("did not exit after it was retired", worker.cause or deaths.STOPPING)
+
+    def _forget(self, worker: WorkerProc) -> None:
+        """Take a worker out of every capacity count (it is leaving or gone)."""
+        self._live.discard(worker)
+        self._starting.discard(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
 
     def worker_gone(self, worker: WorkerProc) -> None:
-        with contextlib.suppress(ValueError):
-            self._idle.remove(worker)
+        self._forget(worker)
         call = worker.call
-        if call is not None:
-            worker.call = None
-            if call.result.done():
+        worker.call = None
+        if worker.cause is None:
+            self._run(self._report_death(worker, call))  # waits for the exit status
+        else:
+            reason = worker.kill_reason or worker.cause
+            self._record_exit(worker, worker.cause, reason)
+            if call is not None:
+                # No-op when already answered (504 at the deadline, a result before a kill).
+                call.resolve(text_outcome(502, calls.CRASH, f"function crashed: {reason}"))
                 self._finalize(call)
-            else:
-                self._run(self._report_crash(worker, call))
-        elif worker.kill_reason and worker.kill_reason.startswith("failed to start"):
-            _log.error("worker failed to start", slot=worker.slot, reason=worker.failure)
         if worker.exit_status.done():
             self._free_slot(worker)
-        self._ensure_min()
-        self._grow()
+        self._top_up()
 
     def kill_slot(self, slot: int) -> None:
-        self._kill_slot(slot)
+        # The cgroup kill may poll for a few ms (cgroup v1 freezer): off the event loop. The
+        # slot is not reused before it is done (_start_worker waits for it).
+        self._slot_kills[slot] = self._loop.run_in_executor(None, self._kill_slot_quietly, slot)
 
-    async def _report_crash(self, worker: WorkerProc, call: Call) -> None:
+    def _kill_slot_quietly(self, slot: int) -> None:
+        try:
+            self._kill_slot(slot)
+        except Exception as exc:  # a thread's error would otherwise go unseen
+            _log.error("cannot kill the slot's cgroup", slot=slot, reason=str(exc))
+
+    async def _report_death(self, worker: WorkerProc, call: Call | None) -> None:
+        """A worker died on its own: classify it from its exit status, answer its call."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(worker.exit_status), _EXIT_STATUS_WAIT)
-        status = worker.exit_status.result() if worker.exit_status.done() else None
-        if self._oom_killed(worker.slot):
-            why = "worker exceeded its memory limit"
-            self.stats.worker_restart("oom")
+        if worker.cause is not None:  # meanwhile explained: the zygote died and took it along
+            cause, words = worker.cause, worker.kill_reason or worker.cause
         else:
-            why = f"worker {describe_exit(status)}"
-            self.stats.worker_restart("crash")
-        reason = worker.kill_reason or why
-        call.resolve(text_outcome(502, calls.CRASH, f"function crashed: {reason}"))
-        self._finalize(call)
+            status = worker.exit_status.result() if worker.exit_status.done() else None
+            cause, words = deaths.classify(status, self._oom_killed(worker.slot))
+            if not worker.ready_at and cause == deaths.EXIT:
+                cause = deaths.START_FAILED
+                words = worker.failure or f"{words} before it was ready"
+            worker.cause = cause
+        self._record_exit(worker, cause, words)
+        if call is not None:
+            call.resolve(text_outcome(502, calls.CRASH, f"function crashed: {words}"))
+            self._finalize(call)
+
+    def _record_exit(self, worker: WorkerProc, cause: str, reason: str) -> None:
+        """One counter and one log line per worker that leaves."""
+        if cause not in deaths.NOT_COUNTED:
+            self.stats.worker_restart(cause)
+        log = _log.warning if cause in deaths.UNPLANNED or cause == deaths.TIMEOUT else _log.info
+        log("worker exited", pid=worker.pid, slot=worker.slot, cause=cause, reason=reason,
+            served=worker.served, generation=worker.generation,
+            age_s=round(time.monotonic() - worker.spawned_at, 3))
+        if cause == deaths.START_FAILED and not worker.ready_at:
+            self._start_failed(worker, reason)
+
+    def _start_failed(self, worker: WorkerProc, reason: str) -> None:
+        if worker.generation > self.generation or self.closing or not (
+            self._zygote_up and self.zygote.alive
+        ):
+            return  # a reload reports its own failure; a zygote restart is handled apart
+        self._start_failures += 1
+        if self._start_failures >= _START_FAILURES and self._started:
+            self._on_fatal(f"workers cannot start ({self._start_failures} failures in a row, "
+                           f"last: {reason})")
+            return
+        backoff = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._start_failures - 1))
+        self._spawn_after = self._loop.time() + backoff
 
     def _finalize(self, call: Call) -> None:
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
-        if not call.result.done():
+        if not call.result.done() or call.result.cancelled():
             return
         outcome = call.result.result()
         self.stats.record(
@@ -368,55 +474,61 @@ class Pool:
         )
 
     def _free_slot(self, worker: WorkerProc) -> None:
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
-            self._kill_slot(worker.slot)  # anything it left in its cgroup goes with it
-            self._free_slots.append(worker.slot)
-            worker.close_pipes()
+        if self.workers.get(worker.slot) is not worker:
+            return
+        del self.workers[worker.slot]
+        if worker.pid is not None:
+            self._by_pid.pop(worker.pid, None)
+        worker.close_pipes()
+        self.kill_slot(worker.slot)  # anything it left in its cgroup goes with it
+        self._free_slots.append(worker.slot)
 
     # zygote events
     def _on_spawned(self, slot: int, pid: int) -> None:
         worker = self.workers.get(slot)
-        if worker is None or worker.state == DEAD:
+        if worker is None or worker.pid is not None:
             return
         worker.pid = pid
         self._by_pid[pid] = worker
-        if worker.kill_reason:
-            worker.kill(worker.kill_reason)
+        if worker.kill_reason is not None:
+            worker.kill(worker.kill_reason, worker.cause or deaths.STOPPING)
 
     def _on_spawn_failed(self, slot: int, reason: str) -> None:
         worker = self.workers.get(slot)
-        if worker is not None:
+        if worker is not None and worker.pid is None:
             worker.failure = reason
-            worker.kill(f"failed to start: {reason}")
             if not worker.exit_status.done():
                 worker.exit_status.set_result(-1)
-            self._free_slot(worker)
+            worker.kill(f"failed to start: {reason}", deaths.START_FAILED)
+            if worker.state == DEAD:
+                self._free_slot(worker)
 
     def _on_exited(self, pid: int, status: int) -> None:
-        worker = self._by_pid.pop(pid, None)
+        worker = self._by_pid.get(pid)
         if worker is None:
-            return
+            return  # an orphan the zygote reaped as subreaper
         if not worker.exit_status.done():
             worker.exit_status.set_result(status)
         if worker.state == DEAD:
             self._free_slot(worker)
 
     def _on_zygote_lost(self, reason: str) -> None:
+        self._zygote_up = False
         if self.closing:
             return
         _log.error("zygote lost", reason=reason)
-        self.stats.worker_restart("zygote")
+        self.stats.worker_restart(deaths.ZYGOTE)
+        # Its workers die with it (PDEATHSIG); nobody will report their exit statuses.
+        for worker in list(self.workers.values()):
+            worker.kill("zygote died", deaths.ZYGOTE)
+            if not worker.exit_status.done():
+                worker.exit_status.set_result(-1)
+            if worker.state == DEAD:
+                self._free_slot(worker)
         self._run(self._restart_zygote())
 
     async def _restart_zygote(self) -> None:
-        # Its workers die with it (PDEATHSIG); their pipes' EOF reports their calls as 502.
         await self.zygote.stop()
-        for worker in list(self.workers.values()):
-            worker.kill("zygote died")
-            if not worker.exit_status.done():
-                worker.exit_status.set_result(-1)
-            self._by_pid.pop(worker.pid or -1, None)
         while not self.closing:
             try:
                 await self.zygote.start(self.worker_config)
@@ -425,13 +537,14 @@ class Pool:
                 if self._zygote_failures >= _ZYGOTE_RESTARTS:
                     self._on_fatal(f"zygote cannot be restarted: {exc}")
                     return
+                _log.error("zygote restart failed", reason=str(exc),
+                           attempt=self._zygote_failures)
                 await asyncio.sleep(0.1 * 2 ** self._zygote_failures)  # back-off, not a sync
                 continue
             self._zygote_failures = 0
-            for worker in list(self.workers.values()):
-                if worker.state == DEAD:
-                    self._free_slot(worker)
-            self._ensure_min()
+            self._zygote_up = True
+            _log.info("zygote restarted", pid=self.zygote.pid)
+            self._top_up()
             return
 
     def _run(self, coro: Any) -> None:
@@ -441,17 +554,31 @@ class Pool:
 
     # -- reporting ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        workers = [w.snapshot() for w in self.workers.values()]
-        states = {state: 0 for state in (STARTING, IDLE, BUSY)}
-        for w in self.workers.values():
-            if w.state in states:
-                states[w.state] += 1
+        states = {STARTING: 0, IDLE: 0, BUSY: 0}
+        for worker in self.workers.values():
+            if worker.state in states and not worker.leaving:
+                states[worker.state] += 1
+            elif worker.state == BUSY:
+                states[BUSY] += 1  # an old generation's worker finishing its call
         return {
             "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max},
-            "queue": len(self._waiters),
+            "queue": len(self._queue),
             "queue_longest_wait": round(self.longest_wait(), 3),
-            "per_worker": workers,
+            "per_worker": [w.snapshot() for w in self.workers.values()],
             "zygote_pid": self.zygote.pid,
+            "generation": self.generation,
             "now": time.perf_counter(),
         }
 
+
+async def _wait_ready(workers: list[WorkerProc], timeout: float) -> str | None:
+    """None once every worker is ready, else why not (the first failure, or the timeout)."""
+    if not workers:
+        return None
+    done, pending = await asyncio.wait([w.ready for w in workers], timeout=timeout)
+    for worker in workers:
+        if worker.ready in done and worker.ready.exception() is not None:
+            return worker.failure or str(worker.ready.exception())
+    if pending:
+        return f"workers not ready within {timeout:.0f} s"
+    return None

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.app import FrontEnd
+from daemon.canary import self_check
 from daemon.config import Config, load_config
 from daemon.control import ControlServer, default_control_path
 from daemon.listen import start_sites
@@ -24,6 +25,7 @@ from daemon.project import Project, ProjectError, route_table_lines, scan_projec
 from daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from daemon.stats import Stats
 from daemon.systemd import Notifier, watchdog_loop
+from daemon.watch import Watcher
 from protocol import messages as m
 from protocol.sandbox_settings import SandboxSettings
 
@@ -42,7 +44,9 @@ def worker_config(
     return {
         "project_dir": str(config.project_dir),
         "functions": {path: str(route.file) for path, route in project.functions.items()},
-        "assets": {path: str(route.file) for path, route in project.assets.items()},
+        # Runtime.getAssets() lists private assets only, as Twilio's does (SPEC 4.3).
+        "assets": {path: str(route.file) for path, route in project.assets.items()
+                   if route.visibility == "private"},
         "dev": config.dev,
         "max_body": config.max_response_body,
         "max_header_bytes": config.max_header_bytes,
@@ -99,6 +103,7 @@ class Daemon:
             _log.warning("sandbox degraded", reason=warning, sandbox=self.config.sandbox)
         try:
             await self.pool.start()
+            await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:
             self.sandbox.cleanup()
             raise StartupError(str(exc)) from None
@@ -117,6 +122,8 @@ class Daemon:
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
         self.notifier.ready()
         self._background(self._report_status())
+        if self.config.dev:  # SPEC 9.7: edits are picked up by the reload path
+            self._background(Watcher(self.config.project_dir, lambda _: self.reload()).run())
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             self._background(watchdog_loop(self.notifier, interval))
@@ -200,15 +207,20 @@ class Daemon:
             try:
                 config = load_config(self.config.project_dir, self._flags, self._config_file)
                 project = load_project(config)
+
+                def switch() -> None:
+                    # Called by the pool in the same step as its generation switch, so no
+                    # request pairs the new route table with old workers or the reverse.
+                    self.config, self.project = config, project
+                    self.front.set_project(config, project)
+
                 await self.pool.reload(
-                    config, worker_config(config, project, self.sandbox.settings)
+                    config, worker_config(config, project, self.sandbox.settings), switch=switch
                 )
             except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
                 _log.error("reload failed", reason=str(exc))
                 return {"ok": False, "error": str(exc)}
             else:
-                self.config, self.project = config, project
-                self.front.set_project(config, project)
                 _log.info("reloaded", functions=len(project.functions),
                           assets=len(project.assets))
                 return {"ok": True, "generation": self.pool.generation}

@@ -23,8 +23,9 @@ BUCKETS: tuple[float, ...] = (
 NO_FUNCTION = "-"  # the function label for requests that matched no function (404s, assets)
 OUTCOMES = (calls.OK, calls.ERROR, calls.TIMEOUT, calls.CRASH, calls.OVERLOAD, calls.REJECTED)
 # Worker restarts that mean a worker died under us, as opposed to a planned recycle/reload or
-# a kill we decided (timeout, unclean). Many of them in a short time is a "crash storm".
-CRASH_REASONS = frozenset({"crash", "oom", "zygote"})
+# a kill we decided (timeout, unclean); names from daemon.deaths. Many of them in a short
+# time is a "crash storm".
+CRASH_REASONS = frozenset({"crash", "exit", "signal", "oom", "protocol", "zygote"})
 CRASH_WINDOW = 60.0  # seconds that recent_crashes() looks back
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon import calls
+from daemon import calls, deaths
 from daemon.calls import Call, Outcome, text_outcome
 from daemon.logs import get_logger
 from daemon.zygote_client import SpawnedPipes
@@ -29,24 +29,9 @@ class PoolEvents(Protocol):
     def worker_done(
         self, worker: WorkerProc, call: Call, clean: bool, reason: str | None
     ) -> None: ...
+    def worker_leaving(self, worker: WorkerProc) -> None: ...
     def worker_gone(self, worker: WorkerProc) -> None: ...
     def kill_slot(self, slot: int) -> None: ...
-
-
-def describe_exit(status: int | None) -> str:
-    """A wait status as words: 'exited with code 3', 'killed by SIGSEGV'."""
-    if status is None:
-        return "died (exit status unknown)"
-    if os.WIFSIGNALED(status):
-        signo = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(signo).name
-        except ValueError:
-            name = f"signal {signo}"
-        return f"killed by {name}"
-    if os.WIFEXITED(status):
-        return f"exited with code {os.WEXITSTATUS(status)}"
-    return f"died (wait status {status})"
 
 
 class _OutputReader(asyncio.Protocol):
@@ -81,9 +66,12 @@ class WorkerProc:
         self.served = 0
         self.request_limit = 0  # recycle after this many calls; 0: never
         self.layers: dict[str, str] = {}
-        self.failure: str | None = None
+        self.failure: str | None = None  # why it could not start, as it or the zygote said
         self.retiring = False
+        self.cause: str | None = None  # why it is leaving (daemon.deaths), set once
         self.spawned_at = time.monotonic()
+        self.ready_at = 0.0
+        self.idle_since = 0.0
         self.busy_since = 0.0
         self.cpu_total = 0.0
         self.rss = 0
@@ -107,6 +95,8 @@ class WorkerProc:
         self._out, _ = await loop.connect_read_pipe(
             lambda: _OutputReader(self._on_output), os.fdopen(pipes.out_r, "rb", buffering=0)
         )
+        if self.state == DEAD or self.retiring:
+            self.close_pipes()  # it left while its pipes were being set up
 
     # -- orders -------------------------------------------------------------------------
     def start_call(self, call: Call) -> None:
@@ -127,26 +117,45 @@ class WorkerProc:
         )
         self._cmd.write(frame)
 
-    def kill(self, reason: str) -> None:
-        """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest."""
-        if self._kill_reason is None:
+    def kill(self, reason: str, cause: str) -> None:
+        """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest.
+
+        `reason` is the words (a 502 body may quote them), `cause` the counter (daemon.deaths).
+        """
+        first = self._kill_reason is None
+        if first:
             self._kill_reason = reason
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
         self.events.kill_slot(self.slot)
-        if self.state != DEAD and self.pid is None:
+        if first:
+            self._leave(cause)
+        if self.state != DEAD and self.pid is None and self._cmd is None:
             self._finish("killed before it started")
 
-    def retire(self) -> None:
+    def retire(self, cause: str) -> None:
         """Ask an idle worker to leave: closing its command pipe makes it exit cleanly."""
+        if self.retiring or self._kill_reason is not None:
+            return
         self.retiring = True
+        self._leave(cause)
         if self._cmd is not None:
             self._cmd.close()
+
+    def _leave(self, cause: str) -> None:
+        if self.cause is None:
+            self.cause = cause
+        if self.state != DEAD:
+            self.events.worker_leaving(self)  # the pool replaces it now, not when it is reaped
 
     @property
     def kill_reason(self) -> str | None:
         return self._kill_reason
+
+    @property
+    def leaving(self) -> bool:
+        return self.cause is not None
 
     # -- what the worker says ------------------------------------------------------------
     def _on_message(self, message: m.Message) -> None:
@@ -160,18 +169,21 @@ class WorkerProc:
             elif kind == m.DONE:
                 self._on_done(message)
             elif kind == m.READY:
+                if self.state != STARTING:
+                    raise ProtocolError("a second ready")
                 self.layers = {str(k): str(v) for k, v in message.get("layers", {}).items()}
                 self.state = IDLE
+                self.ready_at = time.monotonic()
                 self.events.worker_ready(self)  # may refuse it (missing sandbox layers)
                 if self._kill_reason is None and not self.ready.done():
                     self.ready.set_result(None)
             elif kind == m.FAILED:
                 self.failure = str(message.get("reason"))
-                self.kill(f"failed to start: {self.failure}")
+                self.kill(f"failed to start: {self.failure}", deaths.START_FAILED)
             else:
                 raise ProtocolError(f"unexpected message {kind!r}")
         except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-            self.kill(f"protocol error: {exc!r}")
+            self.kill(f"protocol error: {exc!r}", deaths.PROTOCOL)
 
     def _on_result(self, message: m.Message) -> None:
         call = self.call
@@ -185,7 +197,7 @@ class WorkerProc:
         error = message.get("error")
         if not message.get("clean", True):
             # Something the invocation started is still alive: it must not outlive the answer.
-            self.kill("left threads or processes running")
+            self.kill("left threads or processes running", deaths.UNCLEAN)
         outcome = calls.ERROR if error else calls.OK
         call.resolve(Outcome(status, headers, body, outcome, error))
 
@@ -224,7 +236,7 @@ class WorkerProc:
 
     def _on_closed(self, exc: Exception | None) -> None:
         if exc is not None and isinstance(exc, ProtocolError):
-            self.kill(f"protocol error: {exc}")
+            self.kill(f"protocol error: {exc}", deaths.PROTOCOL)
         self._finish(self._kill_reason)
 
     def _finish(self, reason: str | None) -> None:
@@ -252,10 +264,14 @@ class WorkerProc:
             "pid": self.pid,
             "slot": self.slot,
             "state": self.state,
+            "leaving": self.cause,
             "generation": self.generation,
             "function": call.function["name"] if call else None,
             "invocation": call.id if call else None,
             "busy_for": round(now - self.busy_since, 3) if call else None,
+            "idle_for": round(now - self.idle_since, 3) if self.state == IDLE else None,
             "served": self.served,
+            "rss": self.rss or None,
+            "cpu": round(self.cpu_total, 3),
             "layers": self.layers,
         }

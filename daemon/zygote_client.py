@@ -7,11 +7,19 @@ import contextlib
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from daemon.deaths import describe_returncode
+from daemon.logs import get_logger
 from protocol import FrameDecoder, ProtocolError, encode
 from protocol import messages as m
+
+_log = get_logger("fnd.zygote")
+ZYGOTE_MODULE = "worker.zygote"  # run as `python -m ZYGOTE_MODULE FD`
+_STDERR_TAIL = 5  # lines of the zygote's stderr kept to explain why it died
+_EXIT_WAIT = 1.0  # how long a lost channel waits for the zygote's exit status
 
 
 class ZygoteError(Exception):
@@ -63,6 +71,14 @@ class ZygoteClient:
         self._ready: asyncio.Future[int] | None = None
         self._send_lock = asyncio.Lock()
         self._closing = False
+        self._alive = False
+        self._stderr: asyncio.Task[None] | None = None
+        self._tail: deque[str] = deque(maxlen=_STDERR_TAIL)
+
+    @property
+    def alive(self) -> bool:
+        """False from the moment its channel closes: no spawn order should be sent then."""
+        return self._alive
 
     @property
     def pid(self) -> int | None:
@@ -74,24 +90,37 @@ class ZygoteClient:
         self._closing = False
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker.zygote", str(theirs.fileno()),
+                sys.executable, "-m", ZYGOTE_MODULE, str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,  # logged line by line; its tail explains a death
                 env=_ZYGOTE_ENV,
                 cwd="/",
             )
+        except OSError as exc:
+            ours.close()
+            raise ZygoteError(f"cannot run the zygote: {exc}") from None
         finally:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
+        self._alive = True
+        self._tail.clear()
+        assert self._process.stderr is not None
+        self._stderr = asyncio.create_task(self._read_stderr(self._process.stderr),
+                                           name="zygote-stderr")
         self._ready = loop.create_future()
         self._reader = asyncio.create_task(self._read_loop(ours), name="zygote-reader")
-        await self.configure(config)
         try:
+            await self.configure(config)
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
             await self.stop()
             raise ZygoteError(f"the zygote did not become ready within {timeout:.0f} s") from None
+        except (ZygoteError, OSError) as exc:
+            reason = await self._death_reason(str(exc))
+            await self.stop()
+            raise ZygoteError(reason) from None
 
     async def configure(self, config: m.WorkerConfig) -> None:
         await self._send({"t": m.CONFIGURE, "config": config})
@@ -144,10 +173,41 @@ class ZygoteClient:
             reason = f"protocol error from the zygote: {exc}"
         except OSError as exc:
             reason = f"zygote channel failed: {exc}"
+        self._alive = False
+        if not self._closing:
+            reason = await self._death_reason(reason)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ZygoteError(reason))
+            self._ready.exception()  # retrieved: start() reports it
+            return
         if not self._closing:
             self._on_lost(reason)
+
+    async def _death_reason(self, fallback: str) -> str:
+        """Why the zygote went: its exit status and the last line it wrote to stderr."""
+        process = self._process
+        if process is None:
+            return fallback
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(process.wait()), _EXIT_WAIT)
+        if process.returncode is None:
+            return fallback
+        words = f"the zygote {describe_returncode(process.returncode)}"
+        if self._stderr is not None:
+            # Its stderr reaches EOF when it exits: let the reader catch the last lines.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._stderr), _EXIT_WAIT)
+        last = next((line for line in reversed(self._tail) if line.strip()), "")
+        return f"{words}: {last}" if last else words
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._tail.append(line)
+            _log.warning("zygote output", line=line)
 
     def _dispatch(self, message: m.Message) -> None:
         kind = message["t"]
@@ -165,6 +225,7 @@ class ZygoteClient:
 
     async def stop(self) -> None:
         self._closing = True
+        self._alive = False
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -172,8 +233,9 @@ class ZygoteClient:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
             await self._process.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
+        for task in (self._reader, self._stderr):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._reader = self._stderr = None

@@ -1,0 +1,6 @@
+import time
+
+
+def handler(context, event, callback):
+    time.sleep(float(event.get("ms", "50")) / 1000)
+    callback(None, "slept")

@@ -1,0 +1,72 @@
+"""Why a worker left: one name per cause, counted in `restarts` and written in its log line.
+
+A worker leaves in one of three ways, and the cause is decided once, by whoever saw it first:
+
+- the pool retired it (recycling, reload, idle, shutdown): its command pipe was closed;
+- the daemon killed it (time limit, leftovers, protocol error, failed start, zygote gone);
+- it died on its own: the cause comes from its wait status and its cgroup's OOM counter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+# Planned: the pool retired the worker.
+MAX_REQUESTS = "max_requests"
+MAX_RSS = "max_rss"
+RELOAD = "reload"
+IDLE = "idle"
+STOPPING = "stopping"  # the daemon is stopping
+DISCARDED = "discarded"  # a reload's new worker, thrown away because the reload failed
+# Decided by the daemon: it killed the worker.
+TIMEOUT = "timeout"
+UNCLEAN = "unclean"  # something the invocation started outlived it (SPEC 5.4)
+PROTOCOL = "protocol"  # a malformed or unexpected frame: the channel cannot be trusted
+START_FAILED = "start_failed"
+ZYGOTE = "zygote"  # the zygote died and took its workers along
+# Unplanned: the worker died under us.
+EXIT = "exit"
+SIGNAL = "signal"
+OOM = "oom"
+
+UNPLANNED = frozenset({EXIT, SIGNAL, OOM, PROTOCOL, START_FAILED, ZYGOTE})
+# Not restarts: the daemon is going, or a reload gave up. A dead zygote is counted once by
+# the pool, not once per worker it took along.
+NOT_COUNTED = frozenset({STOPPING, DISCARDED, ZYGOTE})
+
+
+def describe_exit(status: int | None) -> str:
+    """A wait status as words: 'exited with code 3', 'killed by SIGSEGV'."""
+    if status is None or status < 0:
+        return "died (exit status unknown)"
+    if os.WIFSIGNALED(status):
+        signo = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signo).name
+        except ValueError:
+            name = f"signal {signo}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with code {os.WEXITSTATUS(status)}"
+    return f"died (wait status {status})"
+
+
+def describe_returncode(code: int) -> str:
+    """asyncio's returncode (minus the signal number when killed) as words."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def classify(status: int | None, oom_killed: bool) -> tuple[str, str]:
+    """(cause, words) for a worker that died without being told to."""
+    if oom_killed:
+        return OOM, "worker exceeded its memory limit"
+    words = f"worker {describe_exit(status)}"
+    if status is not None and status >= 0 and os.WIFSIGNALED(status):
+        return SIGNAL, words
+    return EXIT, words

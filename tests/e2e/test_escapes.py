@@ -1,0 +1,363 @@
+"""SPEC 7.3/7.4 through the real daemon: one hostile function per escape attempt.
+
+Each function in fixtures/hostile tries one thing and returns what happened (an errno name,
+"ok" when the attempt worked); each test asserts the exact outcome. Unlike
+tests/worker/test_sandbox.py (the sandbox on its own), these run the whole path: `fnd serve`
+as root, the zygote, per-slot uids, cgroups, and the HTTP answer. One daemon serves the
+module: the attempts that kill a worker (bombs) leave the daemon itself untouched, and the
+tests say so by asserting the next request works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from daemon.control import request as control_request
+from protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from tests.fndserver import FndServer, running
+from tests.hits import HitRecorder, hit_server
+from tests.twilio_fake import TwilioFake, twilio_fake
+
+OPERATOR_SECRET = "operator-secret-5b1d"
+ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
+UID_BASE = 61000
+MEMORY_MIB = 256  # the default memory_mb
+FSIZE = 64 * MiB  # the default RLIMIT_FSIZE
+NOFILE = 256  # the default RLIMIT_NOFILE
+PIDS_MAX = 64  # the default pids.max / RLIMIT_NPROC
+
+
+def _as_root() -> None:
+    assert os.geteuid() == 0, "the escape suite runs as root (CI does): uids and cgroups"
+
+
+# --- the daemon under attack -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[TwilioFake]:
+    with twilio_fake() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def fnd(twilio: TwilioFake) -> Iterator[FndServer]:
+    _as_root()
+    env = {
+        # The operator's environment: nothing of it may reach a function.
+        "FND_TEST_SECRET": OPERATOR_SECRET,
+        "NOTIFY_SOCKET": "/run/fnd-test-no-such-notify.sock",
+        "FND_TWILIO_API_BASE_URL": twilio.url,
+    }
+    with running("hostile", "--workers-min", "3", "--workers-max", "4", "--timeout", "20",
+                 env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hits() -> Iterator[HitRecorder]:
+    with hit_server() as recorder:
+        yield recorder
+
+
+def status(fnd: FndServer) -> dict[str, Any]:
+    return asyncio.run(control_request(fnd.control, {"cmd": "status"}))
+
+
+def worker_pids(fnd: FndServer) -> list[int]:
+    return [w["pid"] for w in status(fnd)["per_worker"] if w["state"] == "idle" and w["pid"]]
+
+
+def attempt(fnd: FndServer, function: str, /, **params: object) -> Any:
+    """Run one hostile function; it must answer 200 with what it observed."""
+    response = fnd.get(function, params=params)
+    assert response.status_code == 200, f"{function}: {response.status_code} {response.text}"
+    return response.json()
+
+
+def until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)  # polling an external state, not synchronising on time
+
+
+def daemon_is_fine(fnd: FndServer) -> None:
+    """The daemon is alive, answers its control socket and serves the next request."""
+    assert fnd.process.poll() is None
+    assert status(fnd)["ok"] is True
+    assert attempt(fnd, "/threads")["results"][1] == 499500
+
+
+# --- every worker is fully sandboxed -----------------------------------------------------------
+
+
+def test_every_worker_reports_every_layer(fnd: FndServer) -> None:
+    workers = status(fnd)["per_worker"]
+    assert len(workers) >= 3
+    for worker in workers:
+        layers = worker["layers"]
+        assert sorted(layers) == sorted(LAYERS)
+        assert missing_layers(layers) == []
+        assert not [name for name, value in layers.items() if value.startswith("n/a")]
+        assert layers["uid"] == str(UID_BASE + worker["slot"])
+        assert layers["cgroup"].startswith(("v1 memory+pids", "v2"))
+        assert layers["landlock"].startswith("abi ")
+        assert layers["network"] == "allowed"
+        assert re.search(r"\bcore=0\b", layers["rlimits"])
+        assert re.search(rf"\bfsize={FSIZE}\b", layers["rlimits"])
+
+
+def test_startup_self_check_ran_and_passed(fnd: FndServer) -> None:
+    """fnd serve's canary (daemon/canary.py) ran in a real worker before "ready"."""
+    line = fnd.wait_for(lambda entry: entry.get("event") == "sandbox self-check")
+    assert (line["level"], line["passed"], line["escapes"], line["error"]) == (
+        "info", True, [], None)
+    assert line["checks"] == {
+        "list project root": "EACCES",
+        "read .env": "EACCES",
+        "read fnd.toml": "EACCES",
+        "read daemon environ": "EACCES",
+        "write outside scratch": "EACCES",
+        "setuid root": "EPERM",
+        "ptrace zygote": "EPERM",
+        "signal daemon": "EPERM",
+        "netlink socket": "EPERM",
+        "see daemon environment": "hidden",
+    }
+    events = [entry.get("event") for entry in fnd.lines]
+    assert events.index("sandbox self-check") < events.index("ready")
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def test_read_etc_shadow_is_refused(fnd: FndServer) -> None:
+    assert attempt(fnd, "/read_shadow") == {"outcome": "EACCES"}
+
+
+@pytest.mark.parametrize("name", [".env", "fnd.toml"])
+def test_project_config_and_secrets_are_unreadable(fnd: FndServer, name: str) -> None:
+    assert (fnd.project / name).exists()  # the fixture really has it
+    result = attempt(fnd, "/read_project_file", project=str(fnd.project), name=name)
+    assert result == {"read": "EACCES", "list": "EACCES"}
+
+
+def test_write_outside_scratch_is_refused(fnd: FndServer) -> None:
+    targets = [
+        f"/tmp/fnd-escape-{os.getpid()}",
+        str(fnd.project / "escape.txt"),
+        str(fnd.project / "functions" / "evil.py"),
+        "/etc/fnd-escape",
+        "/dev/shm/fnd-escape",
+    ]
+    for target in targets:
+        assert attempt(fnd, "/write_file", path=target) == {"outcome": "EACCES"}, target
+        assert not os.path.exists(target)
+
+
+def test_write_inside_scratch_works(fnd: FndServer) -> None:
+    result = attempt(fnd, "/write_scratch")
+    assert result["text"] == "scratch works"
+    scratch_root = os.path.join(tempfile.gettempdir(), f"fnd-{fnd.process.pid}-scratch")
+    assert re.fullmatch(re.escape(scratch_root) + r"/slot-\d+", result["cwd"])
+    assert result["tmpdir"] == result["cwd"]
+
+
+def test_control_socket_is_unreachable(fnd: FndServer) -> None:
+    assert attempt(fnd, "/connect_unix", path=fnd.control) == {"outcome": "EACCES"}
+
+
+# --- privileges and other processes ----------------------------------------------------------
+
+
+def test_setuid_root_is_refused(fnd: FndServer) -> None:
+    result = attempt(fnd, "/setuid_root")
+    assert result["setuid"] == "EPERM" and result["setgid"] == "EPERM"
+    assert UID_BASE <= result["uid"] < UID_BASE + 8 and result["groups"] == []
+
+
+def _targets(fnd: FndServer) -> tuple[int, int, list[int]]:
+    """(daemon pid, zygote pid, idle worker pids): a request's siblings are among the latter."""
+    snapshot = status(fnd)
+    zygote = psutil.Process(snapshot["per_worker"][0]["pid"]).ppid()
+    return fnd.process.pid, zygote, worker_pids(fnd)
+
+
+def test_ptrace_of_daemon_zygote_and_siblings_is_refused(fnd: FndServer) -> None:
+    daemon, zygote, workers = _targets(fnd)
+    result = attempt(fnd, "/ptrace_attach", pids=",".join(map(str, [daemon, zygote, *workers])))
+    siblings = [pid for pid in workers if str(pid) in result]
+    assert len(siblings) == len(workers) - 1 >= 1  # every worker but the one that ran it
+    assert result == {str(pid): "EPERM" for pid in [daemon, zygote, *siblings]}
+
+
+def test_kill_of_daemon_zygote_and_siblings_is_refused(fnd: FndServer) -> None:
+    daemon, zygote, workers = _targets(fnd)
+    result = attempt(fnd, "/kill_process", pids=",".join(map(str, [daemon, zygote, *workers])))
+    siblings = [pid for pid in workers if str(pid) in result]
+    assert len(siblings) == len(workers) - 1 >= 1
+    assert result == {str(pid): "EPERM" for pid in [daemon, zygote, *siblings]}
+    assert all(psutil.pid_exists(pid) for pid in [daemon, zygote, *siblings])
+    daemon_is_fine(fnd)
+
+
+def test_daemon_environ_file_is_unreadable(fnd: FndServer) -> None:
+    assert attempt(fnd, "/proc_environ", pid=fnd.process.pid) == {"outcome": "EACCES"}
+
+
+def test_daemon_environment_is_not_inherited(fnd: FndServer) -> None:
+    environ = attempt(fnd, "/environ")
+    assert "FND_TEST_SECRET" not in environ and "NOTIFY_SOCKET" not in environ
+    assert not [name for name in environ if name.startswith(("FND_", "LISTEN_", "WATCHDOG_"))]
+    assert not [name for name, value in environ.items() if OPERATOR_SECRET in value]
+    # Nothing of the daemon's own environment beyond the fixed locale and PATH.
+    assert set(environ) <= {"PATH", "LANG", "LC_ALL", "TMPDIR"}
+
+
+@pytest.mark.parametrize("namespace", ["user", "mount", "net"])
+def test_unshare_is_refused(fnd: FndServer, namespace: str) -> None:
+    assert attempt(fnd, "/unshare", ns=namespace) == {"outcome": "EPERM"}
+
+
+@pytest.mark.parametrize("path", ["/mount", "/bpf", "/keyctl", "/netlink", "/packet_socket"])
+def test_kernel_interfaces_are_refused(fnd: FndServer, path: str) -> None:
+    assert attempt(fnd, path) == {"outcome": "EPERM"}
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def test_fd_exhaustion_is_emfile(fnd: FndServer) -> None:
+    result = attempt(fnd, "/fd_exhaustion")
+    assert result["errno"] == "EMFILE"
+    assert NOFILE - 16 < result["opened"] < NOFILE
+    daemon_is_fine(fnd)
+
+
+def test_one_gib_write_stops_at_the_file_size_limit(fnd: FndServer) -> None:
+    assert attempt(fnd, "/big_write") == {"errno": "EFBIG", "written": FSIZE, "size": FSIZE}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_fork_bomb_is_stopped_and_nothing_else_notices(fnd: FndServer) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as gate:
+        gate.settimeout(30)
+        held: list[Any] = []
+        holder = threading.Thread(target=lambda: held.append(
+            fnd.get("/hold", params={"port": gate.getsockname()[1]})))
+        holder.start()
+        conn, _ = gate.accept()  # a request is now running in another worker
+        with conn:
+            bomb = fnd.get("/fork_bomb")
+            conn.sendall(b"released")
+        holder.join(30)
+    assert bomb.status_code == 200
+    result = bomb.json()
+    assert result["errno"] == "EAGAIN" and 0 < len(result["children"]) < PIDS_MAX
+    # The worker that forked is replaced, and every process it left behind is killed.
+    bomber = fnd.invocation(bomb.headers["X-Fnd-Invocation-Id"])["worker_pid"]
+    until(lambda: not any(_alive(pid) for pid in [bomber, *result["children"]]))
+    until(lambda: bomber not in [w["pid"] for w in status(fnd)["per_worker"]])
+    assert held[0].status_code == 200 and held[0].json() == {"got": "released"}
+    daemon_is_fine(fnd)
+
+
+def test_memory_bomb_is_a_catchable_memory_error(fnd: FndServer) -> None:
+    result = attempt(fnd, "/memory_bomb")
+    assert result["outcome"] == "MemoryError"
+    assert result["allocated_mib"] < MEMORY_MIB  # RLIMIT_DATA hit before the cgroup limit
+    daemon_is_fine(fnd)
+
+
+def test_uncaught_memory_error_is_a_500_and_the_worker_is_replaced(fnd: FndServer) -> None:
+    response = fnd.get("/memory_bomb_uncaught")
+    assert response.status_code == 500 and "MemoryError" in response.text
+    line = fnd.invocation(response.headers["X-Fnd-Invocation-Id"])
+    until(lambda: line["worker_pid"] not in [w["pid"] for w in status(fnd)["per_worker"]])
+    daemon_is_fine(fnd)
+
+
+def test_memory_outside_rlimit_data_is_stopped_by_the_cgroup(fnd: FndServer) -> None:
+    response = fnd.get("/memory_bomb_shared")
+    assert response.status_code == 502
+    assert response.text == "function crashed: worker exceeded its memory limit\n"
+    assert status(fnd)["restarts"].get("oom", 0) >= 1
+    daemon_is_fine(fnd)
+
+
+# --- what must keep working ----------------------------------------------------------------
+
+
+def test_threads_work(fnd: FndServer) -> None:
+    assert attempt(fnd, "/threads")["results"][7] == sum(range(7000))
+
+
+def test_subprocess_works(fnd: FndServer) -> None:
+    assert attempt(fnd, "/subprocess_true") == {"true": 0, "echo": "hi\n"}
+
+
+def test_urllib_to_loopback_works(fnd: FndServer, hits: HitRecorder) -> None:
+    assert attempt(fnd, "/urllib_hit", url=hits.url) == {"status": 200}
+    assert hits.wait_for("/urllib")
+
+
+def test_twilio_client_sends_a_request(fnd: FndServer, twilio: TwilioFake) -> None:
+    assert attempt(fnd, "/twilio_send") == {"sid": "SM" + "a" * 32, "status": "queued"}
+    sent = twilio.requests[-1]
+    assert (sent.method, sent.path) == ("POST", f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json")
+    assert sent.headers["x-twilio-host"] == "api.twilio.com"
+    assert sent.headers["authorization"].startswith("Basic ")
+    assert sent.form["Body"] == ["sandboxed"]
+
+
+# --- network = false ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[FndServer]:
+    _as_root()
+    with running("hostile", "--workers-min", "1", "--workers-max", "1",
+                 files={"fnd.toml": "network = false\n"}) as server:
+        yield server
+
+
+def test_network_false_is_reported(offline: FndServer) -> None:
+    layers = status(offline)["per_worker"][0]["layers"]
+    assert missing_layers(layers) == []
+    assert layers["network"] == "blocked (no inet sockets)"
+    assert layers["landlock"].endswith("no tcp")
+
+
+def test_network_false_refuses_loopback_tcp(offline: FndServer, hits: HitRecorder) -> None:
+    port = hits.url.rsplit(":", 1)[1]
+    assert attempt(offline, "/tcp_connect", port=port) == {
+        "tcp": "EPERM", "tcp6": "EPERM", "udp": "EPERM",
+    }
+    response = offline.get("/urllib_hit", params={"url": hits.url})
+    assert response.status_code == 500
+    assert "[Errno 1] Operation not permitted" in response.text
+
+
+def test_network_false_refuses_dns(offline: FndServer) -> None:
+    # EAI_AGAIN: the resolver could not open its socket. /etc/hosts names still resolve.
+    assert attempt(offline, "/dns", name="example.com") == {
+        "udp": "EPERM", "gaierror": socket.EAI_AGAIN,
+    }
