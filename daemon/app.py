@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import secrets
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from daemon.signature_gate import SignatureGate, parse_proxies
 from daemon.stats import Stats
 
 INVOCATION_HEADER = "X-Fnd-Invocation-Id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what fnd accepts as a forwarded request id
 _FUNCTION_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 _log = get_logger("fnd")
 _CORS_HEADERS = {
@@ -74,7 +76,7 @@ class FrontEnd:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received = time.perf_counter()
-        invocation_id = self.ids.next()
+        invocation_id = self._invocation_id(request)
         config, project = self.config, self.project
         path = request.path
         route = project.lookup(path) if path != "/" else project.index()
@@ -92,6 +94,14 @@ class FrontEnd:
             except EventError as exc:
                 outcome = text_outcome(exc.status, calls.REJECTED, exc.reason)
         return self._answer(request, outcome, invocation_id, received, function_name)
+
+    def _invocation_id(self, request: web.BaseRequest) -> str:
+        """nginx's X-Request-Id when a trusted proxy sent a sane one, so logs line up."""
+        forwarded = request.headers.get("X-Request-Id")
+        if (forwarded is not None and _REQUEST_ID.fullmatch(forwarded)
+                and self._proxies.trusts(request.remote)):
+            return forwarded
+        return self.ids.next()
 
     def _answer(
         self, request: web.BaseRequest, outcome: Outcome, invocation_id: str, received: float,

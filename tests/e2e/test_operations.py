@@ -67,6 +67,21 @@ def test_requests_through_nginx_reach_functions(behind_nginx: tuple[FndServer, s
     assert fnd.url.startswith("unix:")
 
 
+def test_nginx_request_id_becomes_the_invocation_id(behind_nginx: tuple[FndServer, str]) -> None:
+    fnd, base = behind_nginx
+    response = requests.get(base + "/hello", timeout=30)
+    invocation_id = response.headers["X-Fnd-Invocation-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", invocation_id)  # nginx's $request_id
+    line = fnd.invocation(invocation_id)
+    assert line["path"] == "/hello"
+
+
+def test_request_id_from_an_untrusted_peer_is_ignored() -> None:
+    with running("ops") as fnd:  # TCP client on loopback: not a trusted proxy by default
+        response = fnd.get("/hello", headers={"X-Request-Id": "chosen-by-client"})
+        assert response.headers["X-Fnd-Invocation-Id"] != "chosen-by-client"
+
+
 def test_domain_name_comes_from_the_forwarded_host(behind_nginx: tuple[FndServer, str]) -> None:
     _, base = behind_nginx
     body = requests.get(base + "/domain", headers={"Host": "functions.example.com"},
