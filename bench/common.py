@@ -135,8 +135,9 @@ def wrk(url: str, connections: int, seconds: int = 10, threads: int = 1) -> Load
         check=True, capture_output=True, text=True, timeout=seconds + 60,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored: a "+/- Stdev" figure such as 91.50% must not pass for the 50% line.
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = 0
     for match in re.finditer(r"(?:connect|read|write|timeout) (\d+)", out):
         errors += int(match.group(1))

@@ -29,7 +29,6 @@ class FunctionSettings:
     """Per-function overrides from `[functions."/path"]` in fnd.toml."""
 
     timeout: float | None = None
-    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +103,9 @@ _OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base
 _OPTIONAL_INT = {"metrics_port"}
 
 
+_DESCRIBED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _kind(name: str) -> type:
     if name in _INT or name in _OPTIONAL_INT:
         return int
@@ -131,12 +133,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return text in {"1", "true", "yes", "on"}
             return kind(text)
         except ValueError:
-            message = f"{source}: {name} must be a {kind.__name__}, got {value!r}"
+            message = f"{source}: {name} must be {_DESCRIBED[kind]}, got {value!r}"
             raise ConfigError(message) from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{source}: {name} must be {_DESCRIBED[kind]}, got {value!r}")
     return value
 
 
@@ -160,16 +162,16 @@ def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, Fu
     env = {str(k): str(v) for k, v in env_table.items()}
     functions: dict[str, FunctionSettings] = {}
     for name, table in functions_table.items():
-        if not isinstance(table, dict) or set(table) - {"timeout", "memory_mb"}:
-            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout and memory_mb only")
+        if isinstance(table, dict) and "memory_mb" in table:
+            # Any worker serves any function and RLIMIT_DATA is fixed at fork: a per-function
+            # limit would need a pool per limit. Refuse it rather than silently ignore it.
+            raise ConfigError(f"{path}: [functions.{name!r}] memory_mb is not supported; "
+                              "set memory_mb for the whole project")
+        if not isinstance(table, dict) or set(table) - {"timeout"}:
+            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout only")
         route = name if name.startswith("/") else "/" + name
         functions[route] = FunctionSettings(
             timeout=_coerce("timeout", table["timeout"], str(path)) if "timeout" in table else None,
-            memory_mb=(
-                _coerce("memory_mb", table["memory_mb"], str(path))
-                if "memory_mb" in table
-                else None
-            ),
         )
     return settings, env, functions
 

@@ -1,0 +1,113 @@
+"""One typed config: flags > FND_* environment > fnd.toml > defaults (SPEC 9.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config, ConfigError, load_config
+
+
+def _project(tmp_path: Path, toml: str = "", dotenv: str = "") -> Path:
+    (tmp_path / "functions").mkdir()
+    if toml:
+        (tmp_path / "fnd.toml").write_text(toml)
+    if dotenv:
+        (tmp_path / ".env").write_text(dotenv)
+    return tmp_path
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load_config(_project(tmp_path), environ={})
+    assert config.timeout == 5.0 and config.workers_min == 2 and config.workers_max == 4
+    assert config.max_request_body == 1024 * 1024 and config.max_response_body == 4 * 1024 * 1024
+    assert config.sandbox == "strict" and config.memory_mb == 256 and config.cors is True
+    assert config.trusted_proxies == ("unix",)
+
+
+def test_precedence_flags_over_environment_over_toml(tmp_path: Path) -> None:
+    project = _project(tmp_path, "timeout = 7\nworkers_min = 3\nworkers_max = 6\nport = 4000\n")
+    environ = {"FND_TIMEOUT": "8", "FND_WORKERS_MIN": "4"}
+    config = load_config(project, {"timeout": 9.5, "port": None}, environ=environ)
+    assert config.timeout == 9.5  # flag
+    assert config.workers_min == 4  # environment
+    assert config.workers_max == 6 and config.port == 4000  # fnd.toml; an unset flag is None
+    assert isinstance(config.timeout, float)
+
+
+def test_environment_values_are_parsed_by_type(tmp_path: Path) -> None:
+    environ = {"FND_CORS": "off", "FND_DEV": "yes", "FND_QUEUE_TIMEOUT": "0.5",
+               "FND_TRUSTED_PROXIES": "unix, 10.0.0.0/8"}
+    config = load_config(_project(tmp_path), environ=environ)
+    assert config.cors is False and config.dev is True and config.queue_timeout == 0.5
+    assert config.trusted_proxies == ("unix", "10.0.0.0/8")
+
+
+def test_env_table_and_dotenv_make_the_context(tmp_path: Path) -> None:
+    project = _project(tmp_path, '[env]\nGREETING = "toml"\nOTHER = "x"\n',
+                       "GREETING=dotenv\nACCOUNT_SID=AC123\n")
+    config = load_config(project, environ={})
+    assert dict(config.env) == {"GREETING": "dotenv", "OTHER": "x", "ACCOUNT_SID": "AC123"}
+    context = config.context_defaults()
+    assert context["ACCOUNT_SID"] == "AC123" and context["AUTH_TOKEN"] is None
+    assert context["GREETING"] == "dotenv"
+
+
+def test_per_function_timeout(tmp_path: Path) -> None:
+    project = _project(tmp_path, '[functions."/slow"]\ntimeout = 20\n[functions.fast]\n'
+                                 "timeout = 1\n")
+    config = load_config(project, environ={})
+    assert config.timeout_for("/slow") == 20.0
+    assert config.timeout_for("/fast") == 1.0  # a name without "/" means the same route
+    assert config.timeout_for("/other") == 5.0
+
+
+def test_per_function_memory_is_refused_not_ignored(tmp_path: Path) -> None:
+    project = _project(tmp_path, '[functions."/big"]\nmemory_mb = 512\n')
+    with pytest.raises(ConfigError, match="memory_mb is not supported"):
+        load_config(project, environ={})
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("tiemout = 3\n", "unknown setting 'tiemout'"),
+        ('timeout = "soon"\n', "timeout must be a number"),
+        ("workers_min = true\n", "workers_min must be an integer"),
+        ("workers_min = 5\nworkers_max = 2\n", "workers_max (2) is below workers_min (5)"),
+        ("timeout = 0\n", "timeout must be positive"),
+        ('sandbox = "off"\n', "sandbox must be 'strict' or 'permissive'"),
+        ("port = 70000\n", "port 70000 is out of range"),
+        ("timeout = [\n", "fnd.toml"),
+    ],
+)
+def test_bad_settings_name_the_setting(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(_project(tmp_path, toml), environ={})
+    assert message in str(error.value)
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="FND_WORKERS_MAX: workers_max must be an integer"):
+        load_config(_project(tmp_path), environ={"FND_WORKERS_MAX": "many"})
+
+
+def test_no_signatures_needs_dev(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="only allowed together with --dev"):
+        load_config(_project(tmp_path), {"no_signatures": True}, environ={})
+    assert load_config(tmp_path, {"no_signatures": True, "dev": True}, environ={}).no_signatures
+
+
+def test_not_a_project_and_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="neither functions/ nor assets/"):
+        load_config(tmp_path, environ={})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(_project(tmp_path), config_file=tmp_path / "missing.toml", environ={})
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(_project(tmp_path), environ={})
+    with pytest.raises(AttributeError):
+        config.timeout = 1.0  # type: ignore[misc]
+    assert isinstance(config, Config)
