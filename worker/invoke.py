@@ -77,6 +77,9 @@ class Invocation:
                 self.complete(text_reply(500, _NO_RESPONSE, reason=_NO_RESPONSE))
             reason = self._unclean or reason or self._settle()
             s.output.flush()
+            # Cleared before DONE, not after: output from a leftover thread once the daemon
+            # has DONE must not be tagged with this (finished) invocation.
+            s.channel.invocation_id = None
             s.channel.send(
                 {
                     "t": DONE,
