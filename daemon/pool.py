@@ -72,7 +72,6 @@ class Pool:
         self._live: set[WorkerProc] = set()
         self._starting: set[WorkerProc] = set()
         self._idle: list[WorkerProc] = []  # LIFO: hot workers stay hot, the bottom retires
-        self._fresh: list[WorkerProc] = []  # a reload's next generation, held until the switch
         self._queue = WaitQueue(self._loop, config.queue_timeout)
         self._free_slots: list[int] = []
         self._next_slot = 0
@@ -120,9 +119,11 @@ class Pool:
         self._queue.fail_all("server is shutting down")
         for worker in list(self.workers.values()):
             call = worker.call
-            if call is not None and call.resolve(text_outcome(
-                502, calls.CRASH, f"stopped: the daemon's drain timeout ({limit:g} s) ran out"
-            )):
+            if call is not None:
+                worker.call = None  # answered and logged here, not again when it dies
+                call.resolve(text_outcome(
+                    502, calls.CRASH, f"stopped: the daemon's drain timeout ({limit:g} s) ran out"
+                ))
                 self._finalize(call)
             worker.kill("daemon stopping", deaths.STOPPING)
         for timer in (self._idle_timer, self._retry_timer):
@@ -151,7 +152,6 @@ class Pool:
         if failure is not None:
             for worker in fresh:
                 worker.kill("reload failed", deaths.DISCARDED)
-            self._fresh = [w for w in self._fresh if w not in fresh]
             with contextlib.suppress(ZygoteError):
                 await self.zygote.configure(old_worker_config)
             raise PoolError(f"reload failed: {failure}")
@@ -161,7 +161,6 @@ class Pool:
         self._queue.timeout = config.queue_timeout
         if switch is not None:
             switch()
-        self._fresh = [w for w in self._fresh if w not in fresh]
         old_idle, now = list(self._idle), time.monotonic()
         for worker in fresh:
             if worker.state == IDLE and not worker.leaving:
@@ -219,6 +218,8 @@ class Pool:
 
     def _on_deadline(self, worker: WorkerProc, call: Call) -> None:
         call.timer = None
+        if worker.state == DEAD:
+            return  # it died first: its death report (bounded wait) answers 502 with why
         call.resolve(text_outcome(
             504, calls.TIMEOUT, f"function timed out after {call.timeout:g} s"
         ))
@@ -276,7 +277,8 @@ class Pool:
     # -- workers ------------------------------------------------------------------------
     def _take_slot(self) -> int:
         if self._free_slots:
-            return self._free_slots.pop()
+            # The longest-free slot: its last cgroup kill has most likely finished.
+            return self._free_slots.pop(0)
         # A new slot (its own uid and cgroup): only when every known slot is in use, so the
         # count tracks the most workers ever alive at once, dying ones included.
         self._next_slot += 1
@@ -292,9 +294,7 @@ class Pool:
                 0, max(0, cfg.max_requests_jitter)
             )
         self.workers[slot] = worker
-        if fresh:
-            self._fresh.append(worker)
-        else:
+        if not fresh:  # a reload's next generation counts once the reload switches to it
             self._live.add(worker)
             self._starting.add(worker)
         self._run(self._start_worker(worker))
@@ -305,6 +305,10 @@ class Pool:
             pending = self._slot_kills.get(worker.slot)
             if pending is not None:
                 await pending  # the slot's previous occupants are gone before it is reused
+            if worker.state == DEAD:  # killed while it waited: no process to make
+                worker.exit_status.set_result(-1)
+                self._free_slot(worker)
+                return
             self._prepare_slot(worker.slot)
             pipes = await self.zygote.spawn(worker.slot)
             await worker.attach(pipes)
@@ -329,6 +333,8 @@ class Pool:
     # PoolEvents, called by WorkerProc
     def worker_ready(self, worker: WorkerProc) -> None:
         self._starting.discard(worker)
+        if worker.pid is not None:
+            self._by_pid.setdefault(worker.pid, worker)  # READY came before SPAWNED
         if worker.leaving:
             return
         missing = missing_layers(worker.layers) if self.config.sandbox == "strict" else []
@@ -398,10 +404,21 @@ class Pool:
             self._free_slot(worker)
         self._top_up()
 
-    def kill_slot(self, slot: int) -> None:
-        # The cgroup kill may poll for a few ms (cgroup v1 freezer): off the event loop. The
-        # slot is not reused before it is done (_start_worker waits for it).
-        self._slot_kills[slot] = self._loop.run_in_executor(None, self._kill_slot_quietly, slot)
+    def kill_cgroup(self, worker: WorkerProc) -> None:
+        if self.workers.get(worker.slot) is worker:  # never a later occupant of its slot
+            self._kill_slot_soon(worker.slot)
+
+    def _kill_slot_soon(self, slot: int) -> None:
+        # The cgroup kill may poll for a few ms (cgroup v1 freezer): off the event loop, one at
+        # a time per slot, and the slot is not reused before the last one is done
+        # (_start_worker waits for it): a late kill would hit the next worker.
+        previous = self._slot_kills.get(slot)
+        self._slot_kills[slot] = asyncio.ensure_future(self._kill_slot_after(previous, slot))
+
+    async def _kill_slot_after(self, previous: asyncio.Future[None] | None, slot: int) -> None:
+        if previous is not None:
+            await previous
+        await self._loop.run_in_executor(None, self._kill_slot_quietly, slot)
 
     def _kill_slot_quietly(self, slot: int) -> None:
         try:
@@ -435,7 +452,7 @@ class Pool:
         log("worker exited", pid=worker.pid, slot=worker.slot, cause=cause, reason=reason,
             served=worker.served, generation=worker.generation,
             age_s=round(time.monotonic() - worker.spawned_at, 3))
-        if cause == deaths.START_FAILED and not worker.ready_at:
+        if cause == deaths.START_FAILED:
             self._start_failed(worker, reason)
 
     def _start_failed(self, worker: WorkerProc, reason: str) -> None:
@@ -477,16 +494,16 @@ class Pool:
         if self.workers.get(worker.slot) is not worker:
             return
         del self.workers[worker.slot]
-        if worker.pid is not None:
-            self._by_pid.pop(worker.pid, None)
+        if worker.pid is not None and self._by_pid.get(worker.pid) is worker:
+            del self._by_pid[worker.pid]
         worker.close_pipes()
-        self.kill_slot(worker.slot)  # anything it left in its cgroup goes with it
+        self._kill_slot_soon(worker.slot)  # anything it left in its cgroup goes with it
         self._free_slots.append(worker.slot)
 
     # zygote events
     def _on_spawned(self, slot: int, pid: int) -> None:
         worker = self.workers.get(slot)
-        if worker is None or worker.pid is not None:
+        if worker is None or worker.pid not in (None, pid):
             return
         worker.pid = pid
         self._by_pid[pid] = worker

@@ -65,9 +65,11 @@ class Watcher:
         self.project_dir = project_dir
         self._on_change = on_change
         self._interval = interval
+        self.watching = asyncio.Event()  # set once the first snapshot is taken
 
     async def run(self) -> None:
         known = await asyncio.to_thread(snapshot, self.project_dir)
+        self.watching.set()
         while True:
             await asyncio.sleep(self._interval)
             current = await asyncio.to_thread(snapshot, self.project_dir)

@@ -31,7 +31,7 @@ class PoolEvents(Protocol):
     ) -> None: ...
     def worker_leaving(self, worker: WorkerProc) -> None: ...
     def worker_gone(self, worker: WorkerProc) -> None: ...
-    def kill_slot(self, slot: int) -> None: ...
+    def kill_cgroup(self, worker: WorkerProc) -> None: ...
 
 
 class _OutputReader(asyncio.Protocol):
@@ -53,6 +53,20 @@ class _OutputReader(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
             self._on_line(self._partial.decode("utf-8", "replace"))
+
+
+def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
+    """The file object a pipe transport is made from.
+
+    uvloop closes the fd itself and then closes the file object too, counting on EBADF. If
+    another thread (the cgroup killer, aiohttp's file responses) opens a file in between, it
+    gets that fd number and the second close takes it away, and the next pipe or socket made
+    reuses it under a transport still polling it: a worker's pipe would read an HTTP request.
+    So under uvloop the file object must not own the fd; asyncio's transports close it only
+    through the file object.
+    """
+    owns_fd = not type(loop).__module__.startswith("uvloop")
+    return os.fdopen(fd, mode, buffering=0, closefd=owns_fd)
 
 
 class WorkerProc:
@@ -86,14 +100,14 @@ class WorkerProc:
     async def attach(self, pipes: SpawnedPipes) -> None:
         loop = asyncio.get_running_loop()
         self._cmd, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(pipes.cmd_w, "wb", buffering=0)
+            asyncio.Protocol, _pipe_file(loop, pipes.cmd_w, "wb")
         )
         self._res, _ = await loop.connect_read_pipe(
             lambda: AsyncFrameReader(self._on_message, self._on_closed),
-            os.fdopen(pipes.res_r, "rb", buffering=0),
+            _pipe_file(loop, pipes.res_r, "rb"),
         )
         self._out, _ = await loop.connect_read_pipe(
-            lambda: _OutputReader(self._on_output), os.fdopen(pipes.out_r, "rb", buffering=0)
+            lambda: _OutputReader(self._on_output), _pipe_file(loop, pipes.out_r, "rb")
         )
         if self.state == DEAD or self.retiring:
             self.close_pipes()  # it left while its pipes were being set up
@@ -128,7 +142,7 @@ class WorkerProc:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-        self.events.kill_slot(self.slot)
+        self.events.kill_cgroup(self)
         if first:
             self._leave(cause)
         if self.state != DEAD and self.pid is None and self._cmd is None:
@@ -172,6 +186,10 @@ class WorkerProc:
                 if self.state != STARTING:
                     raise ProtocolError("a second ready")
                 self.layers = {str(k): str(v) for k, v in message.get("layers", {}).items()}
+                if self.pid is None:
+                    # READY may overtake the zygote's SPAWNED; no user code has run yet, so the
+                    # pid it carries is the worker's own.
+                    self.pid = int(message["pid"])
                 self.state = IDLE
                 self.ready_at = time.monotonic()
                 self.events.worker_ready(self)  # may refuse it (missing sandbox layers)

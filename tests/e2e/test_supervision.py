@@ -195,6 +195,19 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0() -> None:
         assert _lines(fnd, "stopped")
 
 
+def test_sigterm_answers_502_for_what_outlives_the_drain_timeout() -> None:
+    env = {"FND_DRAIN_TIMEOUT": "0.5"}
+    with running(FIXTURE, "--workers-min", "1", "--workers-max", "1", env=env) as fnd:
+        results: list[requests.Response] = []
+        thread = _background(fnd, "/slow?s=20", results)
+        _until(lambda: _workers(fnd)["busy"] == 1, what="the slow call running")
+        fnd.process.send_signal(signal.SIGTERM)
+        thread.join(30)
+        assert results[0].status_code == 502 and "drain timeout" in results[0].text
+        assert fnd.process.wait(30) == 0
+        assert len(_lines(fnd, "invocation", path="/slow")) == 1
+
+
 def test_sighup_with_50_in_flight_fails_none_and_serves_new_code_after() -> None:
     with running(FIXTURE, "--workers-min", "2", "--workers-max", "4") as fnd:
         version = fnd.project / "functions" / "version.py"
