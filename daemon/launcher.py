@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 Line = dict[str, Any]
 
@@ -28,42 +28,18 @@ class LaunchError(Exception):
     """`fnd serve` did not start; the message is its reason."""
 
 
-class ServeProcess:
-    """One `fnd serve` child; ``stop()`` (or leaving a ``with`` block) ends it."""
+class LogTail:
+    """A child's stderr as JSON log lines, read on a thread; wait on them with deadlines."""
 
-    def __init__(self, project: Path, args: list[str], env: dict[str, str] | None = None,
-                 ready_timeout: float = 60.0, unix: bool = False) -> None:
-        """``unix``: listen on a socket in the private folder (else ``args`` say where)."""
-        # A private folder for the control socket (and the listen socket, if unix): never
-        # the default control path, which a production daemon on this host may be using.
-        self.folder = Path(tempfile.mkdtemp(prefix="fnd-tool-"))
-        self.lines: list[Line] = []
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.lines: list[Line] = []  # every line; non-JSON ones as {"event": "raw", "text": …}
+        self._stream = stream
         self._changed = threading.Condition()
-        where = ["--unix", str(self.folder / "http.sock")] if unix else []
-        command = [sys.executable, "-m", "daemon.cli", "serve", str(project),
-                   "--log-format", "json", "--control", str(self.folder / "control.sock"),
-                   *where, *args]
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
-        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        try:
-            self.listen = self._wait_ready(ready_timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
+        for raw in self._stream:
             text = raw.decode("utf-8", "replace").rstrip("\n")
             try:
                 line = json.loads(text)
@@ -78,7 +54,7 @@ class ServeProcess:
             self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[Line], bool], timeout: float) -> Line | None:
-        """The first log line matching ``predicate``, or None after ``timeout`` or exit."""
+        """The first line matching ``predicate``, or None after ``timeout`` or the end."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
@@ -87,6 +63,50 @@ class ServeProcess:
                 if found is not None or remaining <= 0 or not self._reader.is_alive():
                     return found
                 self._changed.wait(min(remaining, 0.5))
+
+    def matching(self, predicate: Callable[[Line], bool]) -> list[Line]:
+        with self._changed:
+            return [line for line in self.lines if predicate(line)]
+
+    def close(self) -> None:
+        self._reader.join(5)
+        self._stream.close()
+
+
+class ServeProcess:
+    """One `fnd serve` child; ``stop()`` (or leaving a ``with`` block) ends it."""
+
+    def __init__(self, project: Path, args: list[str], env: dict[str, str] | None = None,
+                 ready_timeout: float = 60.0, unix: bool = False) -> None:
+        """``unix``: listen on a socket in the private folder (else ``args`` say where)."""
+        # A private folder for the control socket (and the listen socket, if unix): never
+        # the default control path, which a production daemon on this host may be using.
+        self.folder = Path(tempfile.mkdtemp(prefix="fnd-tool-"))
+        where = ["--unix", str(self.folder / "http.sock")] if unix else []
+        command = [sys.executable, "-m", "daemon.cli", "serve", str(project),
+                   "--log-format", "json", "--control", str(self.folder / "control.sock"),
+                   *where, *args]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+        )
+        assert self.process.stderr is not None
+        self.log = LogTail(self.process.stderr)
+        self.lines = self.log.lines
+        try:
+            self.listen = self._wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, predicate: Callable[[Line], bool], timeout: float) -> Line | None:
+        return self.log.wait_for(predicate, timeout)
 
     def _wait_ready(self, timeout: float) -> str:
         line = self.wait_for(lambda e: e.get("event") in ("ready", "cannot start"), timeout)
@@ -99,9 +119,8 @@ class ServeProcess:
 
     def output_of(self, invocation_id: str) -> list[Line]:
         """The "function output" lines (print, logging) of one invocation so far."""
-        with self._changed:
-            return [line for line in self.lines if line.get("event") == "function output"
-                    and line.get("invocation_id") == invocation_id]
+        return self.log.matching(lambda line: line.get("event") == "function output"
+                                 and line.get("invocation_id") == invocation_id)
 
     def invocation(self, invocation_id: str, timeout: float = 10.0) -> Line | None:
         """The invocation's log line (written once the response has gone out)."""
@@ -116,7 +135,5 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._reader.join(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        self.log.close()
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -6,14 +6,13 @@ uids and must be able to read them (pytest's own tmp_path is 0700).
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,8 +21,10 @@ from typing import Any
 
 import requests
 
+from daemon.control import request as control_request
+from daemon.launcher import Line, LogTail
+
 FIXTURES = Path(__file__).parent / "e2e" / "fixtures"
-Line = dict[str, Any]
 
 
 def world_readable_copy(source: Path) -> Path:
@@ -58,44 +59,18 @@ class FndServer:
             wrap(command) if wrap else command, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=full_env, pass_fds=pass_fds,
         )
-        self.lines: list[Line] = []
-        self.raw: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = ""
-
-    def _read(self) -> None:
         assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            try:
-                line = json.loads(text)
-            except ValueError:
-                line = {"event": "raw", "text": text}
-            with self._changed:
-                self.raw.append(text)
-                if isinstance(line, dict):
-                    self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
+        self.log = LogTail(self.process.stderr)
+        self.lines: list[Line] = self.log.lines
+        self.url = ""
 
     def wait_for(self, predicate: Callable[[Line], bool], timeout: float = 30.0) -> Line:
         """The first log line matching `predicate`, waiting up to `timeout` seconds for it."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if predicate(line):
-                        return line
-                remaining = deadline - time.monotonic()
-                exited = self.process.poll() is not None and not self._reader.is_alive()
-                if remaining <= 0 or exited:
-                    raise AssertionError(
-                        "log line not seen; output so far:\n" + "\n".join(self.raw[-40:])
-                    )
-                self._changed.wait(min(remaining, 0.5))
+        found = self.log.wait_for(predicate, timeout)
+        if found is None:
+            shown = [str(line.get("text") or line) for line in self.lines[-40:]]
+            raise AssertionError("log line not seen; output so far:\n" + "\n".join(shown))
+        return found
 
     def invocation(self, invocation_id: str, timeout: float = 30.0) -> Line:
         return self.wait_for(
@@ -107,6 +82,10 @@ class FndServer:
         if ready["event"] != "ready":
             raise AssertionError(f"fnd did not start: {ready.get('reason')}")
         self.url = ready["listen"]
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status, as `fnd status --json` gets it from the control socket."""
+        return asyncio.run(control_request(self.control, {"cmd": "status"}))
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
@@ -124,6 +103,16 @@ class FndServer:
             self.process.kill()
             self.process.wait()
             raise
+        finally:
+            self.log.close()
+
+
+def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Poll `predicate` (a status query, a pid check) until it holds, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not reached in {timeout} s: {what or predicate}"
+        time.sleep(0.02)  # polling an observable, not synchronising on time
 
 
 @contextmanager

@@ -10,22 +10,19 @@ tests say so by asserting the next request works.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
 
-from daemon.control import request as control_request
 from protocol.sandbox_settings import LAYERS, MiB, missing_layers
-from tests.fndserver import FndServer, running
+from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server
 from tests.twilio_fake import TwilioFake, twilio_fake
 
@@ -71,9 +68,6 @@ def hits() -> Iterator[HitRecorder]:
         yield recorder
 
 
-def status(fnd: FndServer) -> dict[str, Any]:
-    return asyncio.run(control_request(fnd.control, {"cmd": "status"}))
-
 
 def attempt(fnd: FndServer, function: str, /, **params: object) -> Any:
     """Run one hostile function; it must answer 200 with what it observed."""
@@ -82,17 +76,11 @@ def attempt(fnd: FndServer, function: str, /, **params: object) -> Any:
     return response.json()
 
 
-def until(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)  # polling an external state, not synchronising on time
-
 
 def daemon_is_fine(fnd: FndServer) -> None:
     """The daemon is alive, answers its control socket and serves the next request."""
     assert fnd.process.poll() is None
-    assert status(fnd)["ok"] is True
+    assert fnd.status()["ok"] is True
     assert attempt(fnd, "/threads")["results"][1] == 499500
 
 
@@ -100,7 +88,7 @@ def daemon_is_fine(fnd: FndServer) -> None:
 
 
 def test_every_worker_reports_every_layer(fnd: FndServer) -> None:
-    workers = [w for w in status(fnd)["per_worker"] if w["state"] in ("idle", "busy")]
+    workers = [w for w in fnd.status()["per_worker"] if w["state"] in ("idle", "busy")]
     assert len(workers) >= 3
     for worker in workers:
         layers = worker["layers"]
@@ -182,13 +170,13 @@ def test_setuid_root_is_refused(fnd: FndServer) -> None:
     result = attempt(fnd, "/setuid_root")
     assert result["setuid"] == "EPERM" and result["setgid"] == "EPERM"
     assert result["groups"] == []
-    assert str(result["uid"]) in {w["layers"].get("uid") for w in status(fnd)["per_worker"]}
+    assert str(result["uid"]) in {w["layers"].get("uid") for w in fnd.status()["per_worker"]}
     assert result["uid"] >= UID_BASE
 
 
 def _targets(fnd: FndServer) -> list[int]:
     """The daemon, the zygote and every live worker; one of the workers runs the attempt."""
-    workers = [w["pid"] for w in status(fnd)["per_worker"] if w["pid"] and w["state"] != "dead"]
+    workers = [w["pid"] for w in fnd.status()["per_worker"] if w["pid"] and w["state"] != "dead"]
     zygote = psutil.Process(workers[0]).ppid()
     return [fnd.process.pid, zygote, *workers]
 
@@ -275,7 +263,7 @@ def test_fork_bomb_is_stopped_and_nothing_else_notices(fnd: FndServer) -> None:
     # The worker that forked is replaced, and every process it left behind is killed.
     bomber = fnd.invocation(bomb.headers["X-Fnd-Invocation-Id"])["worker_pid"]
     until(lambda: not any(_alive(pid) for pid in [bomber, *result["children"]]))
-    until(lambda: bomber not in [w["pid"] for w in status(fnd)["per_worker"]])
+    until(lambda: bomber not in [w["pid"] for w in fnd.status()["per_worker"]])
     assert held[0].status_code == 200 and held[0].json() == {"got": "released"}
     daemon_is_fine(fnd)
 
@@ -291,7 +279,7 @@ def test_uncaught_memory_error_is_a_500_and_the_worker_is_replaced(fnd: FndServe
     response = fnd.get("/memory_bomb_uncaught")
     assert response.status_code == 500 and "MemoryError" in response.text
     line = fnd.invocation(response.headers["X-Fnd-Invocation-Id"])
-    until(lambda: line["worker_pid"] not in [w["pid"] for w in status(fnd)["per_worker"]])
+    until(lambda: line["worker_pid"] not in [w["pid"] for w in fnd.status()["per_worker"]])
     daemon_is_fine(fnd)
 
 
@@ -299,7 +287,7 @@ def test_memory_outside_rlimit_data_is_stopped_by_the_cgroup(fnd: FndServer) -> 
     response = fnd.get("/memory_bomb_shared")
     assert response.status_code == 502
     assert response.text == "function crashed: worker exceeded its memory limit\n"
-    assert status(fnd)["restarts"].get("oom", 0) >= 1
+    assert fnd.status()["restarts"].get("oom", 0) >= 1
     daemon_is_fine(fnd)
 
 
@@ -340,7 +328,7 @@ def offline() -> Iterator[FndServer]:
 
 
 def test_network_false_is_reported(offline: FndServer) -> None:
-    layers = status(offline)["per_worker"][0]["layers"]
+    layers = offline.status()["per_worker"][0]["layers"]
     assert missing_layers(layers) == []
     assert layers["network"] == "blocked (no inet sockets)"
     assert layers["landlock"].endswith("no tcp")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -15,14 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from twilio.request_validator import RequestValidator
 
-from daemon.control import request as control_request
-from tests.fndserver import FndServer, running
+from tests.fndserver import FndServer, running, until
 from tests.nginx import running_nginx
 
 AUTH_TOKEN = "12345678901234567890123456789012"  # the ops fixture's .env
@@ -34,15 +31,6 @@ def _fnd_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, cwd=ROOT)
 
 
-def _status(fnd: FndServer) -> dict[str, Any]:
-    return asyncio.run(control_request(fnd.control, {"cmd": "status"}))
-
-
-def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)  # polling the control socket, not synchronising on time
 
 
 # -- nginx ------------------------------------------------------------------------------
@@ -135,7 +123,7 @@ def test_sd_notify_ready_status_watchdog_and_reload() -> None:
         env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
         with running("ops", "--workers-min", "2", env=env) as fnd:
             fields = _datagrams(listener, lambda f: "READY=1" in f)
-            status = _status(fnd)
+            status = fnd.status()
             assert status["workers"]["idle"] + status["workers"]["busy"] >= 2
             assert status["workers"]["starting"] == 0
             fields = _datagrams(listener, lambda f: any(x.startswith("STATUS=") for x in f)
@@ -194,7 +182,7 @@ def test_status_table_and_json_with_busy_and_idle_workers() -> None:
     with running("ops", "--workers-min", "2", "--workers-max", "2") as fnd:
         slow = threading.Thread(target=lambda: fnd.get("/slow", params={"s": "2"}))
         slow.start()
-        _until(lambda: _status(fnd)["workers"]["busy"] == 1)
+        until(lambda: fnd.status()["workers"]["busy"] == 1)
         table = _fnd_cli("status", "--control", fnd.control)
         assert table.returncode == 0, table.stdout + table.stderr
         assert "1 idle, 1 busy" in table.stdout and "/slow" in table.stdout
@@ -241,7 +229,7 @@ def test_metrics_parse_and_move_with_requests() -> None:
         before = _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
         for _ in range(3):
             assert fnd.get("/hello").status_code == 200
-        _until(lambda: _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
+        until(lambda: _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
                .get(key, 0) >= before.get(key, 0) + 3)
         after = _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
         assert after["fnd_invocation_duration_seconds_count"] >= 3

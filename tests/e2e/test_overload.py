@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import requests
 
-from daemon.control import request as control_request
-from tests.fndserver import FndServer, running
-
-
-def _status(fnd: FndServer) -> dict[str, object]:
-    import asyncio
-
-    return asyncio.run(control_request(fnd.control, {"cmd": "status"}))
-
-
-def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)  # polling a status endpoint, not synchronising on time
+from tests.fndserver import FndServer, running, until
 
 
 def _background(fnd: FndServer, path: str, results: list[requests.Response]) -> threading.Thread:
@@ -36,9 +20,9 @@ def test_queue_full_gives_503_with_retry_after() -> None:
     with running("contract", "--workers-min", "1", "--workers-max", "1", env=env) as fnd:
         results: list[requests.Response] = []
         first = _background(fnd, "/slow?s=1.5&tag=a", results)
-        _until(lambda: _status(fnd)["workers"]["busy"] == 1)  # type: ignore[index]
+        until(lambda: fnd.status()["workers"]["busy"] == 1)  # type: ignore[index]
         second = _background(fnd, "/slow?s=0&tag=b", results)
-        _until(lambda: _status(fnd)["queue"] == 1)
+        until(lambda: fnd.status()["queue"] == 1)
         third = fnd.get("/hello")
         assert third.status_code == 503
         assert third.headers["Retry-After"] == "1"
@@ -53,7 +37,7 @@ def test_queue_timeout_gives_503() -> None:
     with running("contract", "--workers-min", "1", "--workers-max", "1", env=env) as fnd:
         results: list[requests.Response] = []
         first = _background(fnd, "/slow?s=2&tag=a", results)
-        _until(lambda: _status(fnd)["workers"]["busy"] == 1)  # type: ignore[index]
+        until(lambda: fnd.status()["workers"]["busy"] == 1)  # type: ignore[index]
         waited = fnd.get("/hello")
         assert waited.status_code == 503 and "within 0.3 s" in waited.text
         first.join(30)

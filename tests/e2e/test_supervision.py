@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,25 +22,16 @@ import psutil
 import requests
 
 from daemon.control import request as control_request
-from tests.fndserver import FIXTURES, FndServer, Line, running, world_readable_copy
+from tests.fndserver import FIXTURES, FndServer, Line, running, until, world_readable_copy
 
 FIXTURE = "supervision"
 
 
-def _status(fnd: FndServer) -> dict[str, Any]:
-    return asyncio.run(control_request(fnd.control, {"cmd": "status"}))
-
 
 def _workers(fnd: FndServer) -> dict[str, int]:
-    workers: dict[str, int] = _status(fnd)["workers"]
+    workers: dict[str, int] = fnd.status()["workers"]
     return workers
 
-
-def _until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached in {timeout} s: {what}"
-        time.sleep(0.02)  # the polling interval of a status check, not a synchronisation
 
 
 def _lines(fnd: FndServer, event: str, **fields: Any) -> list[Line]:
@@ -74,14 +64,14 @@ def _zygote_pid(fnd: FndServer) -> int:
 # -- queue -----------------------------------------------------------------------------------
 def test_client_that_disconnects_while_queued_is_never_run() -> None:
     with running(FIXTURE, "--workers-min", "1", "--workers-max", "1") as fnd:
-        served = _status(fnd)["per_worker"][0]["served"]  # the start-up self-check's call
+        served = fnd.status()["per_worker"][0]["served"]  # the start-up self-check's call
         results: list[requests.Response] = []
         first = _background(fnd, "/slow?s=1.5&tag=a", results)
-        _until(lambda: _workers(fnd)["busy"] == 1, what="the slow call running")
+        until(lambda: _workers(fnd)["busy"] == 1, what="the slow call running")
         address = urlsplit(fnd.url)
         gone = socket.create_connection((address.hostname, address.port))
         gone.sendall(b"GET /pid?tag=gone HTTP/1.1\r\nHost: fnd\r\n\r\n")
-        _until(lambda: _status(fnd)["queue"] == 1, what="the call queued")
+        until(lambda: fnd.status()["queue"] == 1, what="the call queued")
         gone.close()
         dropped = fnd.wait_for(lambda line: line.get("event") == "invocation"
                                and line.get("status") == 499)
@@ -89,7 +79,7 @@ def test_client_that_disconnects_while_queued_is_never_run() -> None:
         first.join(30)
         assert results[0].text == "slow a"
         # The one worker ran the slow call and nothing else.
-        assert [w["served"] for w in _status(fnd)["per_worker"]] == [served + 1]
+        assert [w["served"] for w in fnd.status()["per_worker"]] == [served + 1]
         assert not _lines(fnd, "invocation", path="/pid", status=200)
         assert fnd.get("/pid").status_code == 200
 
@@ -102,9 +92,9 @@ def test_max_requests_recycling_never_fails_a_request() -> None:
             responses = list(pool.map(lambda _: fnd.get("/pid"), range(60)))
         assert [r.status_code for r in responses] == [200] * 60
         assert len({r.text for r in responses}) >= 60 // 4  # at most 3 + 1 calls per worker
-        _until(lambda: _status(fnd)["restarts"].get("max_requests", 0) >= 60 // 4 - 2,
+        until(lambda: fnd.status()["restarts"].get("max_requests", 0) >= 60 // 4 - 2,
                what="max_requests restarts counted")
-        _until(lambda: _workers(fnd)["idle"] == 2, what="back to two idle workers")
+        until(lambda: _workers(fnd)["idle"] == 2, what="back to two idle workers")
 
 
 def test_unclean_worker_is_killed_and_replaced() -> None:
@@ -118,7 +108,7 @@ def test_unclean_worker_is_killed_and_replaced() -> None:
         after = int(fnd.get("/pid").text)
         assert after != before
         assert not psutil.pid_exists(before) or psutil.Process(before).status() == "zombie"
-        assert _status(fnd)["restarts"] == {"unclean": 1}
+        assert fnd.status()["restarts"] == {"unclean": 1}
 
 
 def test_bootstrap_error_is_confined_to_its_function() -> None:
@@ -129,7 +119,7 @@ def test_bootstrap_error_is_confined_to_its_function() -> None:
             assert failed.status_code == 500 and "bootstrap failed on purpose" in failed.text
         assert fnd.get("/pid").text == pid  # same worker: no crash, no restart
         assert fnd.get("/hello").text == "hello"
-        assert _status(fnd)["restarts"] == {}
+        assert fnd.status()["restarts"] == {}
         assert not _lines(fnd, "worker exited")
 
 
@@ -140,14 +130,14 @@ def test_deaths_are_classified_and_workers_replaced() -> None:
         assert exited.status_code == 502 and "exited with code 3" in exited.text
         timed_out = fnd.get("/spin")
         assert timed_out.status_code == 504
-        victim = next(w["pid"] for w in _status(fnd)["per_worker"] if w["state"] == "idle")
+        victim = next(w["pid"] for w in fnd.status()["per_worker"] if w["state"] == "idle")
         os.kill(victim, signal.SIGKILL)
         killed = fnd.wait_for(lambda line: line.get("event") == "worker exited"
                               and line.get("pid") == victim)
         assert killed["cause"] == "signal" and "SIGKILL" in killed["reason"]
-        _until(lambda: _status(fnd)["restarts"] == {"exit": 1, "timeout": 1, "signal": 1},
+        until(lambda: fnd.status()["restarts"] == {"exit": 1, "timeout": 1, "signal": 1},
                what="one restart of each cause")
-        _until(lambda: _workers(fnd)["idle"] == 2, what="both workers replaced")
+        until(lambda: _workers(fnd)["idle"] == 2, what="both workers replaced")
         assert fnd.get("/hello").text == "hello"
 
 
@@ -161,7 +151,7 @@ def test_killed_zygote_is_restarted_and_requests_keep_flowing() -> None:
         assert [r.status_code for r in responses] == [200] * 10
         fnd.wait_for(lambda line: line.get("event") == "zygote restarted")
         assert _zygote_pid(fnd) != zygote
-        assert _status(fnd)["restarts"] == {"zygote": 1}
+        assert fnd.status()["restarts"] == {"zygote": 1}
 
 
 def test_zygote_that_cannot_start_stops_serve_with_the_reason() -> None:
@@ -185,7 +175,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0() -> None:
     with running(FIXTURE, "--workers-min", "2", "--workers-max", "2") as fnd:
         results: list[requests.Response] = []
         threads = [_background(fnd, f"/slow?s=1&tag={i}", results) for i in range(4)]
-        _until(lambda: _workers(fnd)["busy"] == 2 and _status(fnd)["queue"] == 2,
+        until(lambda: _workers(fnd)["busy"] == 2 and fnd.status()["queue"] == 2,
                what="two running, two queued")
         fnd.process.send_signal(signal.SIGTERM)
         for thread in threads:
@@ -200,7 +190,7 @@ def test_sigterm_answers_502_for_what_outlives_the_drain_timeout() -> None:
     with running(FIXTURE, "--workers-min", "1", "--workers-max", "1", env=env) as fnd:
         results: list[requests.Response] = []
         thread = _background(fnd, "/slow?s=20", results)
-        _until(lambda: _workers(fnd)["busy"] == 1, what="the slow call running")
+        until(lambda: _workers(fnd)["busy"] == 1, what="the slow call running")
         fnd.process.send_signal(signal.SIGTERM)
         thread.join(30)
         assert results[0].status_code == 502 and "drain timeout" in results[0].text
@@ -215,7 +205,7 @@ def test_sighup_with_50_in_flight_fails_none_and_serves_new_code_after() -> None
         paths = ["/slow?s=0.2" if i % 2 else "/version" for i in range(50)]
         with ThreadPoolExecutor(50) as pool:
             pending = [pool.submit(fnd.get, path) for path in paths]
-            _until(lambda: _status(fnd)["queue"] >= 30, what="the burst queued")
+            until(lambda: fnd.status()["queue"] >= 30, what="the burst queued")
             version.write_text(version.read_text().replace("v1", "v2"))
             (fnd.project / "functions" / "added.py").write_text(
                 "def handler(context, event, callback):\n    callback(None, 'added')\n")
@@ -232,7 +222,7 @@ def test_sighup_with_50_in_flight_fails_none_and_serves_new_code_after() -> None
         assert answer["ok"], answer
         assert fnd.get("/version").text == "v3"
         assert all(w["generation"] == answer["generation"]
-                   for w in _status(fnd)["per_worker"] if w["state"] == "idle" and not w["leaving"])
+                   for w in fnd.status()["per_worker"] if w["state"] == "idle" and not w["leaving"])
 
 
 # -- elasticity ------------------------------------------------------------------------------
@@ -241,11 +231,11 @@ def test_idle_workers_retire_back_to_workers_min() -> None:
     with running(FIXTURE, "--workers-min", "1", "--workers-max", "3", env=env) as fnd:
         with ThreadPoolExecutor(3) as pool:
             pending = [pool.submit(fnd.get, "/slow?s=1") for _ in range(3)]
-            _until(lambda: _workers(fnd)["busy"] == 3, what="grown to three busy workers")
+            until(lambda: _workers(fnd)["busy"] == 3, what="grown to three busy workers")
             assert [f.result(30).status_code for f in pending] == [200] * 3
-        _until(lambda: _workers(fnd)["idle"] + _workers(fnd)["busy"] == 1, timeout=10,
+        until(lambda: _workers(fnd)["idle"] + _workers(fnd)["busy"] == 1, timeout=10,
                what="retired back to one worker")
-        assert _status(fnd)["restarts"].get("idle", 0) >= 2
+        assert fnd.status()["restarts"].get("idle", 0) >= 2
         assert fnd.get("/hello").text == "hello"
 
 
