@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cgroups import CgroupError, Cgroups, _parse_mountinfo, _parse_proc_cgroup, detect
+from tests.processes import reap
 
 MiB = 1024 * 1024
 PR_SET_CHILD_SUBREAPER = 36
@@ -63,16 +64,6 @@ def _join(dirs: list[str]) -> None:
         with open(os.path.join(directory, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
 
-
-def _wait(pid: int, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    return os.waitpid(pid, 0)[1]
 
 
 def _read_line(fd: int, timeout: float = 20.0) -> bytes:
@@ -173,7 +164,7 @@ def test_pids_max_stops_forks_even_for_root(cg: Cgroups) -> None:
         line = _read_line(r)
     finally:
         os.close(r)
-        _wait(pid)
+        reap(pid)
         leftovers = cg.pids(1)
         cg.kill_slot(1)
         for child in leftovers:
@@ -207,8 +198,8 @@ def test_kill_slot_kills_processes_that_left_the_process_group(cg: Cgroups) -> N
     assert sorted(cg.pids(2)) == sorted([pid, grandchild])
     assert os.getsid(grandchild) == grandchild
     assert cg.kill_slot(2) == 2
-    assert os.WTERMSIG(_wait(pid)) == signal.SIGKILL
-    assert os.WTERMSIG(_wait(grandchild)) == signal.SIGKILL  # orphan, reparented to us
+    assert os.WTERMSIG(reap(pid)) == signal.SIGKILL
+    assert os.WTERMSIG(reap(grandchild)) == signal.SIGKILL  # orphan, reparented to us
     assert cg.wait_empty(2)
     assert cg.pids(2) == []
 
@@ -224,7 +215,7 @@ def test_oom_kill_is_classified(cg: Cgroups) -> None:
             del hog
         finally:
             os._exit(0)
-    status = _wait(pid)
+    status = reap(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert cg.oom_kills(4) >= 1
     assert cg.oom_killed(4) is True
@@ -247,7 +238,7 @@ def test_cpu_seconds_are_accounted(cg: Cgroups) -> None:
                 pass
         finally:
             os._exit(0)
-    _wait(pid)
+    reap(pid)
     after = cg.cpu_seconds(5)
     assert after is not None and after - before >= 0.15
 
@@ -267,7 +258,7 @@ def test_cleanup_removes_every_group() -> None:
     while not cg.pids(0) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert cg.cleanup() == []  # kills the straggler first
-    assert os.WTERMSIG(_wait(pid)) == signal.SIGKILL
+    assert os.WTERMSIG(reap(pid)) == signal.SIGKILL
     parents = {os.path.dirname(d) for d in dirs}
     assert not any(os.path.exists(d) for d in [*dirs, *parents])
 

@@ -30,6 +30,7 @@ import pytest
 
 from daemon.cgroups import Cgroups
 from protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from tests.processes import reap
 from worker import sandbox
 from worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 
@@ -153,7 +154,7 @@ def run_sandboxed(
         data = _read_line(r, DEADLINE)
     finally:
         os.close(r)
-        status = _reap(pid)
+        status = reap(pid, DEADLINE)
         _kill_leftovers(env)
     assert data, f"the sandboxed child reported nothing (wait status {status:#x})"
     message = json.loads(data)
@@ -187,17 +188,6 @@ def _read_line(fd: int, timeout: float) -> bytes:
         data += chunk
     return data.split(b"\n", 1)[0]
 
-
-def _reap(pid: int) -> int:
-    """The child's wait status; SIGKILLed first if it overstays the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    return os.waitpid(pid, 0)[1]
 
 
 def run(env: Env, attempt: Callable[[], object], **overrides: Any) -> Any:
@@ -690,7 +680,7 @@ def test_worker_dies_with_its_zygote(env: Env) -> None:
         os.close(r)
     assert line.isdigit(), line
     worker = int(line)
-    _reap(zygote)
-    status = _reap(worker)  # orphaned to us: this test process is a child subreaper
+    reap(zygote, DEADLINE)
+    status = reap(worker, DEADLINE)  # orphaned to us: this test process is a child subreaper
     _kill_leftovers(env)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
