@@ -19,6 +19,9 @@ from protocol import messages as m
 
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
 _log = get_logger("fnd.worker")
+# Python logging levels of a function's log records -> the daemon's log methods.
+_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
+           "CRITICAL": "critical"}
 _MAX_OUTPUT_LINE = 8192
 
 
@@ -241,12 +244,14 @@ class WorkerProc:
         self._log_output(line, "fd", call.id if call else None, None)
 
     def _log_output(self, line: str, stream: str, invocation_id: Any, level: Any) -> None:
+        """One line a function wrote, at its own level (logging) or its stream's (stderr)."""
         call = self.call
-        _log.info(
+        method = _LEVELS.get(str(level).upper()) if level else None
+        log = getattr(_log, method or ("warning" if stream == "stderr" else "info"))
+        log(
             "function output",
             line=line,
             stream=stream,
-            level=level,
             invocation_id=invocation_id,
             function=call.function["name"] if call else None,
             worker_pid=self.pid,

@@ -186,11 +186,13 @@ def test_bootstrap_runs_once_per_worker(fnd: FndServer) -> None:
 def test_output_is_logged_with_invocation_id(fnd: FndServer) -> None:
     response = fnd.get("/print")
     invocation_id = response.headers["X-Fnd-Invocation-Id"]
-    for text in ("printed line", "stderr line", "logged line"):
+    levels = {"printed line": "info", "stderr line": "error", "logged line": "warning"}
+    for text, level in levels.items():
         line = fnd.wait_for(lambda entry, t=text: entry.get("event") == "function output"
                             and t in str(entry.get("line")))
         assert line["invocation_id"] == invocation_id
         assert line["function"] == "/print" and line["worker_pid"]
+        assert line["level"] == level, text
 
 
 def test_one_log_line_per_invocation(fnd: FndServer) -> None:
