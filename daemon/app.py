@@ -112,8 +112,17 @@ class FrontEnd:
             invocation_id=invocation_id, method=request.method, path=request.path,
             function=function, status=outcome.status, outcome=outcome.outcome,
             duration=time.perf_counter() - received, reason=outcome.reason,
+            client=self._client(request),
         )
         return _response(outcome, invocation_id)
+
+    def _client(self, request: web.BaseRequest) -> str | None:
+        """The client's address: the one a trusted proxy forwarded, else the peer's."""
+        peer = request.remote
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded and self._proxies.trusts(peer):
+            return forwarded.rpartition(",")[2].strip()  # the hop our proxy saw
+        return peer or None
 
     async def _function(
         self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
@@ -151,6 +160,7 @@ class FrontEnd:
             received=received,
             result=self._loop.create_future(),
             transport=request.transport,  # lets the pool drop it if the client leaves
+            client=self._client(request),
         )
         outcome = await self.pool.invoke(call)
         if call.started == 0.0:  # never reached a worker (503): the pool did not log it
@@ -159,7 +169,7 @@ class FrontEnd:
                 function=route.path, status=outcome.status, outcome=outcome.outcome,
                 duration=time.perf_counter() - received,
                 queue_wait=time.perf_counter() - call.queued,
-                reason=outcome.reason,
+                reason=outcome.reason, client=call.client,
             )
         return _response(outcome, invocation_id)
 
@@ -197,7 +207,7 @@ class FrontEnd:
             self.stats.record(
                 invocation_id=invocation_id, method=request.method, path=request.path,
                 status=status, outcome=calls.OK if status < 400 else calls.REJECTED,
-                duration=time.perf_counter() - received,
+                duration=time.perf_counter() - received, client=self._client(request),
             )
 
         response = AssetResponse(route.file, sent)

@@ -53,6 +53,7 @@ class Call:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     # The client's connection: a queued call whose client hung up is dropped, not run.
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
+    client: str | None = None  # the client's address, for the log line
 
     @property
     def queue_wait(self) -> float:

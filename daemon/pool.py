@@ -488,6 +488,7 @@ class Pool:
             rss=call.rss,
             worker_pid=call.worker_pid,
             reason=outcome.reason,
+            client=call.client,
         )
 
     def _free_slot(self, worker: WorkerProc) -> None:

@@ -93,6 +93,7 @@ class Stats:
         worker_pid: int | None = None,
         reason: str | None = None,
         function: str | None = None,
+        client: str | None = None,
     ) -> None:
         self.invocations += 1
         self.outcomes[outcome] += 1
@@ -115,6 +116,7 @@ class Stats:
             peak_rss=rss,
             worker_pid=worker_pid,
             reason=reason,
+            client=client,
         )
 
     def worker_restart(self, reason: str) -> None:

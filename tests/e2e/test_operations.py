@@ -62,12 +62,17 @@ def test_nginx_request_id_becomes_the_invocation_id(behind_nginx: tuple[FndServe
     assert re.fullmatch(r"[0-9a-f]{32}", invocation_id)  # nginx's $request_id
     line = fnd.invocation(invocation_id)
     assert line["path"] == "/hello"
+    # nginx reaches fnd over a unix socket: the address comes from its X-Forwarded-For.
+    assert line["client"] == "127.0.0.1"
 
 
-def test_request_id_from_an_untrusted_peer_is_ignored() -> None:
+def test_request_id_and_forwarded_for_from_an_untrusted_peer_are_ignored() -> None:
     with running("ops") as fnd:  # TCP client on loopback: not a trusted proxy by default
-        response = fnd.get("/hello", headers={"X-Request-Id": "chosen-by-client"})
-        assert response.headers["X-Fnd-Invocation-Id"] != "chosen-by-client"
+        response = fnd.get("/hello", headers={"X-Request-Id": "chosen-by-client",
+                                              "X-Forwarded-For": "203.0.113.9"})
+        invocation_id = response.headers["X-Fnd-Invocation-Id"]
+        assert invocation_id != "chosen-by-client"
+        assert fnd.invocation(invocation_id)["client"] == "127.0.0.1"  # not the spoofed one
 
 
 def test_domain_name_comes_from_the_forwarded_host(behind_nginx: tuple[FndServer, str]) -> None:
