@@ -1,0 +1,2 @@
+def handler(context, event, callback):
+    callback(None, "hello world")
