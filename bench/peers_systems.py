@@ -226,7 +226,7 @@ class System:
 def fnd_command(project: Path, port: int, control: str, workers: int, *extra: str) -> list[str]:
     """fnd serve in production config: strict sandbox (the default, as root), JSON logs
     (to the log file the caller gives), metrics on their own port."""
-    return [sys.executable, "-m", "daemon.cli", "serve", str(project), "--port", str(port),
+    return [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), "--port", str(port),
             "--log-format", "json", "--control", control,
             "--metrics-port", str(free_port()),
             "--workers-min", str(workers), "--workers-max", str(workers), *extra]

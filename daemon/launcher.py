@@ -83,7 +83,9 @@ class ServeProcess:
         # the default control path, which a production daemon on this host may be using.
         self.folder = Path(tempfile.mkdtemp(prefix="fnd-tool-"))
         where = ["--unix", str(self.folder / "http.sock")] if unix else []
-        command = [sys.executable, "-m", "daemon.cli", "serve", str(project),
+        # -P: never import fnd from the current folder (a checkout); daemon and workers must
+        # run the same installed code, which the sandboxed workers are allowed to read.
+        command = [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project),
                    "--log-format", "json", "--control", str(self.folder / "control.sock"),
                    *where, *args]
         self.process = subprocess.Popen(

@@ -90,7 +90,8 @@ class ZygoteClient:
         self._closing = False
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", ZYGOTE_MODULE, str(theirs.fileno()),
+                # -P: the installed runtime, never a same-named folder in the current directory.
+                sys.executable, "-P", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,  # logged line by line; its tail explains a death

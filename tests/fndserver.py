@@ -52,7 +52,9 @@ class FndServer:
         self.project = project
         self.control = str(project.parent / "control.sock")
         where = [] if "--unix" in args else ["--port", "0"]
-        command = [sys.executable, "-m", "daemon.cli", "serve", str(project), *where,
+        # -P: run the installed fnd (what scripts/test just installed), as a user's `fnd` does;
+        # the checkout may not be readable by the sandboxed workers' uids.
+        command = [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), *where,
                    "--log-format", "json", "--control", self.control, *args]
         full_env = {**os.environ, **(env or {})}
         self.process = subprocess.Popen(

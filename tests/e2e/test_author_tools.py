@@ -24,7 +24,7 @@ def project() -> Iterator[Path]:
 
 def invoke(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "invoke", *args, "--project", str(project)],
+        [sys.executable, "-P", "-m", "daemon.cli", "invoke", *args, "--project", str(project)],
         capture_output=True, text=True, timeout=120,
     )
 
