@@ -146,15 +146,20 @@ def _collapse(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Pairs → dict; a repeated key becomes a list of its values in order."""
     out: dict[str, Any] = {}
     for key, value in items:
-        if key in out:
-            current = out[key]
-            if type(current) is list:
-                current.append(value)
-            else:
-                out[key] = [current, value]
-        else:
-            out[key] = value
+        _add(out, key, value)
     return out
+
+
+def _add(out: dict[str, Any], key: str, value: str) -> None:
+    """The one rule for repeated keys (query, form, headers): a list of values in order."""
+    if key in out:
+        current = out[key]
+        if type(current) is list:
+            current.append(value)
+        else:
+            out[key] = [current, value]
+    else:
+        out[key] = value
 
 
 def _parse_form(body: bytes) -> list[tuple[str, str]]:
@@ -258,14 +263,7 @@ def _request(headers: Headers) -> dict[str, Any]:
         value = _text(raw_value)
         if name == "cookie":
             cookie_values.append(value)
-        if name in out:
-            current = out[name]
-            if type(current) is list:
-                current.append(value)
-            else:
-                out[name] = [current, value]
-        else:
-            out[name] = value
+        _add(out, name, value)
     cookies = _parse_cookies(cookie_values) if cookie_values else {}
     return {"headers": out, "cookies": cookies}
 
