@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -240,8 +240,3 @@ def _validate(config: Config) -> None:
         raise ConfigError("--no-signatures is only allowed together with --dev")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is out of range")
-
-
-def with_overrides(config: Config, **changes: Any) -> Config:
-    """A copy with some settings changed (tests, reload)."""
-    return replace(config, **changes)

@@ -91,10 +91,6 @@ _sink = _BatchedSink(2)
 atexit.register(_sink.flush)
 
 
-def flush_logs() -> None:
-    _sink.flush()
-
-
 def configure_logging(log_format: str | None = None, level: int = logging.INFO) -> None:
     """Configure structlog once per process; `log_format` None picks by terminal."""
     if log_format is None:
