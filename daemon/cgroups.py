@@ -263,6 +263,8 @@ class Cgroups:
 
     def kill_slot(self, slot: int, timeout: float = 1.0) -> int:
         """SIGKILL every process in the slot's cgroup. Returns how many were signalled."""
+        if not self.pids(slot):
+            return 0  # an empty cgroup stays empty (only its members can fork into it)
         unified = self._dir(slot, "unified")
         if unified:
             before = len(_pids(unified))

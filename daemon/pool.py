@@ -54,6 +54,7 @@ class Pool:
         on_fatal: Callable[[str], None] = lambda reason: None,
         prepare_slot: Callable[[int], None] = lambda slot: None,
         kill_slot: Callable[[int], None] = lambda slot: None,
+        slot_empty: Callable[[int], bool] = lambda slot: True,
         oom_killed: Callable[[int], bool] = lambda slot: False,
     ) -> None:
         self.config = config
@@ -64,6 +65,7 @@ class Pool:
         self._on_fatal = on_fatal
         self._prepare_slot = prepare_slot
         self._kill_slot = kill_slot
+        self._slot_empty = slot_empty
         self._oom_killed = oom_killed
         self.workers: dict[int, WorkerProc] = {}  # by slot, dying ones too until reaped
         self._by_pid: dict[int, WorkerProc] = {}
@@ -406,19 +408,27 @@ class Pool:
 
     def kill_cgroup(self, worker: WorkerProc) -> None:
         if self.workers.get(worker.slot) is worker:  # never a later occupant of its slot
-            self._kill_slot_soon(worker.slot)
+            self._kill_slot_soon(worker)
 
-    def _kill_slot_soon(self, slot: int) -> None:
-        # The cgroup kill may poll for a few ms (cgroup v1 freezer): off the event loop, one at
-        # a time per slot, and the slot is not reused before the last one is done
-        # (_start_worker waits for it): a late kill would hit the next worker.
-        previous = self._slot_kills.get(slot)
-        self._slot_kills[slot] = asyncio.ensure_future(self._kill_slot_after(previous, slot))
+    def _kill_slot_soon(self, worker: WorkerProc) -> None:
+        # What the worker started outside its process group dies with the slot's cgroup, once
+        # the worker itself is reaped. Usually nothing is left then, and the cgroup v1 freezer
+        # (a few ms of polling and an IPI to every CPU) is skipped. One kill at a time per
+        # slot, and the slot is not reused before the last one is done (_start_worker waits
+        # for it): a late kill would hit the next worker.
+        previous = self._slot_kills.get(worker.slot)
+        self._slot_kills[worker.slot] = asyncio.ensure_future(
+            self._kill_slot_after(previous, worker))
 
-    async def _kill_slot_after(self, previous: asyncio.Future[None] | None, slot: int) -> None:
+    async def _kill_slot_after(self, previous: asyncio.Future[None] | None,
+                               worker: WorkerProc) -> None:
         if previous is not None:
             await previous
-        await self._loop.run_in_executor(None, self._kill_slot_quietly, slot)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(worker.exit_status), _EXIT_STATUS_WAIT)
+        if worker.exit_status.done() and self._slot_empty(worker.slot):
+            return
+        await self._loop.run_in_executor(None, self._kill_slot_quietly, worker.slot)
 
     def _kill_slot_quietly(self, slot: int) -> None:
         try:
@@ -498,7 +508,7 @@ class Pool:
         if worker.pid is not None and self._by_pid.get(worker.pid) is worker:
             del self._by_pid[worker.pid]
         worker.close_pipes()
-        self._kill_slot_soon(worker.slot)  # anything it left in its cgroup goes with it
+        self._kill_slot_soon(worker)  # anything it left in its cgroup goes with it
         self._free_slots.append(worker.slot)
 
     # zygote events

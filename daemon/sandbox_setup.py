@@ -37,6 +37,10 @@ class SandboxSetup:
         if self.cgroups is not None:
             self.cgroups.kill_slot(slot)
 
+    def slot_empty(self, slot: int) -> bool:
+        """No process is left in the slot's cgroup (one read of cgroup.procs)."""
+        return self.cgroups is None or not self.cgroups.pids(slot)
+
     def oom_killed(self, slot: int) -> bool:
         return self.cgroups.oom_killed(slot) if self.cgroups is not None else False
 

@@ -83,7 +83,7 @@ class Daemon:
         self.project = load_project(config)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, on_fatal=self._fatal, prepare_slot=sandbox.prepare_slot,
-                         kill_slot=sandbox.kill_slot,
+                         kill_slot=sandbox.kill_slot, slot_empty=sandbox.slot_empty,
                          oom_killed=sandbox.oom_killed)
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
         self.control = ControlServer(config.control or default_control_path(), self._control)

@@ -87,17 +87,38 @@ def close_fds(keep: tuple[int, ...]) -> int:
     return len(kept)
 
 
+def _startup_dispositions() -> dict[signal.Signals, object]:
+    wanted: dict[signal.Signals, object] = {}
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        if sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            wanted[sig] = signal.SIG_IGN
+        elif sig == signal.SIGINT:
+            wanted[sig] = signal.default_int_handler
+        else:
+            wanted[sig] = signal.SIG_DFL
+    return wanted
+
+
+_STARTUP_DISPOSITIONS = _startup_dispositions()
+# True once this process (or the zygote it was forked from) set every disposition itself:
+# from then on signal.getsignal() is the truth and only the changed ones need a syscall.
+_signals_in_sync = False
+
+
 def reset_signals() -> None:
     """CPython's start-up signal state: SIGINT raises KeyboardInterrupt, SIGPIPE and SIGXFSZ
-    are ignored (an over-size write raises EFBIG), everything else default, nothing blocked."""
-    for sig in signal.valid_signals():
-        with contextlib.suppress(OSError, ValueError):
-            if sig in (signal.SIGKILL, signal.SIGSTOP):
-                continue
-            if sig in (signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(sig, signal.SIG_IGN)
-            elif sig == signal.SIGINT:
-                signal.signal(sig, signal.default_int_handler)
-            else:
-                signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    are ignored (an over-size write raises EFBIG), everything else default, nothing blocked.
+
+    The first call in a process sets all ~64 dispositions (a syscall each, 0.2 ms here); the
+    zygote makes that call once, so a forked worker only resets what the zygote changed.
+    """
+    global _signals_in_sync
+    for sig, wanted in _STARTUP_DISPOSITIONS.items():
+        if _signals_in_sync and signal.getsignal(sig) is wanted:
+            continue
+        with contextlib.suppress(OSError, ValueError):  # reserved by the kernel or libc
+            signal.signal(sig, wanted)  # type: ignore[arg-type]
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    _signals_in_sync = True

@@ -23,7 +23,7 @@ from protocol import messages as m
 
 # Imported here, before any fork, so every worker starts with the runtime already loaded.
 from worker import loop as worker_loop
-from worker import sandbox
+from worker import sandbox, sandbox_process
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -155,6 +155,7 @@ def main() -> NoReturn:
     _die_with_parent()
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
+    sandbox_process.reset_signals()  # once here, so each worker only undoes the SIGCHLD handler
     gc.collect()
     try:
         Zygote(sock).run()

@@ -246,6 +246,18 @@ def test_leftover_child_process_is_killed(fnd: FndServer) -> None:
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
 
 
+def test_leftover_in_its_own_session_is_killed_through_the_cgroup(fnd: FndServer) -> None:
+    response = fnd.get("/escaped_child")
+    assert response.status_code == 200
+    answer = response.json()
+    grandchild = answer["grandchild"]
+    assert answer["pgid"] != answer["worker_pgid"]  # killpg on the worker cannot reach it
+    _wait_gone(grandchild)
+    assert not psutil.pid_exists(grandchild) or \
+        psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+    assert fnd.get("/hello").status_code == 200
+
+
 def test_time_limit_gives_504_and_kills_the_worker(fnd: FndServer) -> None:
     response = fnd.get("/spin")
     assert response.status_code == 504
