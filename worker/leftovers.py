@@ -15,13 +15,14 @@ import os
 import threading
 from collections.abc import Callable
 
+from worker.sandbox_libc import libc  # loaded once in the zygote, not per worker
+
 _PR_SET_CHILD_SUBREAPER = 36
 
 _thread_count: Callable[[], int] = getattr(_thread, "_count", lambda: threading.active_count() - 1)
 
 
 def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(errno)}")

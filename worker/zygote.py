@@ -23,7 +23,7 @@ from protocol import messages as m
 
 # Imported here, before any fork, so every worker starts with the runtime already loaded.
 from worker import loop as worker_loop
-from worker import sandbox, sandbox_process
+from worker import output, sandbox, sandbox_process
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -156,6 +156,7 @@ def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
     sandbox_process.reset_signals()  # once here, so each worker only undoes the SIGCHLD handler
+    output.set_log_levels()
     gc.collect()
     try:
         Zygote(sock).run()

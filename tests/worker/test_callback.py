@@ -126,6 +126,13 @@ def test_done_reports_resources(worker: Worker) -> None:
     assert isinstance(done["rss"], int) and done["rss"] > 1024 * 1024
 
 
+def test_done_counts_a_reaped_childs_cpu_once(worker: Worker) -> None:
+    burned = worker.call("child_cpu").done
+    assert burned["cpu"] >= 0.25  # the child's 0.3 s, reaped during the invocation
+    after = worker.call("respond_value", {"value": "x"}).done
+    assert after["cpu"] < 0.2  # the next call on the same worker does not count it again
+
+
 def test_handler_returning_without_callback_keeps_the_invocation_open(
     worker: Worker, tmp_path: Path
 ) -> None:
