@@ -5,7 +5,8 @@
 
 Systems (NAME for --only/--skip; a NAME also selects the names that start with NAME-):
   fnd                  fnd serve, production config: strict sandbox (the default as root),
-                       JSON logs to a file, --metrics-port, 2 workers
+                       JSON logs to a file, --metrics-port, the default pool (2 workers,
+                       growing to 4 under load)
   fnd-8                the same with 8 workers (for the memory target)
   twilio-run           npm twilio-run, default mode (a Node process per request)
   twilio-run-fast      twilio-run --no-fork-process --no-live --no-logs
@@ -19,7 +20,7 @@ Each round starts every system afresh for each function (hello-world, JSON), war
 connections while a thread samples the PSS of the server's whole process tree every 0.25 s.
 Rounds alternate the order of the systems. hey cross-checks fnd's hello-world at 64
 connections. The table shows mean req/s (and the range over rounds), the median p50/p99
-over rounds, the peak PSS (MB = 10^6 bytes) and fnd (2 workers) / this system's req/s.
+over rounds, the peak PSS (MB = 10^6 bytes) and fnd (default pool) / this system's req/s.
 
 Installs: twilio-run (npm install --prefix) and functions-framework + gunicorn (a venv made
 with /usr/bin/python3 -m venv) go to --cache (default /tmp/fnd-peers-cache, reused between
@@ -88,7 +89,7 @@ def selected(name: str, only: list[str], skip: list[str]) -> bool:
 
 def build_systems(installs: Installs, args: argparse.Namespace) -> list[System]:
     makers = {
-        "fnd": lambda: fnd_system(2, "fnd"),
+        "fnd": lambda: fnd_system(None, "fnd"),
         "fnd-8": lambda: fnd_system(8, "fnd-8"),
         "twilio-run": lambda: twilio_system(installs, fast=False),
         "twilio-run-fast": lambda: twilio_system(installs, fast=True),

@@ -223,22 +223,25 @@ class System:
     version: str = ""
 
 
-def fnd_command(project: Path, port: int, control: str, workers: int, *extra: str) -> list[str]:
+def fnd_command(project: Path, port: int, control: str, workers: int | None,
+                *extra: str) -> list[str]:
     """fnd serve in production config: strict sandbox (the default, as root), JSON logs
-    (to the log file the caller gives), metrics on their own port."""
+    (to the log file the caller gives), metrics on their own port. `workers` pins the pool
+    size; None keeps the default elastic pool (workers_min 2, workers_max 4)."""
+    pool = [] if workers is None else ["--workers-min", str(workers),
+                                       "--workers-max", str(workers)]
     return [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), "--port", str(port),
             "--log-format", "json", "--control", control,
-            "--metrics-port", str(free_port()),
-            "--workers-min", str(workers), "--workers-max", str(workers), *extra]
+            "--metrics-port", str(free_port()), *pool, *extra]
 
 
 @contextmanager
-def fnd(project: Path, workdir: Path, workers: int, *extra: str,
+def fnd(project: Path, workdir: Path, workers: int | None, *extra: str,
         probe: str = "/hello") -> Iterator[Running]:
     copy = readable_copy(project)  # sandboxed workers run as other uids
     try:
         port, control = free_port(), str(copy.parent / "control.sock")
-        log = workdir / f"fnd-{workers}w-{port}.log"
+        log = workdir / f"fnd-{workers or 'default'}w-{port}.log"
         with serve(fnd_command(copy, port, control, workers, *extra), port, probe, log,
                    cwd=ROOT, grace=60, control=control) as running:
             yield running
@@ -246,11 +249,11 @@ def fnd(project: Path, workdir: Path, workers: int, *extra: str,
         shutil.rmtree(copy.parent, ignore_errors=True)
 
 
-def fnd_system(workers: int, key: str) -> System:
+def fnd_system(workers: int | None, key: str) -> System:
     def start(function: str, workdir: Path) -> contextlib.AbstractContextManager[Running]:
         return fnd(PEER_PROJECTS / "fnd", workdir, workers, probe="/" + function)
 
-    label = f"fnd, {workers} workers"
+    label = "fnd, default pool (2-4 workers)" if workers is None else f"fnd, {workers} workers"
     return System(key, label, ("hello", "json"), start, _fnd_version())
 
 
