@@ -17,7 +17,9 @@ Systems (NAME for --only/--skip; a NAME also selects the names that start with N
 
 Each round starts every system afresh for each function (hello-world, JSON), warms it with
 2 s of wrk at 8 connections, then runs wrk (1 thread) for --seconds at 1 and at 64
-connections while a thread samples the PSS of the server's whole process tree every 0.25 s.
+connections, and then for 4 s more while a thread samples the PSS of the server's
+whole process tree every 0.25 s (not during the timed run: the sampling slows servers made
+of many processes).
 Rounds alternate the order of the systems. hey cross-checks fnd's hello-world at 64
 connections. The table shows mean req/s (and the range over rounds), the median p50/p99
 over rounds, the peak PSS (MB = 10^6 bytes) and fnd (default pool) / this system's req/s.
@@ -67,6 +69,7 @@ from bench.peers_systems import (  # noqa: E402
 
 MB = 1e6
 CONNECTIONS = (1, 64)
+PSS_SECONDS = 4  # the extra run per connection count that measures peak PSS
 PEERS = ("twilio-run", "twilio-run-fast", "functions-framework")
 NAMES = ("fnd", "fnd-8", "twilio-run", "twilio-run-fast", "functions-framework",
          "bare-aiohttp", "fnd-figures")
@@ -115,8 +118,13 @@ def run_rounds(systems: list[System], args: argparse.Namespace, workdir: Path
                         wrk(url, 8, 2)  # warm-up: loads the function everywhere
                         for connections in CONNECTIONS:
                             settle(running.pid, processes)
+                            load = wrk(url, connections, args.seconds)
+                            # PSS comes from a run of its own: reading every process's smaps
+                            # 4 times a second cost fnd (6 processes) ~10% of its req/s and
+                            # a single-process peer almost nothing.
+                            settle(running.pid, processes)
                             with PeakPss(running.pid) as pss:
-                                load = wrk(url, connections, args.seconds)
+                                wrk(url, connections, PSS_SECONDS)
                             samples.setdefault((system.key, function, connections), []).append(
                                 Sample(round_, load, pss.peak, pss.processes))
                             print(f"round {round_}  {system.label:<48} {function:<5} "

@@ -137,15 +137,15 @@ def refork(figures: Figures, workdir: Path, workers: int, seconds: int) -> None:
     """Every request leaves a thread behind: the worker is killed and re-forked each time."""
     with fnd(LIMITS, workdir, workers, probe="/ok") as running:
         before = len(log_lines(running.log, "worker ready"))
-        with PeakPss(running.pid) as pss:
-            load = hey(running.base + "/thread", seconds, 64)
+        load = hey(running.base + "/thread", seconds, 64)
         time.sleep(0.5)
-        log = running.log
-    invocations = [line for line in log_lines(log, "invocation")
-                   if line.get("function") == "/thread"]
-    exits = log_lines(log, "worker exited")
-    ready = log_lines(log, "worker ready")[before:]
-    figures.reforks.append(Refork(workers, load, len(invocations), len(exits),
+        invocations = len([line for line in log_lines(running.log, "invocation")
+                           if line.get("function") == "/thread"])
+        exits = len(log_lines(running.log, "worker exited"))
+        ready = log_lines(running.log, "worker ready")[before:]
+        with PeakPss(running.pid) as pss:  # apart: sampling smaps slows the timed run
+            hey(running.base + "/thread", 3, 64)
+    figures.reforks.append(Refork(workers, load, invocations, exits,
                                   [float(line["start_ms"]) for line in ready], pss.peak))
 
 
