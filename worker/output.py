@@ -159,9 +159,11 @@ def set_log_levels() -> None:
     """Levels for function logging. The zygote calls this before forking, so a worker's own
     call finds them set: setLevel clears every logger's cache (~0.1 ms with the runtime's
     hundreds of loggers), which each re-forked worker would pay again."""
-    # Python's default (WARNING) would silently drop a function's logging.info().
-    for name, level in (("", logging.INFO), ("twilio", logging.WARNING)):
-        # twilio logs every API request at INFO; keep that out of function logs.
+    levels = (
+        ("", logging.INFO),  # Python's default (WARNING) would drop a function's logging.info()
+        ("twilio", logging.WARNING),  # twilio logs every API request at INFO: not for functions
+    )
+    for name, level in levels:
         logger = logging.getLogger(name)
         if logger.level != level:
             logger.setLevel(level)
