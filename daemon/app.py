@@ -161,6 +161,7 @@ class FrontEnd:
             result=self._loop.create_future(),
             transport=request.transport,  # lets the pool drop it if the client leaves
             client=self._client(request),
+            isolated=config.isolated(route.path),
         )
         outcome = await self.pool.invoke(call)
         if call.started == 0.0:  # never reached a worker (503): the pool did not log it

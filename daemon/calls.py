@@ -54,6 +54,7 @@ class Call:
     # The client's connection: a queued call whose client hung up is dropped, not run.
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
     client: str | None = None  # the client's address, for the log line
+    isolated: bool = False  # isolation = "invocation": a fresh worker, killed after DONE
 
     @property
     def queue_wait(self) -> float:

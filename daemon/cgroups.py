@@ -329,6 +329,17 @@ class Cgroups:
         text = _read(os.path.join(directory, "pids.current"), "") if directory else ""
         return int(text) if text.strip().isdigit() else 0
 
+    def counter_path(self, slot: int, name: str) -> str | None:
+        """The file behind a SlotProbe counter: "tasks" (pids.current) or "cpu"."""
+        unified = self._dir(slot, "unified")
+        if name == "tasks":
+            directory = unified or self._dir(slot, "pids")
+            return os.path.join(directory, "pids.current") if directory else None
+        if unified:
+            return os.path.join(unified, "cpu.stat")
+        cpuacct = self._dir(slot, "cpuacct")
+        return os.path.join(cpuacct, "cpuacct.usage") if cpuacct else None
+
     def oom_kills(self, slot: int) -> int:
         """How many processes the kernel OOM-killed in this slot's cgroup, ever."""
         unified = self._dir(slot, "unified")

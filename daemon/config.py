@@ -29,6 +29,7 @@ class FunctionSettings:
     """Per-function overrides from `[functions."/path"]` in fnd.toml."""
 
     timeout: float | None = None
+    isolation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ class Config:
     timeout: float = 5.0
     idle_timeout: float = 60.0
     drain_timeout: float = 30.0
-    max_requests: int = 0  # 0: never recycle by count
-    max_requests_jitter: int = 0
+    # Recycling bounds what one worker's code can leave behind (docs/security.md).
+    max_requests: int = 10000  # 0: never recycle by count
+    max_requests_jitter: int = 1000
+    max_worker_age: float = 3600.0  # seconds; 0: never recycle by age
+    isolation: str = "worker"  # "invocation": a fresh worker for every call
     max_rss_mb: int = 0  # 0: never recycle by RSS
     dev: bool = False
     strict: bool = False
@@ -77,6 +81,13 @@ class Config:
             return override.timeout
         return self.timeout
 
+    def isolated(self, function: str) -> bool:
+        """Whether `function` gets a fresh worker per invocation."""
+        override = self.functions.get(function)
+        if override is not None and override.isolation is not None:
+            return override.isolation == "invocation"
+        return self.isolation == "invocation"
+
     def context_defaults(self) -> dict[str, str | None]:
         """The context fields every invocation starts from (SPEC 4.1); `.env` may override."""
         env = self.env
@@ -96,13 +107,14 @@ _INT = {
     "max_rss_mb", "max_request_body", "max_response_body", "max_header_bytes",
     "max_header_count", "memory_mb", "uid_base",
 }
-_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout"}
+_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "max_worker_age"}
 _BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network"}
-_STR = {"host", "sandbox"}
+_STR = {"host", "sandbox", "isolation"}
 _OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base_url"}
 _OPTIONAL_INT = {"metrics_port"}
 
 
+_ISOLATIONS = ("worker", "invocation")
 _DESCRIBED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -167,11 +179,17 @@ def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, Fu
             # limit would need a pool per limit. Refuse it rather than silently ignore it.
             raise ConfigError(f"{path}: [functions.{name!r}] memory_mb is not supported; "
                               "set memory_mb for the whole project")
-        if not isinstance(table, dict) or set(table) - {"timeout"}:
-            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout only")
+        if not isinstance(table, dict) or set(table) - {"timeout", "isolation"}:
+            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout and isolation only")
         route = name if name.startswith("/") else "/" + name
+        isolation = _coerce("isolation", table["isolation"], str(path)) \
+            if "isolation" in table else None
+        if isolation not in (None, *_ISOLATIONS):
+            raise ConfigError(f"{path}: [functions.{name!r}] isolation must be "
+                              f"'worker' or 'invocation', got {isolation!r}")
         functions[route] = FunctionSettings(
             timeout=_coerce("timeout", table["timeout"], str(path)) if "timeout" in table else None,
+            isolation=isolation,
         )
     return settings, env, functions
 
@@ -232,6 +250,11 @@ def _validate(config: Config) -> None:
     for name in ("timeout", "queue_timeout", "drain_timeout", "idle_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    for name in ("max_requests", "max_requests_jitter", "max_worker_age"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be 0 (off) or positive")
+    if config.isolation not in _ISOLATIONS:
+        raise ConfigError(f"isolation must be 'worker' or 'invocation', got {config.isolation!r}")
     if config.sandbox not in {"strict", "permissive"}:
         raise ConfigError(f"sandbox must be 'strict' or 'permissive', got {config.sandbox!r}")
     if config.log_format not in {None, "json", "console"}:

@@ -17,12 +17,15 @@ MAX_REQUESTS = "max_requests"
 MAX_RSS = "max_rss"
 RELOAD = "reload"
 IDLE = "idle"
+MAX_AGE = "max_age"
+ISOLATION = "isolation"  # isolation = "invocation": every worker serves one call
 STOPPING = "stopping"  # the daemon is stopping
 DISCARDED = "discarded"  # a reload's new worker, thrown away because the reload failed
 # Decided by the daemon: it killed the worker.
 TIMEOUT = "timeout"
 UNCLEAN = "unclean"  # something the invocation started outlived it (SPEC 5.4)
 PROTOCOL = "protocol"  # a malformed or unexpected frame: the channel cannot be trusted
+IDLE_CPU = "idle_cpu"  # it used CPU while the daemon counted it idle
 START_FAILED = "start_failed"
 ZYGOTE = "zygote"  # the zygote died and took its workers along
 # Unplanned: the worker died under us.
@@ -30,10 +33,10 @@ EXIT = "exit"
 SIGNAL = "signal"
 OOM = "oom"
 
-UNPLANNED = frozenset({EXIT, SIGNAL, OOM, PROTOCOL, START_FAILED, ZYGOTE})
+UNPLANNED = frozenset({EXIT, SIGNAL, OOM, PROTOCOL, START_FAILED, ZYGOTE, IDLE_CPU})
 # Not restarts: the daemon is going, or a reload gave up. A dead zygote is counted once by
 # the pool, not once per worker it took along.
-NOT_COUNTED = frozenset({STOPPING, DISCARDED, ZYGOTE})
+NOT_COUNTED = frozenset({STOPPING, DISCARDED, ZYGOTE, ISOLATION})
 
 
 def describe_exit(status: int | None) -> str:

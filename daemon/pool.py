@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +25,12 @@ from daemon import calls, deaths
 from daemon.calls import Call, Outcome, text_outcome
 from daemon.cgroups import CgroupError
 from daemon.config import Config
+from daemon.frame_check import Limits
 from daemon.logs import get_logger
 from daemon.pool_queue import WaitQueue
+from daemon.slot_probe import SlotProbe
 from daemon.stats import Stats
-from daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, WorkerProc
+from daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
 from daemon.zygote_client import ZygoteClient, ZygoteError
 from protocol import messages as m
 from protocol.sandbox_settings import missing_layers
@@ -39,6 +43,12 @@ _ZYGOTE_RESTARTS = 5  # consecutive failed zygote restarts before the daemon giv
 _START_FAILURES = 10
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 _RETIRE_GRACE = 5.0  # a retired worker that has not exited after this long is killed
+# Outside checks (docs/security.md). A thread that ended a moment ago may still be counted in
+# its cgroup: re-check a few times, on the call's deadline, before calling it a leftover.
+_VERIFY_RETRIES = (0.001, 0.005, 0.02, 0.1)
+_IDLE_CPU_LIMIT = 0.05  # CPU seconds an idle worker may use before it is killed
+_SWEEP_INTERVAL = 1.0  # idle CPU, worker age, stuck workers, quarantined slots
+_STUCK_GRACE = 2.0  # past its limit (or its kill) this long, a worker counts as stuck
 
 
 class PoolError(Exception):
@@ -56,6 +66,7 @@ class Pool:
         kill_slot: Callable[[int], None] = lambda slot: None,
         slot_empty: Callable[[int], bool] = lambda slot: True,
         oom_killed: Callable[[int], bool] = lambda slot: False,
+        probe: SlotProbe | None = None,
     ) -> None:
         self.config = config
         self.worker_config = worker_config
@@ -67,6 +78,14 @@ class Pool:
         self._kill_slot = kill_slot
         self._slot_empty = slot_empty
         self._oom_killed = oom_killed
+        self._probe = probe
+        self.limits = _limits(config)
+        # Slots (so worker uids) are uid_base + 0 .. 2 × workers_max - 1: room for a full pool
+        # and as many workers still dying. A slot is reused only once its cgroup is empty.
+        self._slot_cap = 2 * config.workers_max
+        self._quarantined: set[int] = set()  # freed slots whose cgroup would not empty
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self.stuck = 0
         self.workers: dict[int, WorkerProc] = {}  # by slot, dying ones too until reaped
         self._by_pid: dict[int, WorkerProc] = {}
         # Capacity: workers starting, idle or busy that are not leaving (current generation
@@ -103,7 +122,8 @@ class Pool:
         except ZygoteError as exc:
             raise PoolError(str(exc)) from None
         self._zygote_up = True
-        first = [self._spawn() for _ in range(self.config.workers_min)]
+        first = [w for w in (self._spawn() for _ in range(self.config.workers_min)) if w]
+        self._sweep_timer = self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
         failure = await _wait_ready(first, timeout)
         if failure is not None:
             await self.stop(drain_timeout=0)
@@ -128,7 +148,7 @@ class Pool:
                 ))
                 self._finalize(call)
             worker.kill("daemon stopping", deaths.STOPPING)
-        for timer in (self._idle_timer, self._retry_timer):
+        for timer in (self._idle_timer, self._retry_timer, self._sweep_timer):
             if timer is not None:
                 timer.cancel()
         await self.zygote.stop()
@@ -147,8 +167,12 @@ class Pool:
         """
         old_worker_config = self.worker_config
         await self.zygote.configure(worker_config)
-        fresh = [self._spawn(fresh=True, config=config) for _ in range(config.workers_min)]
+        self._slot_cap = max(self._slot_cap, 2 * config.workers_max)
+        spawned = [self._spawn(fresh=True, config=config) for _ in range(config.workers_min)]
+        fresh = [worker for worker in spawned if worker is not None]
         failure = await _wait_ready(fresh, timeout)
+        if failure is None and len(fresh) < len(spawned):
+            failure = "no free worker slot for the new generation"
         if failure is None and self.closing:
             failure = "the daemon is stopping"
         if failure is not None:
@@ -159,6 +183,7 @@ class Pool:
             raise PoolError(f"reload failed: {failure}")
         # The switch: nothing below awaits, so no call sees half of it.
         self.config, self.worker_config = config, worker_config
+        self.limits = _limits(config)
         self.generation += 1
         self._queue.timeout = config.queue_timeout
         if switch is not None:
@@ -171,11 +196,10 @@ class Pool:
                 self._idle.append(worker)
         for worker in old_idle:
             worker.retire(deaths.RELOAD)  # busy ones retire when their call is done
-        while self._idle:
-            call = self._queue.pop()
-            if call is None:
-                break
-            self._dispatch(self._idle.pop(), call)
+        for worker in list(self._idle):
+            if worker in self._idle and self._queue:
+                self._idle.remove(worker)
+                self._release(worker)
         self._top_up()
 
     # -- calls --------------------------------------------------------------------------
@@ -183,10 +207,8 @@ class Pool:
         call.queued = time.perf_counter()
         if self.closing:
             return text_outcome(503, calls.OVERLOAD, "server is shutting down", Retry_After="1")
-        idle = self._idle
-        if idle:
-            self._dispatch(idle.pop(), call)
-            if not idle:
+        if self._offer(call):
+            if not self._idle:
                 self._top_up()  # the last warm worker just went: fork the spare now
         elif len(self._queue) >= self.config.queue_max:
             return text_outcome(
@@ -198,10 +220,46 @@ class Pool:
             self._top_up()
         return await call.result
 
-    def _dispatch(self, worker: WorkerProc, call: Call) -> None:
+    def _offer(self, call: Call) -> bool:
+        """Hand `call` to an idle worker that may take it; False if none can (queue it)."""
+        idle = self._idle
+        while idle:
+            index = len(idle) - 1
+            if call.isolated:  # only a worker that has never run anything
+                index = next((i for i in range(index, -1, -1) if idle[i].served == 0), -1)
+                if index < 0:
+                    idle[0].retire(deaths.ISOLATION)  # make room for a fresh one
+                    return False
+            worker = idle.pop(index)
+            if not self._still_idle(worker):
+                continue
+            if not self._send(worker, call):
+                idle.append(worker)  # the call failed, not the worker
+            return True
+        return False
+
+    def _still_idle(self, worker: WorkerProc) -> bool:
+        """Kill a worker that used CPU while idle: code of an earlier call still runs there."""
+        mark = worker.cpu_mark
+        if self._probe is None or mark is None:
+            return True
+        cpu = self._probe.cpu(worker.slot)
+        if cpu is None or cpu - mark <= _IDLE_CPU_LIMIT:
+            return True
+        worker.kill(f"used {(cpu - mark) * 1000:.0f} ms of CPU while idle", deaths.IDLE_CPU)
+        return False
+
+    def _send(self, worker: WorkerProc, call: Call) -> bool:
+        """Start `call` on `worker`; False (the call answered 500) if it cannot be sent."""
         call.started = time.perf_counter()
-        worker.start_call(call)
+        try:
+            worker.start_call(call)
+        except CallRefused as exc:
+            call.resolve(text_outcome(500, calls.ERROR, str(exc)))
+            self._finalize(call)
+            return False
         call.timer = self._loop.call_later(call.timeout, self._on_deadline, worker, call)
+        return True
 
     def longest_wait(self) -> float:
         """Seconds the oldest queued request has waited (0 with an empty queue)."""
@@ -209,10 +267,13 @@ class Pool:
 
     def _release(self, worker: WorkerProc) -> None:
         """An idle worker takes the oldest waiting call, else goes on the idle stack."""
-        call = self._queue.pop()
-        if call is not None:
-            self._dispatch(worker, call)
-            return
+        while (call := self._queue.pop()) is not None:
+            if call.isolated and worker.served:
+                self._queue.push_front(call)
+                worker.retire(deaths.ISOLATION)  # its fresh replacement takes the call
+                return
+            if self._send(worker, call):
+                return
         worker.idle_since = time.monotonic()
         self._idle.append(worker)
         if self._idle_timer is None and len(self._live) > self.config.workers_min:
@@ -241,7 +302,7 @@ class Pool:
         else:
             spare = 1 if busy > 0 else 0
             wanted = max(len(self._queue) + spare - ready_or_starting, cfg.workers_min - live)
-        count = min(wanted, cfg.workers_max - live)
+        count = min(wanted, cfg.workers_max - live, self._spare_slots())
         if count <= 0:
             return
         delay = self._spawn_after - self._loop.time()
@@ -277,19 +338,29 @@ class Pool:
             self._schedule_idle_check()
 
     # -- workers ------------------------------------------------------------------------
-    def _take_slot(self) -> int:
+    def _take_slot(self) -> int | None:
         if self._free_slots:
             # The longest-free slot: its last cgroup kill has most likely finished.
             return self._free_slots.pop(0)
+        if self._next_slot >= self._slot_cap:
+            return None  # every slot is in use or still dying: wait for one to empty
         # A new slot (its own uid and cgroup): only when every known slot is in use, so the
         # count tracks the most workers ever alive at once, dying ones included.
         self._next_slot += 1
         return self._next_slot - 1
 
-    def _spawn(self, fresh: bool = False, config: Config | None = None) -> WorkerProc:
+    def _spare_slots(self) -> int:
+        return len(self._free_slots) + self._slot_cap - self._next_slot
+
+    def _spawn(self, fresh: bool = False, config: Config | None = None) -> WorkerProc | None:
         cfg = config or self.config
         slot = self._take_slot()
+        if slot is None:
+            return None
         worker = WorkerProc(self, slot, self.generation + 1 if fresh else self.generation)
+        if cfg.max_worker_age:
+            # Jittered too, so that a pool started at once does not retire at once.
+            worker.max_age = cfg.max_worker_age * random.uniform(1.0, 1.1)
         if cfg.max_requests:
             # Jitter spreads recycling out so that workers do not all restart together.
             worker.request_limit = cfg.max_requests + random.randint(
@@ -328,6 +399,8 @@ class Pool:
             return deaths.RELOAD
         if worker.request_limit and worker.served >= worker.request_limit:
             return deaths.MAX_REQUESTS
+        if worker.max_age and time.monotonic() - worker.spawned_at >= worker.max_age:
+            return deaths.MAX_AGE
         if cfg.max_rss_mb and worker.rss > cfg.max_rss_mb * 1024 * 1024:
             return deaths.MAX_RSS
         return None
@@ -349,6 +422,7 @@ class Pool:
             return
         self._start_failures = 0
         self._spawn_after = 0.0
+        worker.cpu_mark = self._probe.cpu(worker.slot) if self._probe is not None else None
         _log.info("worker ready", pid=worker.pid, slot=worker.slot, generation=worker.generation,
                   start_ms=round((worker.ready_at - worker.spawned_at) * 1000, 1))
         if worker.generation > self.generation:
@@ -359,11 +433,39 @@ class Pool:
             self._release(worker)
 
     def worker_done(self, worker: WorkerProc, call: Call, clean: bool, reason: str | None) -> None:
-        self._finalize(call)
         if not clean:
+            self._finalize(call)
             worker.kill(reason or "left threads or processes running", deaths.UNCLEAN)
             return
-        if worker.state != IDLE or worker.leaving:
+        self._verify(worker, call, 0)
+
+    def _verify(self, worker: WorkerProc, call: Call, attempt: int) -> None:
+        """DONE is the worker's claim: check from outside that nothing of the call still
+        runs (its slot holds one task) before it counts as idle. Until then the call's
+        deadline stays armed."""
+        if worker.leaving or worker.state != BUSY:
+            self._finalize(call)
+            return
+        probe = self._probe
+        tasks = probe.tasks(worker.slot) if probe is not None else None
+        if tasks is not None and tasks > 1:
+            if attempt < len(_VERIFY_RETRIES):
+                self._loop.call_later(_VERIFY_RETRIES[attempt], self._verify, worker, call,
+                                      attempt + 1)
+                return
+            self._finalize(call)
+            worker.kill(f"{tasks - 1} thread(s) or process(es) left in its cgroup after the "
+                        "call", deaths.UNCLEAN)
+            return
+        cpu = probe.cpu(worker.slot) if probe is not None else None
+        if cpu is not None and worker.cpu_mark is not None:
+            call.cpu = max(0.0, cpu - worker.cpu_mark)  # measured, not the worker's word
+        worker.cpu_mark = cpu
+        worker.cpu_total += call.cpu or 0.0
+        self._finalize(call)
+        worker.state = IDLE
+        if call.isolated:
+            worker.kill("served its one invocation", deaths.ISOLATION)
             return
         recycle = self._due_for_recycling(worker)
         if recycle is not None:
@@ -410,7 +512,7 @@ class Pool:
         if self.workers.get(worker.slot) is worker:  # never a later occupant of its slot
             self._kill_slot_soon(worker)
 
-    def _kill_slot_soon(self, worker: WorkerProc) -> None:
+    def _kill_slot_soon(self, worker: WorkerProc, release: bool = False) -> None:
         # What the worker started outside its process group dies with the slot's cgroup, once
         # the worker itself is reaped. Usually nothing is left then, and the cgroup v1 freezer
         # (a few ms of polling and an IPI to every CPU) is skipped. One kill at a time per
@@ -418,17 +520,28 @@ class Pool:
         # for it): a late kill would hit the next worker.
         previous = self._slot_kills.get(worker.slot)
         self._slot_kills[worker.slot] = asyncio.ensure_future(
-            self._kill_slot_after(previous, worker))
+            self._kill_slot_after(previous, worker, release))
 
     async def _kill_slot_after(self, previous: asyncio.Future[None] | None,
-                               worker: WorkerProc) -> None:
+                               worker: WorkerProc, release: bool) -> None:
         if previous is not None:
             await previous
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(worker.exit_status), _EXIT_STATUS_WAIT)
-        if worker.exit_status.done() and self._slot_empty(worker.slot):
-            return
-        await self._loop.run_in_executor(None, self._kill_slot_quietly, worker.slot)
+        if not (worker.exit_status.done() and self._slot_empty(worker.slot)):
+            await self._loop.run_in_executor(None, self._kill_slot_quietly, worker.slot)
+        if release:
+            self._return_slot(worker.slot)
+
+    def _return_slot(self, slot: int) -> None:
+        """A slot is reused only once nothing is left in its cgroup (so under its uid)."""
+        if self._slot_empty(slot):
+            self._quarantined.discard(slot)
+            self._free_slots.append(slot)
+            self._top_up()
+        elif slot not in self._quarantined:
+            self._quarantined.add(slot)
+            _log.error("worker slot not empty after its kill; kept out of use", slot=slot)
 
     def _kill_slot_quietly(self, slot: int) -> None:
         try:
@@ -445,6 +558,11 @@ class Pool:
         else:
             status = worker.exit_status.result() if worker.exit_status.done() else None
             cause, words = deaths.classify(status, self._oom_killed(worker.slot))
+            if worker.closed_early and cause in (deaths.SIGNAL, deaths.EXIT) and (
+                status is None or status < 0
+                or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+            ):
+                cause, words = deaths.PROTOCOL, "closed its result pipe and was killed"
             if not worker.ready_at and cause == deaths.EXIT:
                 cause = deaths.START_FAILED
                 words = worker.failure or f"{words} before it was ready"
@@ -508,8 +626,7 @@ class Pool:
         if worker.pid is not None and self._by_pid.get(worker.pid) is worker:
             del self._by_pid[worker.pid]
         worker.close_pipes()
-        self._kill_slot_soon(worker)  # anything it left in its cgroup goes with it
-        self._free_slots.append(worker.slot)
+        self._kill_slot_soon(worker, release=True)  # anything it left goes with its cgroup
 
     # zygote events
     def _on_spawned(self, slot: int, pid: int) -> None:
@@ -575,6 +692,32 @@ class Pool:
             self._top_up()
             return
 
+    def _sweep(self) -> None:
+        """Once a second: idle workers that use CPU or are too old, stuck workers, slots."""
+        self._sweep_timer = self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        now = time.monotonic()
+        stuck = 0
+        for worker in list(self.workers.values()):
+            if worker.state == DEAD:
+                continue
+            if worker.kill_reason is not None:
+                if now - worker.kill_sent_at > _STUCK_GRACE:
+                    stuck += 1
+                    worker.kill(worker.kill_reason, worker.cause or deaths.TIMEOUT)  # again
+            elif worker.state == IDLE and worker in self._idle:
+                if worker.max_age and now - worker.spawned_at >= worker.max_age:
+                    worker.retire(deaths.MAX_AGE)  # replaced at once, like any leaver
+                else:
+                    self._still_idle(worker)  # kills it if it used CPU
+            elif worker.state == BUSY and worker.call is not None and (
+                now - worker.busy_since > worker.call.timeout + _STUCK_GRACE
+            ):
+                stuck += 1  # its deadline should have killed it: make sure
+                worker.kill("busy past its time limit", deaths.TIMEOUT)
+        self.stuck = stuck
+        for slot in list(self._quarantined):
+            self._return_slot(slot)
+
     def _run(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -589,7 +732,8 @@ class Pool:
             elif worker.state == BUSY:
                 states[BUSY] += 1  # an old generation's worker finishing its call
         return {
-            "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max},
+            "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max,
+                                 "stuck": self.stuck},
             "queue": len(self._queue),
             "queue_longest_wait": round(self.longest_wait(), 3),
             "per_worker": [w.snapshot() for w in self.workers.values()],
@@ -597,6 +741,10 @@ class Pool:
             "generation": self.generation,
             "now": time.perf_counter(),
         }
+
+
+def _limits(config: Config) -> Limits:
+    return Limits(config.max_response_body, config.max_header_count, config.max_header_bytes)
 
 
 async def _wait_ready(workers: list[WorkerProc], timeout: float) -> str | None:

@@ -42,6 +42,13 @@ class WaitQueue:
             self._sweeping = True
             self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
+    def push_front(self, call: Call) -> None:
+        """Put a call back at the head (a worker popped it but may not run it)."""
+        self._calls.appendleft(call)
+        if not self._sweeping:
+            self._sweeping = True
+            self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
     def pop(self) -> Call | None:
         """The oldest call still waiting (its client still there), or None."""
         queued = self._calls

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from daemon.cgroups import CgroupError, Cgroups
 from daemon.config import Config
 from daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
+from daemon.slot_probe import SlotProbe
 from protocol.sandbox_settings import SandboxSettings, resolve
 
 
@@ -27,6 +28,7 @@ class SandboxSetup:
     cgroups: Cgroups | None
     scratch_root: str
     warnings: list[str] = field(default_factory=list)
+    _probe: SlotProbe | None = None
 
     def prepare_slot(self, slot: int) -> None:
         """Make the slot's cgroups (once) before its first worker is forked."""
@@ -38,13 +40,25 @@ class SandboxSetup:
             self.cgroups.kill_slot(slot)
 
     def slot_empty(self, slot: int) -> bool:
-        """No process is left in the slot's cgroup (one read of cgroup.procs)."""
-        return self.cgroups is None or not self.cgroups.pids(slot)
+        """Nothing is left in the slot's cgroup: no process, thread or unreaped zombie."""
+        if self.cgroups is None:
+            return True
+        return not self.cgroups.pids(slot) and self.cgroups.pids_current(slot) == 0
+
+    def probe(self) -> SlotProbe | None:
+        """Outside checks of a slot (task count, CPU), where the slot has cgroups."""
+        if self.cgroups is None:
+            return None
+        if self._probe is None:
+            self._probe = SlotProbe(self.cgroups)
+        return self._probe
 
     def oom_killed(self, slot: int) -> bool:
         return self.cgroups.oom_killed(slot) if self.cgroups is not None else False
 
     def cleanup(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         if self.cgroups is not None:
             self.cgroups.cleanup()
         shutil.rmtree(self.scratch_root, ignore_errors=True)

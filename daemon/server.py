@@ -84,7 +84,7 @@ class Daemon:
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, on_fatal=self._fatal, prepare_slot=sandbox.prepare_slot,
                          kill_slot=sandbox.kill_slot, slot_empty=sandbox.slot_empty,
-                         oom_killed=sandbox.oom_killed)
+                         oom_killed=sandbox.oom_killed, probe=sandbox.probe())
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
         self.control = ControlServer(config.control or default_control_path(), self._control)
         self._runner: web.ServerRunner | None = None

@@ -12,7 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon import calls
+from daemon import calls, deaths
 from daemon.logs import get_logger
 
 # Upper bounds (seconds) of the latency histograms; +Inf is implied. Hello-world through the
@@ -25,7 +25,7 @@ OUTCOMES = (calls.OK, calls.ERROR, calls.TIMEOUT, calls.CRASH, calls.OVERLOAD, c
 # Worker restarts that mean a worker died under us, as opposed to a planned recycle/reload or
 # a kill we decided (timeout, unclean); names from daemon.deaths. Many of them in a short
 # time is a "crash storm".
-CRASH_REASONS = frozenset({"crash", "exit", "signal", "oom", "protocol", "zygote"})
+CRASH_REASONS = deaths.UNPLANNED  # one vocabulary: daemon/deaths.py
 CRASH_WINDOW = 60.0  # seconds that recent_crashes() looks back
 
 

@@ -57,6 +57,9 @@ def health_problems(status: Mapping[str, Any]) -> list[str]:
     wanted = int(workers.get("min", 0))
     if ready < wanted:
         problems.append(f"{ready} ready worker(s), fewer than workers_min {wanted}")
+    stuck = int(workers.get("stuck", 0))
+    if stuck:
+        problems.append(f"{stuck} worker(s) still alive past their time limit or kill")
     if status.get("sandbox") == "permissive":
         problems.append("sandbox is permissive")
     crashes = int(status.get("recent_crashes") or 0)

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon import calls, deaths
+from daemon import calls, deaths, frame_check
 from daemon.calls import Call, Outcome, text_outcome
+from daemon.frame_check import FrameError
 from daemon.logs import get_logger
 from daemon.zygote_client import SpawnedPipes
 from protocol import AsyncFrameReader, ProtocolError, encode
@@ -33,8 +34,14 @@ class PoolEvents(Protocol):
         self, worker: WorkerProc, call: Call, clean: bool, reason: str | None
     ) -> None: ...
     def worker_leaving(self, worker: WorkerProc) -> None: ...
+    @property
+    def limits(self) -> frame_check.Limits: ...
     def worker_gone(self, worker: WorkerProc) -> None: ...
     def kill_cgroup(self, worker: WorkerProc) -> None: ...
+
+
+class CallRefused(Exception):
+    """A call that cannot be sent to a worker; the message is the client's 500 reason."""
 
 
 class _OutputReader(asyncio.Protocol):
@@ -56,6 +63,16 @@ class _OutputReader(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
             self._on_line(self._partial.decode("utf-8", "replace"))
+
+
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie or a missing pid has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2][1:2]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X", b"")
 
 
 def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
@@ -99,6 +116,11 @@ class WorkerProc:
         self._res: asyncio.ReadTransport | None = None
         self._out: asyncio.ReadTransport | None = None
         self._kill_reason: str | None = None
+        self.answered = False  # a RESULT was accepted for the current call
+        self.closed_early = False  # its result pipe closed before the daemon killed it
+        self.cpu_mark: float | None = None  # the slot's CPU counter when it last went idle
+        self.max_age = 0.0  # recycle once older than this many seconds; 0: never
+        self.kill_sent_at = 0.0
 
     async def attach(self, pipes: SpawnedPipes) -> None:
         loop = asyncio.get_running_loop()
@@ -117,21 +139,27 @@ class WorkerProc:
 
     # -- orders -------------------------------------------------------------------------
     def start_call(self, call: Call) -> None:
+        """Send `call` to this idle worker. Raises CallRefused, changing nothing, when the
+        call cannot be put into a frame: the worker stays idle and only that call fails."""
         assert self._cmd is not None and self.state == IDLE
+        try:
+            frame = encode(
+                {
+                    "t": m.INVOKE,
+                    "id": call.id,
+                    "function": call.function,
+                    "event": call.event,
+                    "context": call.context,
+                    "timeout": call.timeout,
+                }
+            )
+        except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
+            raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
         self.state = BUSY
         self.call = call
+        self.answered = False
         self.busy_since = time.monotonic()
         call.worker_pid = self.pid
-        frame = encode(
-            {
-                "t": m.INVOKE,
-                "id": call.id,
-                "function": call.function,
-                "event": call.event,
-                "context": call.context,
-                "timeout": call.timeout,
-            }
-        )
         self._cmd.write(frame)
 
     def kill(self, reason: str, cause: str) -> None:
@@ -142,9 +170,8 @@ class WorkerProc:
         first = self._kill_reason is None
         if first:
             self._kill_reason = reason
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
+            self.kill_sent_at = time.monotonic()
+        self._signal_group()
         self.events.kill_cgroup(self)
         if first:
             self._leave(cause)
@@ -176,68 +203,79 @@ class WorkerProc:
 
     # -- what the worker says ------------------------------------------------------------
     def _on_message(self, message: m.Message) -> None:
-        kind = message["t"]
         try:
-            if kind == m.RESULT:
-                self._on_result(message)
-            elif kind == m.LOG:
-                self._log_output(str(message.get("line", "")), message.get("stream", "stdout"),
-                                 message.get("id"), message.get("level"))
-            elif kind == m.DONE:
-                self._on_done(message)
-            elif kind == m.READY:
-                if self.state != STARTING:
-                    raise ProtocolError("a second ready")
-                self.layers = {str(k): str(v) for k, v in message.get("layers", {}).items()}
-                if self.pid is None:
-                    # READY may overtake the zygote's SPAWNED; no user code has run yet, so the
-                    # pid it carries is the worker's own.
-                    self.pid = int(message["pid"])
-                self.state = IDLE
-                self.ready_at = time.monotonic()
-                self.events.worker_ready(self)  # may refuse it (missing sandbox layers)
-                if self._kill_reason is None and not self.ready.done():
-                    self.ready.set_result(None)
-            elif kind == m.FAILED:
-                self.failure = str(message.get("reason"))
-                self.kill(f"failed to start: {self.failure}", deaths.START_FAILED)
-            else:
-                raise ProtocolError(f"unexpected message {kind!r}")
-        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-            self.kill(f"protocol error: {exc!r}", deaths.PROTOCOL)
+            self._handle(message)
+        except FrameError as exc:
+            self.refuse(str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever a frame provokes ends this worker only
+            self.refuse(f"{type(exc).__name__}: {exc}")
+
+    def refuse(self, reason: str) -> None:
+        """The worker broke the protocol: its call (if unanswered) fails with 500, it dies."""
+        call = self.call
+        if call is not None:
+            call.resolve(text_outcome(500, calls.ERROR, f"invalid frame from the worker: {reason}"))
+        self.kill(f"invalid frame: {reason}", deaths.PROTOCOL)
+
+    def _handle(self, message: m.Message) -> None:
+        kind = message["t"]
+        if kind == m.RESULT:
+            self._on_result(message)
+        elif kind == m.LOG:
+            line, stream, level = frame_check.log(message)
+            call = self.call
+            self._log_output(line, stream, call.id if call else None, level)
+        elif kind == m.DONE:
+            self._on_done(message)
+        elif kind == m.READY:
+            if self.state != STARTING:
+                raise FrameError("a second ready")
+            pid, self.layers = frame_check.ready(message)
+            if self.pid is None:
+                # READY may overtake the zygote's SPAWNED; no user code has run yet, so the
+                # pid it carries is the worker's own.
+                self.pid = pid
+            self.state = IDLE
+            self.ready_at = time.monotonic()
+            self.events.worker_ready(self)  # may refuse it (missing sandbox layers)
+            if self._kill_reason is None and not self.ready.done():
+                self.ready.set_result(None)
+        elif kind == m.FAILED:
+            if self.state != STARTING:
+                raise FrameError("failed after ready")
+            self.failure = frame_check.failed(message)
+            self.kill(f"failed to start: {self.failure}", deaths.START_FAILED)
+        else:
+            raise FrameError(f"unexpected message {kind!r}")
 
     def _on_result(self, message: m.Message) -> None:
         call = self.call
-        if call is None or message["id"] != call.id:
-            raise ProtocolError("result for an invocation the worker does not hold")
-        body = message["body"]
-        if not isinstance(body, bytes):
-            raise ProtocolError("result body is not bytes")
-        headers = [(str(name), str(value)) for name, value in message["headers"]]
-        status = int(message["status"])
-        error = message.get("error")
-        if not message.get("clean", True):
+        frame_check.check_id(message, call.id if call is not None else None)
+        assert call is not None
+        if self.answered:
+            raise FrameError("a second result for one invocation")
+        result = frame_check.result(message, self.events.limits)
+        self.answered = True
+        if message.get("clean", True) is not True:
             # Something the invocation started is still alive: it must not outlive the answer.
             self.kill("left threads or processes running", deaths.UNCLEAN)
-        outcome = calls.ERROR if error else calls.OK
-        call.resolve(Outcome(status, headers, body, outcome, error))
+        outcome = calls.ERROR if result.error else calls.OK
+        call.resolve(Outcome(result.status, result.headers, result.body, outcome, result.error))
 
     def _on_done(self, message: m.Message) -> None:
         call = self.call
-        if call is None or message["id"] != call.id:
-            raise ProtocolError("done for an invocation the worker does not hold")
-        call.cpu = float(message.get("cpu") or 0.0)
-        call.rss = int(message.get("rss") or 0)
-        self.cpu_total += call.cpu
-        self.rss = call.rss
+        frame_check.check_id(message, call.id if call is not None else None)
+        assert call is not None
+        done = frame_check.done(message)
+        call.cpu, call.rss = done.cpu, done.rss  # the worker's word; the pool may correct it
+        self.rss = done.rss
         if not call.result.done():
             call.resolve(text_outcome(500, calls.ERROR, "function finished without a response"))
         self.served += 1
         self.call = None
-        clean = bool(message.get("clean", True))
-        if self.state == BUSY:
-            self.state = IDLE
-        self.events.worker_done(self, call, clean, message.get("reason"))
+        # Still BUSY: the pool checks from outside that nothing of the call is left before
+        # it counts the worker idle (and until then the call's deadline stays armed).
+        self.events.worker_done(self, call, done.clean, done.reason)
 
     def _on_output(self, line: str) -> None:
         call = self.call
@@ -259,8 +297,19 @@ class WorkerProc:
 
     def _on_closed(self, exc: Exception | None) -> None:
         if exc is not None and isinstance(exc, ProtocolError):
-            self.kill(f"protocol error: {exc}", deaths.PROTOCOL)
+            self.refuse(str(exc))
+        elif self._kill_reason is None and not self.retiring:
+            # The result pipe closed on its own: the worker died, or its code closed the pipe
+            # and runs on. Either way nothing of it may keep running (docs/security.md).
+            self.closed_early = self.pid is not None and _running(self.pid)
+            self._signal_group()
+            self.events.kill_cgroup(self)
         self._finish(self._kill_reason)
+
+    def _signal_group(self) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     def _finish(self, reason: str | None) -> None:
         if self.state == DEAD:

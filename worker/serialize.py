@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -20,6 +19,13 @@ from typing import Any
 
 from twilio.twiml import TwiML
 
+from protocol.http_rules import (
+    BAD_VALUE_CHARS,
+    HEADER_NAME,
+    STATUS_MAX,
+    STATUS_MIN,
+    header_bytes,
+)
 from worker.response import SET_COOKIE, Response, cookie_name
 from worker.settings import Settings
 
@@ -31,8 +37,6 @@ XML = "text/xml; charset=utf-8"
 
 ONE_DAY = 86400
 _EXPIRES_SLACK = 60  # "Expires = now + 1 day" computed a moment ago is still one day
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 _FRAMING = {"content-length", "transfer-encoding"}
 _NO_BODY = {204, 304}
 
@@ -139,7 +143,7 @@ def _type_name(value: Any) -> str:
 
 def _from_response(response: Response, settings: Settings) -> tuple[int, Headers, bytes]:
     status = response.status_code
-    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+    if type(status) is not int or not STATUS_MIN <= status <= STATUS_MAX:
         raise ResponseError(f"invalid response status code {status!r}; expected 200-599")
     headers = _header_lines(response.headers, settings)
     body = b""
@@ -153,7 +157,7 @@ def _from_response(response: Response, settings: Settings) -> tuple[int, Headers
 def _header_lines(headers: dict[str, Any], settings: Settings) -> Headers:
     lines: Headers = []
     for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
             raise ResponseError(f"invalid response header name {name!r}" + _crlf_note(name))
         if isinstance(value, dict):
             raise ResponseError(
@@ -171,7 +175,7 @@ def _header_lines(headers: dict[str, Any], settings: Settings) -> Headers:
 
 
 def _crlf_note(name: object) -> str:
-    return " (contains CR or LF)" if isinstance(name, str) and _BAD_VALUE_CHARS.search(name) else ""
+    return " (contains CR or LF)" if isinstance(name, str) and BAD_VALUE_CHARS.search(name) else ""
 
 
 def _header_value(name: str, value: Any) -> str:
@@ -180,8 +184,8 @@ def _header_value(name: str, value: Any) -> str:
             f"response header {name!r} has a {type(value).__name__} value; use a str"
         )
     text = str(value)
-    if _BAD_VALUE_CHARS.search(text):
-        raise ResponseError(f"response header {name!r} value contains CR, LF or NUL")
+    if BAD_VALUE_CHARS.search(text):
+        raise ResponseError(f"response header {name!r} value contains a control character")
     return text
 
 
@@ -227,7 +231,7 @@ def _check_limits(headers: Headers, body: bytes, settings: Settings) -> None:
         raise ResponseError(
             f"response body of {len(body)} bytes exceeds the {settings.max_body} byte limit"
         )
-    size = sum(len(name) + len(value.encode("utf-8")) + 4 for name, value in headers)
+    size = sum(header_bytes(name, value) for name, value in headers)
     if len(headers) > settings.max_header_count or size > settings.max_header_bytes:
         raise ResponseError(
             f"response headers too large: {len(headers)} fields, {size} bytes "

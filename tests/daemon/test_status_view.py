@@ -160,7 +160,7 @@ def test_stats_count_recent_crashes_for_the_storm_rule() -> None:
     for reason in ("reload", "max_requests", "timeout", "unclean"):  # planned or decided
         stats.worker_restart(reason)
     assert stats.recent_crashes() == 0
-    for reason in ("crash", "oom", "zygote", "crash", "crash"):
+    for reason in ("exit", "oom", "zygote", "signal", "protocol"):
         stats.worker_restart(reason)
     assert stats.recent_crashes() == CRASH_STORM
     assert health_exit_code(status(recent_crashes=stats.recent_crashes())) == EXIT_DEGRADED

@@ -78,7 +78,10 @@ def test_client_that_disconnects_while_queued_is_never_run() -> None:
         assert dropped["path"] == "/pid" and "disconnected" in dropped["reason"]
         first.join(30)
         assert results[0].text == "slow a"
-        # The one worker ran the slow call and nothing else.
+        # The one worker ran the slow call and nothing else (counted at its DONE, which
+        # may come a moment after the answer).
+        until(lambda: [w["served"] for w in fnd.status()["per_worker"]] == [served + 1],
+              what="the slow call counted")
         assert [w["served"] for w in fnd.status()["per_worker"]] == [served + 1]
         assert not _lines(fnd, "invocation", path="/pid", status=200)
         assert fnd.get("/pid").status_code == 200

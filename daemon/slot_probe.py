@@ -1,0 +1,65 @@
+"""Look into a worker slot from outside: how many tasks its cgroup holds, how much CPU it used.
+
+The daemon does not take a worker's word that it is clean or idle (docs/security.md): after
+each call it reads the slot's task count (threads and processes, from the pids controller)
+and its CPU counter. Both files stay open per slot and are read with one pread each, since
+this runs on every request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from daemon.cgroups import Cgroups
+
+
+class SlotProbe:
+    def __init__(self, cgroups: Cgroups) -> None:
+        self._cgroups = cgroups
+        self._fds: dict[tuple[int, str], int] = {}
+
+    def _fd(self, slot: int, name: str) -> int | None:
+        key = (slot, name)
+        fd = self._fds.get(key)
+        if fd is None:
+            path = self._cgroups.counter_path(slot, name)
+            if path is None:
+                return None
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            self._fds[key] = fd
+        return fd
+
+    def _read(self, slot: int, name: str) -> bytes | None:
+        fd = self._fd(slot, name)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, 256, 0)
+        except OSError:
+            return None
+
+    def tasks(self, slot: int) -> int | None:
+        """Tasks (threads, processes, unreaped zombies) in the slot; None if not accounted."""
+        text = self._read(slot, "tasks")
+        return int(text) if text and text.strip().isdigit() else None
+
+    def cpu(self, slot: int) -> float | None:
+        """CPU seconds used in the slot since it was made; None if not accounted."""
+        text = self._read(slot, "cpu")
+        if not text:
+            return None
+        if text.startswith(b"usage_usec "):  # v2 cpu.stat: the first line
+            value = text[11:].partition(b"\n")[0]
+            return int(value) / 1e6 if value.isdigit() else None
+        value = text.strip()
+        return int(value) / 1e9 if value.isdigit() else None  # v1 cpuacct.usage, in ns
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
