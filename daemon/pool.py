@@ -46,7 +46,7 @@ _RETIRE_GRACE = 5.0  # a retired worker that has not exited after this long is k
 # Outside checks (docs/security.md). A thread that ended a moment ago may still be counted in
 # its cgroup: re-check a few times, on the call's deadline, before calling it a leftover.
 _VERIFY_RETRIES = (0.001, 0.005, 0.02, 0.1)
-_IDLE_CPU_LIMIT = 0.05  # CPU seconds an idle worker may use before it is killed
+_IDLE_CPU_LIMIT = 0.02  # CPU seconds an idle worker may use (a tick of the last call may land late)
 _SWEEP_INTERVAL = 1.0  # idle CPU, worker age, stuck workers, quarantined slots
 _STUCK_GRACE = 2.0  # past its limit (or its kill) this long, a worker counts as stuck
 
