@@ -214,12 +214,18 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--lives", type=int, default=100)
+    parser.add_argument("--parts", default="1,2,3",
+                        help="which parts to run, e.g. 3 for hello-world alone")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: uids and cgroups are part of the cost")
-    worker_lives(args.lives)
-    refork_load(args.seconds)
-    hello_load(args.seconds)
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        worker_lives(args.lives)
+    if "2" in parts:
+        refork_load(args.seconds)
+    if "3" in parts:
+        hello_load(args.seconds)
 
 
 if __name__ == "__main__":
