@@ -8,6 +8,8 @@ Systems (NAME for --only/--skip; a NAME also selects the names that start with N
                        JSON logs to a file, --metrics-port, the default pool (2 workers,
                        growing to 4 under load)
   fnd-8                the same with 8 workers (for the memory target)
+  fnd-isolated         the default pool with --isolation invocation: a fresh worker per
+                       request (compare with twilio-run's default fork per request)
   twilio-run           npm twilio-run, default mode (a Node process per request)
   twilio-run-fast      twilio-run --no-fork-process --no-live --no-logs
   functions-framework  Google's functions-framework under its gunicorn app, WORKERS=2
@@ -94,6 +96,7 @@ def build_systems(installs: Installs, args: argparse.Namespace) -> list[System]:
     makers = {
         "fnd": lambda: fnd_system(None, "fnd"),
         "fnd-8": lambda: fnd_system(8, "fnd-8"),
+        "fnd-isolated": lambda: fnd_system(None, "fnd-isolated", "--isolation", "invocation"),
         "twilio-run": lambda: twilio_system(installs, fast=False),
         "twilio-run-fast": lambda: twilio_system(installs, fast=True),
         "functions-framework": lambda: functions_framework_system(installs),

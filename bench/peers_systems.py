@@ -249,11 +249,13 @@ def fnd(project: Path, workdir: Path, workers: int | None, *extra: str,
         shutil.rmtree(copy.parent, ignore_errors=True)
 
 
-def fnd_system(workers: int | None, key: str) -> System:
+def fnd_system(workers: int | None, key: str, *extra: str) -> System:
     def start(function: str, workdir: Path) -> contextlib.AbstractContextManager[Running]:
-        return fnd(PEER_PROJECTS / "fnd", workdir, workers, probe="/" + function)
+        return fnd(PEER_PROJECTS / "fnd", workdir, workers, *extra, probe="/" + function)
 
     label = "fnd, default pool (2-4 workers)" if workers is None else f"fnd, {workers} workers"
+    if extra:
+        label += " " + " ".join(extra)
     return System(key, label, ("hello", "json"), start, _fnd_version())
 
 

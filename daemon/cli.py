@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers-min", type=int, help="warm workers kept at all times")
     serve.add_argument("--workers-max", type=int, help="most workers under load")
     serve.add_argument("--timeout", type=float, help="time limit per invocation, seconds")
+    serve.add_argument("--isolation", choices=["worker", "invocation"],
+                       help="invocation: a fresh worker for every call (default: worker)")
     serve.add_argument("--dev", action="store_true", default=None,
                        help="development mode: console logs, tracebacks in 500 bodies")
     serve.add_argument("--no-signatures", action="store_true", default=None,
@@ -125,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
         "workers_min": args.workers_min, "workers_max": args.workers_max,
         "timeout": args.timeout, "dev": args.dev, "no_signatures": args.no_signatures,
         "strict": args.strict, "log_format": args.log_format, "control": args.control,
-        "metrics_port": args.metrics_port,
+        "metrics_port": args.metrics_port, "isolation": args.isolation,
     }
     log_format = args.log_format or ("console" if args.dev else None)
     configure_logging(log_format)
