@@ -49,7 +49,7 @@ class AssetFiles:
     """
 
     def __init__(self, root: str) -> None:
-        self._root = root
+        self._prefix = root.rstrip("/") + "/"  # routes hold absolute real paths under root
         self._fd: int | None = None
         self._error = ""
         try:
@@ -66,8 +66,11 @@ class AssetFiles:
         """
         if self._fd is None:
             raise AssetGone(f"asset {route.path} cannot be served: {self._error}")
+        name = str(route.file)
+        if not name.startswith(self._prefix):  # the scan only makes routes under the root
+            raise AssetGone(_reason(route, "it is not under the project folder"))
         try:
-            fd = open_beneath(self._fd, os.path.relpath(route.file, self._root))
+            fd = open_beneath(self._fd, name[len(self._prefix):])
         except (OSError, ValueError) as exc:
             why = _WHY.get(getattr(exc, "errno", None) or 0) or f"it cannot be opened: {exc}"
             raise AssetGone(_reason(route, why)) from None
