@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from daemon import calls
+from daemon.asset_files import AssetFiles, AssetGone
 from daemon.asset_response import AssetResponse
 from daemon.calls import Call, Outcome, text_outcome
 from daemon.config import Config, ConfigError
@@ -52,6 +53,7 @@ class FrontEnd:
     def __init__(self, config: Config, project: Project, pool: Pool, stats: Stats) -> None:
         self.config = config
         self.project = project
+        self.assets = AssetFiles(str(project.root))
         self.pool = pool
         self.stats = stats
         self.ids = InvocationIds()
@@ -71,13 +73,14 @@ class FrontEnd:
             _log.error("reload: trusted_proxies unchanged", reason=str(exc))
             proxies = self._proxies
         gate = SignatureGate(config, defaults.get("AUTH_TOKEN"), proxies)
-        self.config, self.project = config, project
+        assets = AssetFiles(str(project.root))
+        self.config, self.project, self.assets = config, project, assets
         self._context_defaults, self._proxies, self._gate = defaults, proxies, gate
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received = time.perf_counter()
         invocation_id = self._invocation_id(request)
-        config, project = self.config, self.project
+        config, project, assets = self.config, self.project, self.assets
         path = request.path
         route = project.lookup(path) if path != "/" else project.index()
         function_name: str | None = None
@@ -86,7 +89,7 @@ class FrontEnd:
         elif request.method == "OPTIONS" and config.cors:
             outcome = Outcome(204, list(_CORS_HEADERS.items()), b"", calls.REJECTED)
         elif route.kind == "asset":
-            return await self._asset(request, route, invocation_id, received)
+            return await self._asset(request, route, assets, invocation_id, received)
         else:
             function_name = route.path
             try:
@@ -193,7 +196,8 @@ class FrontEnd:
         return parsed if denied is None else denied
 
     async def _asset(
-        self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
+        self, request: web.BaseRequest, route: Route, assets: AssetFiles, invocation_id: str,
+        received: float,
     ) -> web.StreamResponse:
         if route.visibility == "protected":
             denied = self._gate.check(request, route, invocation_id)
@@ -203,6 +207,12 @@ class FrontEnd:
             outcome = text_outcome(405, calls.REJECTED, f"method {request.method} is not allowed",
                                    Allow="GET, HEAD, OPTIONS")
             return self._answer(request, outcome, invocation_id, received, None)
+        # The one executor hop of an asset: open and fstat (blocking calls).
+        try:
+            opened = await self._loop.run_in_executor(None, assets.open, route)
+        except AssetGone as exc:
+            gone = text_outcome(404, calls.REJECTED, str(exc))
+            return self._answer(request, gone, invocation_id, received, None)
 
         def sent(status: int) -> None:
             self.stats.record(
@@ -211,7 +221,7 @@ class FrontEnd:
                 duration=time.perf_counter() - received, client=self._client(request),
             )
 
-        response = AssetResponse(route.file, sent)
+        response = AssetResponse(opened, route.file, self._loop, sent)
         response.headers[INVOCATION_HEADER] = invocation_id
         return response
 

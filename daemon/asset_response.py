@@ -1,42 +1,168 @@
-"""Serving one asset file (SPEC 6.2), with aiohttp's FileResponse doing the HTTP work.
+"""Serving one asset file (SPEC 6.2) from a file descriptor that is already open.
 
-FileResponse gives Content-Type by extension, ETag/Last-Modified, 304 on conditional GET,
-412 on failed preconditions and Range (206/416), using sendfile. Two changes:
+aiohttp's FileResponse opens its file by path when the response is prepared; a path can be
+swapped for a symlink after the scan, so this response never touches a path: it sends the
+file :mod:`daemon.asset_files` opened and checked, and closes it when done.
 
-- No pre-compressed siblings. FileResponse would answer ``/a.txt`` with the file
-  ``a.txt.gz`` when the client accepts gzip; that file is not the scanned route (it could be
-  a private asset, e.g. ``a.private.gz`` for ``/a.private``), so only the route's own file
-  is ever sent.
-- The outcome is reported after the response is prepared, so the invocation log line carries
-  the status actually sent (304, 206, 416...), not the 200 the response started with.
+What it does, as FileResponse did: Content-Type by extension, ETag and Last-Modified with
+304 on a conditional GET and 412 on failed preconditions, a single Range (206, or 416), HEAD,
+and the body through ``loop.sendfile`` (chunked reads in the executor where the loop has no
+sendfile, as under uvloop). Only the route's own file is ever sent, never a pre-compressed
+``.gz``/``.br`` twin (that could be another route, even a private one).
+
+The outcome is reported after the response is prepared, so the invocation log line carries
+the status actually sent (304, 206, 416...), not the 200 the response started with.
 """
 
 from __future__ import annotations
 
+import asyncio
+import mimetypes
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import ETag, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
-if TYPE_CHECKING:
-    from aiohttp.abc import AbstractStreamWriter
+from daemon.asset_files import OpenedAsset
+
+_CHUNK = 256 * 1024
+_FALLBACK_TYPE = "application/octet-stream"
+
+# Built-in table only (not the host's mime.types), compressed formats named as themselves:
+# "a.tar.gz" is application/gzip, never "application/x-tar with a gzip encoding".
+_TYPES = mimetypes.MimeTypes()
+_TYPES.encodings_map.clear()
+for _type, _ext in (("application/gzip", ".gz"), ("application/x-brotli", ".br"),
+                    ("application/x-bzip2", ".bz2"), ("application/x-compress", ".Z"),
+                    ("application/x-xz", ".xz")):
+    _TYPES.add_type(_type, _ext)
 
 
-class AssetResponse(web.FileResponse):
-    def __init__(self, path: Path, on_sent: Callable[[int], None]) -> None:
-        super().__init__(path)
+class AssetResponse(web.StreamResponse):
+    def __init__(
+        self, opened: OpenedAsset, name: Path, loop: asyncio.AbstractEventLoop,
+        on_sent: Callable[[int], None],
+    ) -> None:
+        super().__init__()
+        self._file = opened.file
+        self._stat = opened.stat
+        self._name = name
+        self._loop = loop
         self._on_sent = on_sent
-
-    def _get_file_path_stat_encoding(
-        self, accept_encoding: str
-    ) -> tuple[Path | None, os.stat_result, str | None]:
-        # An empty Accept-Encoding makes FileResponse skip its .br/.gz sibling lookup.
-        return super()._get_file_path_stat_encoding("")
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
-            return await super().prepare(request)
+            return await self._send(request)
         finally:
+            self._file.close()  # a read-only regular file: closing does not block
             self._on_sent(self.status)
+
+    async def _send(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        st = self._stat
+        etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+        self.etag = etag
+        self.last_modified = st.st_mtime
+        if _precondition_failed(request, etag, st.st_mtime):
+            self.set_status(412)
+            self.content_length = 0
+            return await super().prepare(request)
+        if _not_modified(request, etag, st.st_mtime):
+            self.set_status(304)
+            return await super().prepare(request)
+
+        size = st.st_size
+        offset, count = 0, size
+        if request.headers.get(hdrs.RANGE) is not None and _range_applies(request, etag,
+                                                                         st.st_mtime):
+            try:
+                span = request.http_range
+            except ValueError:
+                return await self._unsatisfiable(request, size)
+            if span.start is not None:
+                offset, count = _clamp(span.start, span.stop, size)
+                if offset >= size:
+                    return await self._unsatisfiable(request, size)
+                self.set_status(206)
+                self.headers[hdrs.CONTENT_RANGE] = f"bytes {offset}-{offset + count - 1}/{size}"
+
+        self.content_type = _TYPES.guess_type(self._name.name)[0] or _FALLBACK_TYPE
+        self.content_length = count
+        self.headers[hdrs.ACCEPT_RANGES] = "bytes"
+        if count == 0 or request.method == hdrs.METH_HEAD:
+            return await super().prepare(request)
+        writer = await super().prepare(request)  # sends the headers now
+        assert writer is not None
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        try:
+            await self._loop.sendfile(transport, self._file, offset, count)
+        except NotImplementedError:
+            await self._copy(writer, offset, count)
+        await super().write_eof()
+        return writer
+
+    async def _copy(self, writer: AbstractStreamWriter, offset: int, count: int) -> None:
+        """No sendfile on this loop: read chunks in the executor, write them out."""
+        fd = self._file.fileno()
+        while count > 0:
+            chunk = await self._loop.run_in_executor(None, os.pread, fd, min(_CHUNK, count),
+                                                     offset)
+            if not chunk:  # truncated since the fstat: send what there is
+                break
+            await writer.write(chunk)
+            offset += len(chunk)
+            count -= len(chunk)
+        await writer.drain()
+
+    async def _unsatisfiable(
+        self, request: web.BaseRequest, size: int
+    ) -> AbstractStreamWriter | None:
+        self.headers[hdrs.CONTENT_RANGE] = f"bytes */{size}"
+        self.set_status(416)
+        self.content_length = 0
+        return await super().prepare(request)
+
+
+def _etag_in(etag: str, tags: tuple[ETag, ...], *, weak: bool) -> bool:
+    """Whether ``etag`` (ours, always strong) is in an If-Match or If-None-Match list."""
+    return any(tag.value == "*" or (tag.value == etag and (weak or not tag.is_weak))
+               for tag in tags)
+
+
+def _precondition_failed(request: web.BaseRequest, etag: str, mtime: float) -> bool:
+    if (if_match := request.if_match) is not None:
+        return not _etag_in(etag, if_match, weak=False)
+    since = request.if_unmodified_since
+    return since is not None and mtime > since.timestamp()
+
+
+def _not_modified(request: web.BaseRequest, etag: str, mtime: float) -> bool:
+    if (if_none_match := request.if_none_match) is not None:
+        return _etag_in(etag, if_none_match, weak=True)
+    since = request.if_modified_since
+    return since is not None and mtime <= since.timestamp()
+
+
+def _range_applies(request: web.BaseRequest, etag: str, mtime: float) -> bool:
+    """If-Range: the range holds only while the client's validator is still current."""
+    validator = request.headers.get(hdrs.IF_RANGE)
+    if validator is None:
+        return True
+    if validator.startswith('"'):
+        return validator == f'"{etag}"'
+    if validator.startswith("W/"):  # a weak validator never matches for a range
+        return False
+    date = request.if_range
+    return date is not None and mtime <= date.timestamp()
+
+
+def _clamp(start: int, stop: int | None, size: int) -> tuple[int, int]:
+    """(offset, byte count) of a parsed Range against a file of ``size`` bytes."""
+    if start < 0 and stop is None:  # "bytes=-N": the last N bytes
+        start = max(0, start + size)
+        return start, size - start
+    end = size if stop is None else min(stop, size)
+    return start, max(0, end - start)

@@ -19,8 +19,11 @@ Mapping rules:
 Safety: every file is resolved through symlinks and refused (a problem) when its real path
 leaves the project folder, lands on a hidden file or ``fnd.toml`` (the project's secrets and
 configuration are never served or run), or is not a regular file (a FIFO would hang the
-reader). Routes store the real path, and HTTP paths are looked up in a dict and never joined
-onto the filesystem, so path traversal cannot happen by construction.
+reader). Routes store the real path with the file's device and inode, and HTTP paths are
+looked up in a dict and never joined onto the filesystem, so path traversal cannot happen by
+construction. Symlinks are followed here, at scan time only: serving an asset reopens the
+recorded real path with no symlink followed and checks it is still the same file
+(:mod:`daemon.asset_files`).
 
 Problems are collected, never raised: ``--strict`` is the caller's business. The daemon never
 imports user code; functions are only parsed with :mod:`ast` to report syntax errors early.
@@ -60,6 +63,9 @@ class Route:
     file: Path  # real (symlink-resolved) path of the file
     error: str | None = None  # why this route answers 500 instead of running
     source: str = ""  # the file as written, relative to the project root (for messages)
+    # The file's identity at scan time: an asset is only served while it is still this file.
+    device: int = 0
+    inode: int = 0
 
     @property
     def name(self) -> str:
@@ -138,6 +144,8 @@ class _Candidate:
     visibility: Visibility
     file: Path
     source: str
+    device: int
+    inode: int
 
 
 class _Scanner:
@@ -244,14 +252,14 @@ class _Scanner:
         if real is None:
             return
         try:
-            mode = real.stat().st_mode
+            st = real.stat()
         except OSError as exc:
             self.problem(f"{source}: cannot stat: {exc.strerror}")
             return
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(st.st_mode):
             self.problem(f"{source}: refused: not a regular file")
             return
-        candidate = _Candidate(route_path, kind, visibility, real, source)
+        candidate = _Candidate(route_path, kind, visibility, real, source, st.st_dev, st.st_ino)
         self.candidates.setdefault(route_path, []).append(candidate)
 
     def result(self) -> Project:
@@ -268,7 +276,8 @@ class _Scanner:
             error = _syntax_error(c.file, c.source) if c.kind == "function" else None
             if error is not None:
                 self.problem(error)
-            route = Route(c.path, c.kind, c.visibility, c.file, error, c.source)
+            route = Route(c.path, c.kind, c.visibility, c.file, error, c.source, c.device,
+                          c.inode)
             (functions if c.kind == "function" else assets)[path] = route
             if c.visibility != "private":
                 routes[path] = route

@@ -59,9 +59,10 @@ def test_route_fields() -> None:
     p = scan("basic")
     root = (FIXTURES / "basic").resolve()
     route = p.functions["/a/b"]
+    st = (root / "functions/a/b.py").stat()
     assert route == Route(
         path="/a/b", kind="function", visibility="public", file=root / "functions/a/b.py",
-        error=None, source="functions/a/b.py",
+        error=None, source="functions/a/b.py", device=st.st_dev, inode=st.st_ino,
     )
     assert route.name == "a/b"
     assert p.assets["/data.txt"].file == root / "assets/data.private.txt"
