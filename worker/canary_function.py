@@ -55,6 +55,11 @@ def _netlink() -> None:
     socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()
 
 
+def _vsock() -> None:
+    # on a Firecracker/QEMU/Nitro guest this is a line to the hypervisor
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM, 0).close()
+
+
 def handler(context: Any, event: dict[str, Any]) -> dict[str, Any]:
     project = str(event["project"])
     daemon = int(event["daemon_pid"])
@@ -68,5 +73,6 @@ def handler(context: Any, event: dict[str, Any]) -> dict[str, Any]:
         "ptrace zygote": _outcome(lambda: _ptrace_seize(os.getppid())),
         "signal daemon": _outcome(lambda: os.kill(daemon, 0)),
         "netlink socket": _outcome(_netlink),
+        "vsock socket": _outcome(_vsock),
     })
     return {"checks": checks, "environ": sorted(os.environ)}

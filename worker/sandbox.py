@@ -15,7 +15,7 @@ keep_fds, prepared)``, which runs these steps in this order (SANDBOX.md, "Order 
   no_new_privs  PR_SET_NO_NEW_PRIVS 1                         required
   landlock      read-only system/interpreter/functions/assets, read-write scratch, scoped
                 signals and abstract sockets, TCP limits      required
-  seccomp       the denylist compiled by ``prepare``          required
+  seccomp       the filter compiled by ``prepare``            required
   network       "allowed", or "blocked (...)" when settings["network"] is False
 
 and returns the report ``{layer: value}`` (see protocol/sandbox_settings.py for the values).

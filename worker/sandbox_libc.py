@@ -30,6 +30,8 @@ _SYSCALLS: dict[str, dict[str, int]] = {
         "unshare": 272,
         "mount": 165,
         "setns": 308,
+        "socket": 41,
+        "socketpair": 53,
     },
     "aarch64": {
         "landlock_create_ruleset": 444,
@@ -42,6 +44,8 @@ _SYSCALLS: dict[str, dict[str, int]] = {
         "unshare": 97,
         "mount": 40,
         "setns": 268,
+        "socket": 198,
+        "socketpair": 199,
     },
 }
 

@@ -1,7 +1,9 @@
-"""The seccomp denylist: compiled to BPF once (in the zygote), loaded in each worker.
+"""The seccomp filter: compiled to BPF once (in the zygote), loaded in each worker.
 
 libseccomp (through ``pyseccomp``) builds the filter; the worker only hands the finished BPF
 program to ``prctl(PR_SET_SECCOMP)``, so loading costs one syscall and no libseccomp work.
+A denylist of syscalls, plus an allow-list of socket address families: ``socket`` and
+``socketpair`` work for AF_UNIX (and AF_INET/AF_INET6 with network on) and nothing else.
 Refused calls fail with EPERM; ``clone3`` fails with ENOSYS so glibc falls back to ``clone``,
 whose flags the filter can inspect. Another architecture's syscall ABI kills the process.
 """
@@ -75,7 +77,6 @@ CLONE_NEW_FLAGS = (
 )
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
-DENIED_FAMILIES = (socket.AF_NETLINK, socket.AF_PACKET, 15)  # 15 = AF_KEY
 INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _LOW32 = 0xFFFFFFFF
 
@@ -108,7 +109,7 @@ def _library() -> Any:
 
 
 def build(network: bool) -> Filter:
-    """Compile the denylist. Raises ImportError/OSError when libseccomp is unusable."""
+    """Compile the filter. Raises ImportError/OSError when libseccomp is unusable."""
     sc = _library()
     flt = sc.SyscallFilter(sc.ALLOW)
     flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
@@ -133,11 +134,36 @@ def build(network: bool) -> Filter:
         rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
     for request in (TIOCSTI, TIOCLINUX):
         rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, _LOW32, request))
-    families = DENIED_FAMILIES + (() if network else INET_FAMILIES)
-    for family in families:
-        rule(eperm, "socket", sc.Arg(0, sc.MASKED_EQ, _LOW32, family))
-        rule(eperm, "socketpair", sc.Arg(0, sc.MASKED_EQ, _LOW32, family))
+    for name, allowed in allowed_families(network).items():
+        for refused in refused_family_args(sc, allowed):
+            rule(eperm, name, refused)
     return _export(flt, tuple(skipped))
+
+
+def allowed_families(network: bool) -> dict[str, tuple[int, ...]]:
+    """The address families each socket-creating syscall may use; every other one is EPERM
+    (vsock reaches the hypervisor, netlink/packet/xdp the host's network, alg/key/bluetooth/
+    can/tipc... kernel code nobody's function needs)."""
+    inet = INET_FAMILIES if network else ()
+    # only AF_UNIX makes pairs (and AF_TIPC, which is not allowed anyway)
+    return {"socket": (socket.AF_UNIX, *inet), "socketpair": (socket.AF_UNIX,)}
+
+
+def refused_family_args(sc: Any, allowed: tuple[int, ...]) -> list[Any]:
+    """Comparisons on arg0 that together match exactly the families not in ``allowed``.
+
+    libseccomp cannot say "not one of these" in one rule (one comparison per argument, and no
+    allow rule under an allow default), so the complement is spelled out: above the highest
+    allowed family, plus each gap below it. The kernel reads the family as a 32-bit int, but
+    the filter sees the whole 64-bit register: the "above" comparison is on all 64 bits
+    (unsigned), so any value with a high bit set is refused whatever its low bits say, and
+    the gaps are compared on the low 32 bits only.
+    """
+    top = max(allowed)
+    args = [sc.Arg(0, sc.GT, top)]
+    args += [sc.Arg(0, sc.MASKED_EQ, _LOW32, family)
+             for family in range(top) if family not in allowed]
+    return args
 
 
 def _export(flt: Any, skipped: tuple[str, ...]) -> Filter:

@@ -27,6 +27,7 @@ REFUSED = {
     "ptrace zygote": "EPERM",
     "signal daemon": "EPERM",
     "netlink socket": "EPERM",
+    "vsock socket": "EPERM",
 }
 
 

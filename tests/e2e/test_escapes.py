@@ -118,6 +118,7 @@ def test_startup_self_check_ran_and_passed(fnd: FndServer) -> None:
         "ptrace zygote": "EPERM",
         "signal daemon": "EPERM",
         "netlink socket": "EPERM",
+        "vsock socket": "EPERM",
         "see daemon environment": "hidden",
     }
     events = [entry.get("event") for entry in fnd.lines]
@@ -222,6 +223,29 @@ def test_unshare_is_refused(fnd: FndServer, namespace: str) -> None:
 @pytest.mark.parametrize("path", ["/mount", "/bpf", "/keyctl", "/netlink", "/packet_socket"])
 def test_kernel_interfaces_are_refused(fnd: FndServer, path: str) -> None:
     assert attempt(fnd, path) == {"outcome": "EPERM"}
+
+
+# Every address family but these is refused by seccomp, whatever the host has loaded: on a
+# Firecracker/QEMU/Nitro guest AF_VSOCK reaches the hypervisor.
+REFUSED_FAMILIES = ("AF_UNSPEC", "AF_KEY", "AF_NETLINK", "AF_PACKET", "AF_RDS", "AF_CAN",
+                    "AF_TIPC", "AF_BLUETOOTH", "AF_ALG", "AF_VSOCK", "AF_KCM", "AF_QIPCRTR",
+                    "AF_SMC", "AF_XDP", "AF_MCTP", "family 46")
+
+
+def families_expected(inet: str) -> dict[str, Any]:
+    return {
+        "socket": {"AF_UNIX": "ok", "AF_INET": inet, "AF_INET6": inet,
+                   **dict.fromkeys(REFUSED_FAMILIES, "EPERM")},
+        # only AF_UNIX makes pairs; the filter refuses the rest before the kernel says so
+        "socketpair": {"AF_UNIX": "ok", "AF_INET": "EPERM", "AF_TIPC": "EPERM",
+                       "AF_VSOCK": "EPERM"},
+        "vsock listen": "EPERM",
+        "AF_VSOCK | 1 << 32": "EPERM",  # the high bits do not hide the family
+    }
+
+
+def test_only_unix_and_inet_sockets_can_be_opened(fnd: FndServer) -> None:
+    assert attempt(fnd, "/socket_families") == families_expected(inet="ok")
 
 
 # --- resources -----------------------------------------------------------------------------
@@ -342,6 +366,10 @@ def test_network_false_refuses_loopback_tcp(offline: FndServer, hits: HitRecorde
     response = offline.get("/urllib_hit", params={"url": hits.url})
     assert response.status_code == 500
     assert "[Errno 1] Operation not permitted" in response.text
+
+
+def test_network_false_leaves_only_unix_sockets(offline: FndServer) -> None:
+    assert attempt(offline, "/socket_families") == families_expected(inet="EPERM")
 
 
 def test_network_false_refuses_dns(offline: FndServer) -> None:

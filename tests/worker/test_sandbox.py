@@ -461,6 +461,55 @@ def test_packet_socket_is_refused(env: Env) -> None:
     assert run(env, lambda: outcome(attempt)) == "EPERM"
 
 
+# family -> a socket type it supports, so that without the filter the kernel would say "ok"
+# (or EAFNOSUPPORT where the module is missing): the EPERM can only come from seccomp.
+OTHER_FAMILIES = {0: socket.SOCK_STREAM, 15: socket.SOCK_RAW, 16: socket.SOCK_RAW,
+                  17: socket.SOCK_RAW, 21: socket.SOCK_SEQPACKET, 29: socket.SOCK_RAW,
+                  30: socket.SOCK_RDM, 31: socket.SOCK_RAW, 38: socket.SOCK_SEQPACKET,
+                  40: socket.SOCK_STREAM, 41: socket.SOCK_DGRAM, 42: socket.SOCK_DGRAM,
+                  43: socket.SOCK_STREAM, 44: socket.SOCK_RAW, 45: socket.SOCK_DGRAM,
+                  46: socket.SOCK_STREAM, 255: socket.SOCK_STREAM}
+
+
+def _raw_socket(family: int) -> None:
+    fd = syscall("socket", ctypes.c_long(family), ctypes.c_long(socket.SOCK_STREAM),
+                 ctypes.c_long(0))
+    os.close(fd)
+
+
+def _families() -> dict[str, object]:
+    def pair(family: int) -> None:
+        for end in socket.socketpair(family):
+            end.close()
+
+    return {
+        "unix": outcome(lambda: socket.socket(socket.AF_UNIX).close()),
+        "inet": outcome(lambda: socket.socket(socket.AF_INET).close()),
+        "inet6": outcome(lambda: socket.socket(socket.AF_INET6).close()),
+        "others": {str(family): outcome(lambda f=family, t=kind: socket.socket(f, t).close())
+                   for family, kind in OTHER_FAMILIES.items()},
+        "pairs": [outcome(lambda f=f: pair(f)) for f in (1, 2, 10, 30, 40)],
+        # the kernel reads only the low 32 bits of the family
+        "high bits": [outcome(lambda f=f: _raw_socket(f)) for f in
+                      (40 | 1 << 32, 16 | 1 << 63, 1 | 1 << 32, 0xFFFFFFFF, -1)],
+    }
+
+
+@pytest.mark.parametrize("network", [True, False])
+def test_only_unix_and_inet_families_are_allowed(env: Env, network: bool) -> None:
+    inet = "ok" if network else "EPERM"
+    assert run(env, _families, network=network) == {
+        "unix": "ok",
+        "inet": inet,
+        "inet6": inet,
+        "others": {str(family): "EPERM" for family in OTHER_FAMILIES},
+        "pairs": ["ok", "EPERM", "EPERM", "EPERM", "EPERM"],
+        # fails closed: a family with high bits set is refused even when its low bits are
+        # AF_UNIX (no libc passes one)
+        "high bits": ["EPERM"] * 5,
+    }
+
+
 def test_clone3_is_enosys(env: Env) -> None:
     attempt = lambda: syscall("clone3", None, ctypes.c_size_t(0))  # noqa: E731
     assert run(env, lambda: outcome(attempt)) == "ENOSYS"
@@ -578,6 +627,9 @@ def test_everyday_runtime_calls_still_work(env: Env) -> None:
         return {
             "idna": "bücher.example".encode("idna").decode(),
             "dns": socket.getaddrinfo("localhost", 80, socket.AF_INET)[0][4][0],
+            # AI_ADDRCONFIG makes glibc ask netlink, which is refused: it must fall back
+            "addrconfig": "127.0.0.1" in {a[4][0] for a in socket.getaddrinfo(
+                "localhost", 80, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG)},
             "ca": ssl.create_default_context().cert_store_stats()["x509_ca"] > 0,
             "cpus": (os.cpu_count() or 0) > 0,
             "time": time.strftime("%Y", time.localtime()).isdigit(),
@@ -587,6 +639,7 @@ def test_everyday_runtime_calls_still_work(env: Env) -> None:
     assert run(env, everyday) == {
         "idna": "xn--bcher-kva.example",
         "dns": "127.0.0.1",
+        "addrconfig": True,
         "ca": True,
         "cpus": True,
         "time": True,
