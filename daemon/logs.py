@@ -14,10 +14,12 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _FLUSH_WINDOW = 0.005  # seconds a log line may wait for others to share its write()
 
@@ -107,8 +109,44 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
         logger_factory=lambda *args: logger,
         cache_logger_on_first_use=True,
     )
-    # aiohttp and asyncio report through stdlib logging; route their warnings to stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    # aiohttp and asyncio report through stdlib logging: their records become lines of the
+    # same format, so a JSON log stays one JSON object per line (tracebacks included).
+    root = logging.getLogger()
+    root.handlers[:] = [_StdlibHandler()]
+    root.setLevel(logging.WARNING)
+
+
+class _StdlibHandler(logging.Handler):
+    """A stdlib log record as one structlog line; a traceback goes in one field."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._emit(record)
+        except Exception:  # noqa: BLE001 - logging must never raise into its caller
+            self.handleError(record)
+
+    @staticmethod
+    def _emit(record: logging.LogRecord) -> None:
+        log = structlog.get_logger(record.name)
+        message = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.name == "aiohttp.server":
+            # A request aiohttp could not parse (no Host, a control character, garbage):
+            # the client's mistake, answered 400 by aiohttp. One line, no traceback.
+            _, found, client = message.rpartition(" from ")
+            log.warning("bad request", outcome="bad_request", status=exc.code,
+                        reason=" ".join(str(exc.message).split())[:300],
+                        client=client if found else None)
+            return
+        fields: dict[str, Any] = {"logger": record.name}
+        if exc is not None:
+            fields["exception"] = "".join(traceback.format_exception(exc)).rstrip()
+        method = _LEVELS.get(record.levelno, "error")
+        getattr(log, method)(message, **fields)
+
+
+_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+           logging.ERROR: "error", logging.CRITICAL: "critical"}
 
 
 def get_logger(name: str = "fnd") -> Any:
