@@ -156,6 +156,9 @@ def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
     sandbox_process.reset_signals()  # once here, so each worker only undoes the SIGCHLD handler
+    # Ctrl-C in a terminal reaches the whole process group: the daemon drains and stops the
+    # zygote itself; a KeyboardInterrupt traceback here would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     output.set_log_levels()
     gc.collect()
     try:

@@ -6,6 +6,8 @@ write a multi-line traceback into the log, which stops a `jq` pipeline at the fi
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from urllib.parse import urlsplit
 
@@ -37,3 +39,15 @@ def test_malformed_requests_are_one_json_line_each() -> None:
     assert bad["client"] == "127.0.0.1" and "Host" in bad["reason"]
     raw_lines = [line["text"] for line in fnd.lines if line.get("event") == "raw"]
     assert raw_lines == [], "lines that are not JSON:\n" + "\n".join(raw_lines[:20])
+
+
+def test_ctrl_c_stops_cleanly_without_tracebacks() -> None:
+    # setsid: the daemon leads its own process group, as in a terminal, so that the SIGINT
+    # a Ctrl-C sends reaches the daemon and the zygote together.
+    with running("ops", wrap=lambda command: ["setsid", *command]) as fnd:
+        assert fnd.get("/hello").status_code == 200
+        os.killpg(fnd.process.pid, signal.SIGINT)
+        assert fnd.process.wait(30) == 0
+        fnd.wait_for(lambda line: line.get("event") == "stopped", timeout=10)
+    text = "\n".join(str(line.get("text") or line) for line in fnd.lines)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
