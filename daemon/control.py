@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from daemon import socket_claim
+
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _MAX_REQUEST = 64 * 1024
 
@@ -37,8 +39,7 @@ class ControlServer:
     async def start(self) -> None:
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()  # a stale socket from a previous run
+        socket_claim.claim(self.path)  # a live fnd there: refuse; a stale file: removed
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others connect
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=self.path)

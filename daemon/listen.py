@@ -7,6 +7,7 @@ import socket
 
 from aiohttp import web
 
+from daemon import socket_claim
 from daemon.config import Config
 from daemon.systemd import listen_fds
 
@@ -22,6 +23,7 @@ async def start_sites(runner: web.ServerRunner, config: Config) -> str:
             names.append(_describe(sock))
         return "systemd:" + ",".join(names)
     if config.unix:
+        socket_claim.claim(config.unix)  # never take over another daemon's socket
         await web.UnixSite(runner, config.unix).start()
         os.chmod(config.unix, 0o660)  # nginx reaches it through the group
         return f"unix:{config.unix}"

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon import __version__
+from daemon import __version__, socket_claim
 from daemon.app import FrontEnd
 from daemon.canary import self_check
 from daemon.config import Config, load_config
@@ -24,7 +24,7 @@ from daemon.pool import Pool, PoolError
 from daemon.project import Project, ProjectError, route_table_lines, scan_project
 from daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from daemon.stats import Stats
-from daemon.systemd import Notifier, watchdog_loop
+from daemon.systemd import Notifier, socket_activated, watchdog_loop
 from daemon.watch import Watcher
 from protocol import messages as m
 from protocol.sandbox_settings import SandboxSettings
@@ -99,6 +99,14 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
         started = time.monotonic()
+        try:  # before any worker starts: a second fnd on the same sockets stops at once
+            http_socket = None if socket_activated() else self.config.unix  # systemd's own
+            for path in (self.control.path, http_socket):
+                if path:
+                    socket_claim.claim(path)
+        except OSError as exc:
+            self.sandbox.cleanup()
+            raise StartupError(f"cannot listen: {exc}") from None
         for warning in self.sandbox.warnings:
             _log.warning("sandbox degraded", reason=warning, sandbox=self.config.sandbox)
         try:

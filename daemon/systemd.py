@@ -43,6 +43,12 @@ def take_environment() -> dict[str, str]:
     return dict(_taken)
 
 
+def socket_activated() -> bool:
+    """Whether systemd passed listening sockets to this process (without taking them)."""
+    env = take_environment()
+    return "LISTEN_FDS" in env and "LISTEN_PID" in env and _for_this_process(env, "LISTEN_PID")
+
+
 def _for_this_process(env: dict[str, str], pid_variable: str) -> bool:
     """True unless `pid_variable` is set and names another process (we were forked/exec'd)."""
     wanted = env.get(pid_variable)
