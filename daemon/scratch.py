@@ -43,12 +43,15 @@ class ScratchError(OSError):
     """A slot's scratch tmpfs could not be mounted or emptied; the message says why."""
 
 
+def _error(code: int, what: str) -> ScratchError:
+    hint = " (needs CAP_SYS_ADMIN)" if code == errno.EPERM else ""
+    return ScratchError(code, f"{what}: {os.strerror(code)}{hint}")
+
+
 def _mount_tmpfs(path: str, options: str) -> None:
     if _libc.mount(b"fnd-scratch", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
                    options.encode()) != 0:
-        code = ctypes.get_errno()
-        hint = " (needs CAP_SYS_ADMIN)" if code == errno.EPERM else ""
-        raise ScratchError(code, f"cannot mount a tmpfs on {path}: {os.strerror(code)}{hint}")
+        raise _error(ctypes.get_errno(), f"cannot mount a tmpfs on {path}")
 
 
 def _umount(path: str) -> bool:
@@ -58,7 +61,7 @@ def _umount(path: str) -> bool:
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOENT):
         return False
-    raise ScratchError(code, f"cannot unmount {path}: {os.strerror(code)}")
+    raise _error(code, f"cannot unmount {path}")
 
 
 def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
@@ -98,7 +101,7 @@ class ScratchMounts:
             os.makedirs(self.root, mode=_ROOT_MODE, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, 0o700)
-            while _umount(path):  # e.g. left by an earlier daemon with our pid
+            while os.path.ismount(path) and _umount(path):  # left by an earlier daemon
                 pass
             _mount_tmpfs(path, self._options(slot))
             self._mounted.add(slot)

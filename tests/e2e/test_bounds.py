@@ -19,7 +19,7 @@ import pytest
 
 from daemon.output_cap import SLACK
 from protocol.sandbox_settings import MiB
-from tests.fndserver import FndServer, running, until
+from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
 
 SCRATCH_MIB = 8  # fixtures/bounds/fnd.toml
 MAX_OUTPUT = 1 * MiB  # the default
@@ -111,3 +111,34 @@ def test_the_daemon_caps_output_the_worker_cannot_count(fnd: FndServer) -> None:
     logged = sum(len(str(line["line"])) + 1 for line in _output_of(fnd, ident))
     assert MAX_OUTPUT <= logged <= MAX_OUTPUT + SLACK
     _next_request_works(fnd)
+
+
+# --- without CAP_SYS_ADMIN the bound cannot be applied -------------------------------------------
+
+
+def _without_sys_admin(command: list[str]) -> list[str]:
+    return ["setpriv", "--bounding-set=-sys_admin", "--", *command]
+
+
+def test_strict_refuses_to_start_when_scratch_cannot_be_bounded() -> None:
+    project = world_readable_copy(FIXTURES / "bounds")
+    server = FndServer(project, [], wrap=_without_sys_admin)
+    try:
+        line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
+        assert line["reason"].startswith("sandbox: scratch: cannot mount a tmpfs on ")
+        assert "needs CAP_SYS_ADMIN" in line["reason"]
+        assert "scratch_mb = 8" in line["reason"]
+        assert server.process.wait(30) == 1
+    finally:
+        server.stop()
+
+
+def test_permissive_warns_and_reports_the_layer_off() -> None:
+    with running("bounds", env={"FND_SANDBOX": "permissive"}, wrap=_without_sys_admin) as fnd:
+        warning = fnd.wait_for(lambda line: line.get("event") == "sandbox degraded"
+                               and "scratch" in str(line.get("reason")))
+        assert "cannot mount a tmpfs" in warning["reason"]
+        layers = fnd.status()["per_worker"][0]["layers"]
+        assert layers["scratch_limit"].startswith("off: ")
+        assert layers["scratch_limit"].endswith("is not a size-limited mount")
+        _next_request_works(fnd)
