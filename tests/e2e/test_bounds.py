@@ -9,6 +9,7 @@ daemon caps what it logs whatever the worker sends.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import tempfile
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from daemon.control import request as control_request
 from daemon.output_cap import SLACK
 from protocol.sandbox_settings import MiB
 from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
@@ -53,7 +55,7 @@ def test_filling_scratch_is_enospc_inside_the_function(fnd: FndServer) -> None:
     response = fnd.get("/fill_scratch")
     assert response.status_code == 200, response.text
     result = response.json()
-    assert result["errno"] == "ENOSPC"
+    assert (result["errno"], result["errno_number"]) == ("ENOSPC", 28)
     assert result["written"] <= SCRATCH_MIB * MiB
     assert result["cwd"] == result["tmpdir"]
     assert result["cwd"].startswith(_scratch_root(fnd) + "/slot-")
@@ -76,6 +78,16 @@ def test_a_workers_files_go_when_it_leaves(fnd: FndServer) -> None:
         with open(os.path.join(scratch, "go"), "w"):
             pass
         assert answer.result().status_code == 502  # the worker died without answering
+    until(lambda: os.listdir(scratch) == [], timeout=10, what=f"{scratch} emptied")
+    _next_request_works(fnd)
+
+
+def test_a_retired_generations_files_go_with_it(fnd: FndServer) -> None:
+    scratch = fnd.get("/leave_file").json()["cwd"]
+    assert os.listdir(scratch) == ["left.txt"]
+    answer = asyncio.run(control_request(fnd.control, {"cmd": "reload"}))
+    assert answer["ok"] is True, answer
+    # Every worker of the old generation is retired; the one that wrote the file among them.
     until(lambda: os.listdir(scratch) == [], timeout=10, what=f"{scratch} emptied")
     _next_request_works(fnd)
 
