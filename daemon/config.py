@@ -68,6 +68,8 @@ class Config:
     trusted_proxies: tuple[str, ...] = ("unix",)
     sandbox: str = "strict"  # "strict" | "permissive"
     memory_mb: int = 256
+    scratch_mb: int = 64  # each worker's scratch tmpfs; 0: not limited
+    max_output: int = 1 * _MIB  # function output logged per invocation; 0: not limited
     network: bool = True
     uid_base: int = 61000
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -105,7 +107,7 @@ class Config:
 _INT = {
     "port", "workers_min", "workers_max", "queue_max", "max_requests", "max_requests_jitter",
     "max_rss_mb", "max_request_body", "max_response_body", "max_header_bytes",
-    "max_header_count", "memory_mb", "uid_base",
+    "max_header_count", "memory_mb", "uid_base", "scratch_mb", "max_output",
 }
 _FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "max_worker_age"}
 _BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network"}
@@ -255,6 +257,9 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name} must be 0 (off) or positive")
     if config.isolation not in _ISOLATIONS:
         raise ConfigError(f"isolation must be 'worker' or 'invocation', got {config.isolation!r}")
+    for name in ("memory_mb", "scratch_mb", "max_output"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
     if config.sandbox not in {"strict", "permissive"}:
         raise ConfigError(f"sandbox must be 'strict' or 'permissive', got {config.sandbox!r}")
     if config.log_format not in {None, "json", "console"}:

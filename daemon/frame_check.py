@@ -15,7 +15,6 @@ from typing import Any
 from protocol import messages as m
 from protocol.http_rules import BAD_VALUE_CHARS, HEADER_NAME, STATUS_MAX, STATUS_MIN, header_bytes
 
-_STREAMS = frozenset({"stdout", "stderr", "logging"})
 _MAX_REASON = 4096  # a reason is one line for the log, not a channel for bulk data
 
 
@@ -109,7 +108,7 @@ def log(message: m.Message) -> tuple[str, str, str | None]:
         message.get("level")
     if type(line) is not str:
         raise FrameError("log line is not text")
-    if stream not in _STREAMS:
+    if stream not in m.LOG_STREAMS:
         raise FrameError(f"log stream {_show(stream)} is unknown")
     if level is not None and type(level) is not str:
         raise FrameError("log level is not text")

@@ -716,7 +716,12 @@ class Pool:
                 worker.kill("busy past its time limit", deaths.TIMEOUT)
         self.stuck = stuck
         for slot in list(self._quarantined):
-            self._return_slot(slot)
+            if slot not in self._slot_kills or self._slot_kills[slot].done():
+                self._slot_kills[slot] = asyncio.ensure_future(self._kill_quarantined(slot))
+
+    async def _kill_quarantined(self, slot: int) -> None:
+        await self._loop.run_in_executor(None, self._kill_slot_quietly, slot)
+        self._return_slot(slot)
 
     def _run(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

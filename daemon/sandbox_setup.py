@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from daemon.cgroups import CgroupError, Cgroups
 from daemon.config import Config
 from daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
+from daemon.scratch import ScratchMounts, sweep_stale
 from daemon.slot_probe import SlotProbe
 from protocol.sandbox_settings import SandboxSettings, resolve
 
@@ -29,21 +30,36 @@ class SandboxSetup:
     scratch_root: str
     warnings: list[str] = field(default_factory=list)
     _probe: SlotProbe | None = None
+    scratch: ScratchMounts | None = None  # None: scratch folders are not size-limited
 
     def prepare_slot(self, slot: int) -> None:
-        """Make the slot's cgroups (once) before its first worker is forked."""
+        """Before a worker is forked: the slot's cgroups (made once), its scratch mounted and
+        empty. Raises CgroupError or OSError (the worker cannot start)."""
         if self.cgroups is not None:
             self.cgroups.slot_dirs(slot)
+        if self.scratch is not None:
+            self.scratch.prepare(slot)
 
     def kill_slot(self, slot: int) -> None:
+        """Kill what is left in the slot's cgroup, then empty its scratch (runs in a thread)."""
         if self.cgroups is not None:
             self.cgroups.kill_slot(slot)
+        self.release_slot(slot)
+
+    def release_slot(self, slot: int) -> None:
+        """The slot's worker has left: its files go now, not when the slot is next used."""
+        if self.scratch is not None:
+            self.scratch.release(slot)
 
     def slot_empty(self, slot: int) -> bool:
-        """Nothing is left in the slot's cgroup: no process, thread or unreaped zombie."""
-        if self.cgroups is None:
-            return True
-        return not self.cgroups.pids(slot) and self.cgroups.pids_current(slot) == 0
+        """Nothing is left of the slot's last worker: no process, thread or unreaped zombie
+        in its cgroup, and no file in its scratch (one directory read). When this is False
+        the pool calls kill_slot, which also empties the scratch."""
+        if self.cgroups is not None and (
+            self.cgroups.pids(slot) or self.cgroups.pids_current(slot)
+        ):
+            return False
+        return self.scratch is None or not self.scratch.has_files(slot)
 
     def probe(self) -> SlotProbe | None:
         """Outside checks of a slot (task count, CPU), where the slot has cgroups."""
@@ -61,6 +77,8 @@ class SandboxSetup:
             self._probe.close()
         if self.cgroups is not None:
             self.cgroups.cleanup()
+        if self.scratch is not None:
+            self.scratch.cleanup()
         shutil.rmtree(self.scratch_root, ignore_errors=True)
 
 
@@ -75,6 +93,7 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
         "network": config.network,
         "project_dir": str(config.project_dir),
         "scratch_root": scratch_root,
+        "scratch_bytes": config.scratch_mb * 1024 * 1024,
     }
     resolved = resolve(settings)
     setup = SandboxSetup(settings, None, scratch_root)
@@ -89,7 +108,23 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
         settings["cgroup_dirs"] = setup.cgroups.dir_templates()
     except CgroupError as exc:
         _fail_or_warn(setup, strict, [f"cgroup: {exc}"])
+    if config.scratch_mb:
+        _mount_scratch(setup, strict, config)
     return setup
+
+
+def _mount_scratch(setup: SandboxSetup, strict: bool, config: Config) -> None:
+    """Mount slot 0's scratch now, so that a host where this cannot work is known at start."""
+    sweep_stale(os.path.dirname(setup.scratch_root))
+    scratch = ScratchMounts(setup.scratch_root, config.scratch_mb * 1024 * 1024, config.uid_base)
+    try:
+        scratch.prepare(0)
+    except OSError as exc:
+        scratch.cleanup()
+        _fail_or_warn(setup, strict, [f"scratch: {exc.strerror or exc}; scratch folders "
+                                      f"would not be limited to scratch_mb = {config.scratch_mb}"])
+        return
+    setup.scratch = scratch
 
 
 def _unreadable(config: Config, uid: int) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon import __version__, socket_claim
+from daemon import __version__, output_cap, socket_claim
 from daemon.app import FrontEnd
 from daemon.canary import self_check
 from daemon.config import Config, load_config
@@ -53,6 +53,7 @@ def worker_config(
         "max_header_count": config.max_header_count,
         "cookie_secure_default": config.cookie_secure,
         "twilio_api_base_url": config.twilio_api_base_url,
+        "max_output": config.max_output,
         "sandbox": dict(sandbox),
     }
 
@@ -81,6 +82,7 @@ class Daemon:
         self._config_file = config_file
         self.stats = Stats()
         self.project = load_project(config)
+        output_cap.set_limit(config.max_output)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, on_fatal=self._fatal, prepare_slot=sandbox.prepare_slot,
                          kill_slot=sandbox.kill_slot, slot_empty=sandbox.slot_empty,
@@ -224,6 +226,7 @@ class Daemon:
                     # request pairs the new route table with old workers or the reverse.
                     self.config, self.project = config, project
                     self.front.set_project(config, project)
+                    output_cap.set_limit(config.max_output)
 
                 await self.pool.reload(
                     config, worker_config(config, project, self.sandbox.settings), switch=switch

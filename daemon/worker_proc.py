@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon import calls, deaths, frame_check
+from daemon import calls, deaths, frame_check, output_cap
 from daemon.calls import Call, Outcome, text_outcome
 from daemon.frame_check import FrameError
 from daemon.logs import get_logger
@@ -282,8 +282,17 @@ class WorkerProc:
         self._log_output(line, "fd", call.id if call else None, None)
 
     def _log_output(self, line: str, stream: str, invocation_id: Any, level: Any) -> None:
-        """One line a function wrote, at its own level (logging) or its stream's (stderr)."""
+        """One line a function wrote, at its own level (logging) or its stream's (stderr);
+        capped per invocation (daemon.output_cap)."""
         call = self.call
+        verdict = output_cap.admit(self, call.id if call else None, line)
+        if verdict is not output_cap.Verdict.LOG:
+            if verdict is output_cap.Verdict.TRUNCATE:
+                _log.warning("function output truncated", invocation_id=call.id if call else None,
+                             worker_pid=self.pid, limit=output_cap.limit(),
+                             reason="more output than max_output for this invocation: the rest "
+                                    "is not logged")
+            return
         method = _LEVELS.get(str(level).upper()) if level else None
         log = getattr(_log, method or ("warning" if stream == "stderr" else "info"))
         log(

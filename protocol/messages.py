@@ -15,8 +15,9 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                      "context": dict, "timeout": float}
   worker -> daemon  {"t": RESULT, "id": str, "status": int, "headers": [[name, value], ...],
                      "body": bytes, "clean": bool, "error": str | None}
-                    {"t": LOG, "id": str, "stream": "stdout"|"stderr"|"logging",
-                     "level": str, "line": str}
+                    {"t": LOG, "id": str, "stream": "stdout"|"stderr"|"logging"|"fnd",
+                     "level": str, "line": str}   ("fnd": the worker's own note, e.g.
+                     that the invocation's output was truncated)
                     {"t": DONE, "id": str, "clean": bool, "reason": str | None,
                      "cpu": float, "rss": int}
 """
@@ -38,6 +39,7 @@ INVOKE = "invoke"
 RESULT = "result"
 LOG = "log"
 DONE = "done"
+LOG_STREAMS = frozenset({"stdout", "stderr", "logging", "fnd"})  # a LOG frame's "stream"
 
 
 class FunctionRef(TypedDict):
@@ -57,7 +59,26 @@ class WorkerConfig(TypedDict, total=False):
     max_header_count: int
     cookie_secure_default: bool
     twilio_api_base_url: str | None
+    max_output: int  # function output per invocation in bytes, then one warning; 0: no cap
     sandbox: dict[str, Any]  # sandbox settings (issue 3)
 
 
 Message = dict[str, Any]
+
+
+# What one line of output counts against max_output at least: an empty line still costs the
+# daemon a log entry, so a loop of print() cannot flood the log one byte at a time.
+LINE_COST_MIN = 100
+
+
+def line_cost(line: str) -> int:
+    """The bytes a line of function output counts against max_output (worker and daemon
+    count alike): its UTF-8 length plus the newline, at least LINE_COST_MIN."""
+    size = len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
+    return max(size + 1, LINE_COST_MIN)
+
+
+def describe_limit(limit: int) -> str:
+    """1048576 -> "1 MiB"; sizes that are not whole MiB in bytes."""
+    mib = 1024 * 1024
+    return f"{limit // mib} MiB" if limit % mib == 0 else f"{limit} bytes"

@@ -23,6 +23,8 @@ Keys:
                       fnd.toml are not
   scratch_root        the worker's writable dir is scratch_root/slot-N (recreated per worker,
                       owned by the slot's uid, mode 0700); also the worker's TMPDIR
+  scratch_bytes       the size of the tmpfs the daemon mounts on each slot's scratch dir; the
+                      worker checks that its scratch is such a mount, no larger; 0 = no limit
   readable_paths      extra read-only paths on top of the interpreter, venv, /usr and /etc
   hidden_paths        paths never readable even when under a readable path (project_dir and
                       scratch_root are always hidden except for what is granted explicitly)
@@ -46,6 +48,7 @@ MiB = 1024 * 1024
 LAYERS = (
     "cgroup",
     "scratch",
+    "scratch_limit",
     "fds",
     "signals",
     "malloc",
@@ -75,6 +78,7 @@ class SandboxSettings(TypedDict, total=False):
     tcp_bind: bool
     project_dir: str
     scratch_root: str
+    scratch_bytes: int
     readable_paths: list[str]
     hidden_paths: list[str]
     cgroup_dirs: list[str]
@@ -95,6 +99,7 @@ class ResolvedSettings(TypedDict):
     tcp_bind: bool
     project_dir: str
     scratch_root: str
+    scratch_bytes: int
     readable_paths: list[str]
     hidden_paths: list[str]
     cgroup_dirs: list[str]
@@ -140,6 +145,7 @@ def resolve(settings: Mapping[str, object]) -> ResolvedSettings:
         "tcp_bind": bool(s.get("tcp_bind", False)),
         "project_dir": str(s.get("project_dir", "")),
         "scratch_root": str(s.get("scratch_root", default_scratch_root())),
+        "scratch_bytes": _int(s, "scratch_bytes", 0),
         "readable_paths": _strs(s, "readable_paths"),
         "hidden_paths": _strs(s, "hidden_paths"),
         "cgroup_dirs": _strs(s, "cgroup_dirs"),

@@ -41,7 +41,7 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
     settings = Settings.from_config(config)
-    channel = Channel(res_fd)
+    channel = Channel(res_fd, settings.max_output)
     output = Output(channel)
     output.install((cmd_fd, res_fd))
     threading.excepthook = thread_excepthook

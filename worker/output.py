@@ -17,22 +17,47 @@ import threading
 from typing import Any
 
 from protocol.frames import write_frame
-from protocol.messages import LOG, Message
+from protocol.messages import LOG, Message, describe_limit, line_cost
 
 # A line without a newline is cut into LOG frames of this size, so one runaway write can
 # neither grow the worker's memory without bound nor exceed the frame limit.
 LOG_CHUNK = 64 * 1024
 EXIT_DAEMON_GONE = 70
 
-
 class Channel:
-    """The result fd, shared by all threads; knows the invocation that output belongs to."""
+    """The result fd, shared by all threads; knows the invocation that output belongs to.
 
-    def __init__(self, fd: int) -> None:
+    Output is capped per invocation at ``max_output`` bytes (0: no cap): what comes after is
+    dropped, and when the invocation ends one warning says how much.
+    """
+
+    def __init__(self, fd: int, max_output: int = 0) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._detached = False
-        self.invocation_id: str | None = None
+        self._invocation_id: str | None = None
+        self.max_output = max_output
+        self._budget_lock = threading.Lock()
+        self._used = 0  # bytes of output sent for the current invocation (or gap between them)
+        self._over = 0  # bytes dropped
+
+    @property
+    def invocation_id(self) -> str | None:
+        return self._invocation_id
+
+    @invocation_id.setter
+    def invocation_id(self, value: str | None) -> None:
+        """A new invocation (or its end): report what was dropped, start a fresh count."""
+        if value == self._invocation_id:
+            return
+        with self._budget_lock:
+            over, self._used, self._over = self._over, 0, 0
+        if over:
+            line = (f"output truncated: {over} bytes over the {describe_limit(self.max_output)} "
+                    "limit for this invocation")
+            self.send({"t": LOG, "id": self._invocation_id, "stream": "fnd",
+                       "level": "WARNING", "line": line})
+        self._invocation_id = value
 
     def send(self, message: Message) -> None:
         if self._detached:
@@ -50,14 +75,25 @@ class Channel:
     def log(self, stream: str, level: str, line: str) -> None:
         if len(line) > LOG_CHUNK:  # e.g. logging.info(<megabytes>): keep the frame bounded
             line = f"{line[:LOG_CHUNK]}… [{len(line) - LOG_CHUNK} characters cut]"
+        if self.max_output and not self._within_budget(line_cost(line)):
+            return
         self.send(
             {"t": LOG, "id": self.invocation_id, "stream": stream, "level": level, "line": line}
         )
+
+    def _within_budget(self, cost: int) -> bool:
+        with self._budget_lock:
+            if self._over or self._used + cost > self.max_output:
+                self._over += cost
+                return False
+            self._used += cost
+            return True
 
     def detach_after_fork(self, *fds: int) -> None:
         """In a child forked by user code: drop the protocol fds, log as plain text."""
         self._detached = True
         self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._budget_lock = threading.Lock()
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -5,6 +5,8 @@ keep_fds, prepared)``, which runs these steps in this order (SANDBOX.md, "Order 
 
   cgroup        join the slot's cgroups while still root      required when memory_bytes > 0
   scratch       recreate scratch_root/slot-N (0700, the slot's uid); TMPDIR and cwd point there
+  scratch_limit the scratch dir is the daemon's tmpfs of at most scratch_bytes  required (root,
+                scratch_bytes > 0)
   fds           close every fd but 0-2 and keep_fds           required
   signals       CPython's default dispositions, empty mask    required
   malloc        M_ARENA_MAX and threading.stack_size          best effort
@@ -144,6 +146,12 @@ def apply(
     else:
         run.layer("cgroup", True, _no_cgroup)
     scratch = run.layer("scratch", True, lambda: _scratch(s["scratch_root"], slot, uid, gid))
+    if s["scratch_bytes"] == 0:
+        run.report["scratch_limit"] = "n/a: no limit configured"
+    elif not is_root:
+        run.report["scratch_limit"] = "n/a: not running as root"
+    else:
+        run.layer("scratch_limit", True, lambda: _scratch_limit(scratch, s["scratch_bytes"]))
     run.layer("fds", True, lambda: f"on, kept {process.close_fds(keep_fds)}")
     run.layer("signals", True, lambda: _done(process.reset_signals))
     run.layer(
@@ -218,6 +226,19 @@ def _scratch(root: str, slot: int, uid: int | None, gid: int | None) -> str:
     os.environ["TMPDIR"] = path
     os.chdir(path)
     return path
+
+
+def _scratch_limit(path: str, limit: int) -> str:
+    """The daemon mounted a tmpfs of at most ``limit`` bytes on the scratch dir."""
+    if not path:
+        raise SandboxError("no scratch folder")
+    if os.stat(path).st_dev == os.stat(os.path.dirname(path)).st_dev:
+        raise SandboxError(f"{path} is not a size-limited mount")
+    vfs = os.statvfs(path)
+    size = vfs.f_blocks * vfs.f_frsize
+    if size > limit:
+        raise SandboxError(f"{path} holds {size} bytes, more than {limit}")
+    return f"{size / (1024 * 1024):g} MiB"
 
 
 def _drop(uid: int, gid: int) -> str:

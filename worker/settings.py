@@ -22,6 +22,7 @@ class Settings:
     max_header_count: int = 90
     cookie_secure_default: bool = True
     twilio_api_base_url: str | None = None
+    max_output: int = 1024 * 1024  # function output per invocation, bytes; 0: no cap
 
     @classmethod
     def from_config(cls, config: WorkerConfig) -> Settings:
@@ -38,6 +39,7 @@ class Settings:
             max_header_count=config.get("max_header_count", base.max_header_count),
             cookie_secure_default=config.get("cookie_secure_default", True),
             twilio_api_base_url=config.get("twilio_api_base_url") or None,
+            max_output=config.get("max_output", base.max_output),
         )
 
     def display_path(self, file: str) -> str:

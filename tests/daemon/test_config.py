@@ -111,3 +111,13 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         config.timeout = 1.0  # type: ignore[misc]
     assert isinstance(config, Config)
+
+
+def test_scratch_and_output_bounds(tmp_path: Path) -> None:
+    defaults = load_config(_project(tmp_path), environ={})
+    assert (defaults.scratch_mb, defaults.max_output) == (64, 1024 * 1024)
+    config = load_config(tmp_path, environ={"FND_SCRATCH_MB": "8", "FND_MAX_OUTPUT": "4096"})
+    assert (config.scratch_mb, config.max_output) == (8, 4096)
+    for name in ("scratch_mb", "max_output"):
+        with pytest.raises(ConfigError, match=f"{name} must not be negative"):
+            load_config(tmp_path, environ={f"FND_{name.upper()}": "-1"})
