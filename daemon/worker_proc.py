@@ -65,14 +65,17 @@ class _OutputReader(asyncio.Protocol):
             self._on_line(self._partial.decode("utf-8", "replace"))
 
 
+_PF_EXITING = 0x4  # the kernel's flag for a task inside exit(), set before its fds close
+
+
 def _running(pid: int) -> bool:
-    """The process exists and has not exited (a zombie or a missing pid has)."""
+    """The process exists and is not exiting (a zombie, a missing pid or one in exit() is)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2][1:2]
-    except OSError:
+            fields = f.read().rpartition(b")")[2].split()
+        return fields[0] not in (b"Z", b"X") and not int(fields[6]) & _PF_EXITING
+    except (OSError, IndexError, ValueError):
         return False
-    return state not in (b"Z", b"X", b"")
 
 
 def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
