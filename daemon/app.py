@@ -94,8 +94,9 @@ class FrontEnd:
             function_name = route.path
             try:
                 return await self._function(request, route, invocation_id, received)
-            except EventError as exc:
-                outcome = text_outcome(exc.status, calls.REJECTED, exc.reason)
+            except EventError as exc:  # a function that cannot run is an error, not a refusal
+                kind = calls.ERROR if exc.status >= 500 else calls.REJECTED
+                outcome = text_outcome(exc.status, kind, exc.reason)
         return self._answer(request, outcome, invocation_id, received, function_name)
 
     def _invocation_id(self, request: web.BaseRequest) -> str:

@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers-min", type=int, help="warm workers kept at all times")
     serve.add_argument("--workers-max", type=int, help="most workers under load")
     serve.add_argument("--timeout", type=float, help="time limit per invocation, seconds")
+    serve.add_argument("--allow-broken", action="store_true", default=None,
+                       help="serve the functions that load even if others cannot (default: "
+                            "refuse to start or reload; always on with --dev)")
     serve.add_argument("--isolation", choices=["worker", "invocation"],
                        help="invocation: a fresh worker for every call (default: worker)")
     serve.add_argument("--dev", action="store_true", default=None,
@@ -128,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout": args.timeout, "dev": args.dev, "no_signatures": args.no_signatures,
         "strict": args.strict, "log_format": args.log_format, "control": args.control,
         "metrics_port": args.metrics_port, "isolation": args.isolation,
+        "allow_broken": args.allow_broken,
     }
     log_format = args.log_format or ("console" if args.dev else None)
     configure_logging(log_format)
@@ -180,8 +184,13 @@ def _reload(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     if not answer.get("ok"):
         print(f"fnd: reload failed: {answer.get('error')}", file=sys.stderr)
+        for problem in answer.get("problems") or []:
+            print(f"  {problem}", file=sys.stderr)
+        print("fnd: the previous code keeps serving", file=sys.stderr)
         return 1
     print(f"reloaded (generation {answer.get('generation')})")
+    for problem in answer.get("problems") or []:
+        print(f"  not served: {problem}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -52,6 +52,7 @@ class Config:
     max_requests_jitter: int = 1000
     max_worker_age: float = 3600.0  # seconds; 0: never recycle by age
     isolation: str = "worker"  # "invocation": a fresh worker for every call
+    allow_broken: bool = False  # start / reload even when some functions cannot run
     max_rss_mb: int = 0  # 0: never recycle by RSS
     dev: bool = False
     strict: bool = False
@@ -83,6 +84,12 @@ class Config:
             return override.timeout
         return self.timeout
 
+    @property
+    def allows_broken(self) -> bool:
+        """Serve the functions that work when others cannot run (always in dev mode, where
+        the broken one's 500 shows the error)."""
+        return self.allow_broken or self.dev
+
     def isolated(self, function: str) -> bool:
         """Whether `function` gets a fresh worker per invocation."""
         override = self.functions.get(function)
@@ -110,7 +117,7 @@ _INT = {
     "max_header_count", "memory_mb", "uid_base", "scratch_mb", "max_output",
 }
 _FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "max_worker_age"}
-_BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network"}
+_BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network", "allow_broken"}
 _STR = {"host", "sandbox", "isolation"}
 _OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base_url"}
 _OPTIONAL_INT = {"metrics_port"}

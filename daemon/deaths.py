@@ -19,6 +19,7 @@ RELOAD = "reload"
 IDLE = "idle"
 MAX_AGE = "max_age"
 ISOLATION = "isolation"  # isolation = "invocation": every worker serves one call
+PREFLIGHT = "preflight"  # it loaded a new generation's functions to check them
 STOPPING = "stopping"  # the daemon is stopping
 DISCARDED = "discarded"  # a reload's new worker, thrown away because the reload failed
 # Decided by the daemon: it killed the worker.
@@ -36,7 +37,7 @@ OOM = "oom"
 UNPLANNED = frozenset({EXIT, SIGNAL, OOM, PROTOCOL, START_FAILED, ZYGOTE, IDLE_CPU})
 # Not restarts: the daemon is going, or a reload gave up. A dead zygote is counted once by
 # the pool, not once per worker it took along.
-NOT_COUNTED = frozenset({STOPPING, DISCARDED, ZYGOTE, ISOLATION})
+NOT_COUNTED = frozenset({STOPPING, DISCARDED, ZYGOTE, ISOLATION, PREFLIGHT})
 
 
 def describe_exit(status: int | None) -> str:

@@ -126,6 +126,19 @@ def ready(message: m.Message) -> tuple[int, dict[str, str]]:
     return pid, layers
 
 
+def preflight(message: m.Message) -> list[tuple[str, str]]:
+    """The problems a PREFLIGHT_RESULT reports: (route, reason) pairs."""
+    problems = message.get("problems")
+    if type(problems) is not list:
+        raise FrameError("preflight problems are not a list")
+    found: list[tuple[str, str]] = []
+    for pair in problems:
+        if type(pair) is not list or len(pair) != 2 or not all(type(x) is str for x in pair):
+            raise FrameError("a preflight problem is not a [route, reason] pair")
+        found.append((pair[0], pair[1][:_MAX_REASON]))
+    return found
+
+
 def failed(message: m.Message) -> str:
     return _optional_text(message, "reason") or "no reason given"
 

@@ -55,6 +55,15 @@ class PoolError(Exception):
     """The pool could not reach a serving state; the message says why."""
 
 
+class FunctionsBroken(PoolError):
+    """Some functions of a new generation cannot run; `problems` lists (route, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        first = ": ".join(part for part in problems[0] if part)
+        super().__init__(f"{len(problems)} function problem(s), first: {first}")
+        self.problems = problems
+
+
 class Pool:
     def __init__(
         self,
@@ -157,16 +166,48 @@ class Pool:
         for task in list(self._tasks):
             task.cancel()
 
+    async def preflight(self, checks: list[list[Any]], timeout: float
+                        ) -> list[tuple[str, str]]:
+        """Load every function (`checks`: [route, file, needs_handler]) in a worker of the
+        configuration the zygote has now, and return the problems found. That worker serves
+        nothing: a bootstrap may leave anything behind, so it is killed afterwards."""
+        if not checks:
+            return []
+        worker = self._spawn(fresh=True)
+        if worker is None:
+            return [("", "no free worker slot to check the functions in")]
+        try:
+            failure = await _wait_ready([worker], timeout)
+            if failure is not None:
+                return [("", f"no worker could start to check the functions: {failure}")]
+            result = worker.start_preflight(checks)
+            try:
+                return await asyncio.wait_for(asyncio.shield(result), timeout)
+            except TimeoutError:
+                return [("", f"loading the functions took over {timeout:g} s: the top-level "
+                             "code of one of them does not finish")]
+            except RuntimeError as exc:
+                return [("", f"the worker loading the functions died: {exc}")]
+        finally:
+            worker.kill("loaded the functions for the check", deaths.PREFLIGHT)
+
     async def reload(self, config: Config, worker_config: m.WorkerConfig,
-                     timeout: float = 60.0, switch: Callable[[], None] | None = None) -> None:
+                     timeout: float = 60.0, switch: Callable[[], None] | None = None,
+                     checks: list[list[Any]] | None = None) -> list[tuple[str, str]]:
         """Start the new generation, then switch to it in one step; old workers retire.
 
         `switch` runs inside that step (the front-end swaps its route table there), so no
         call routed by the new table reaches an old worker. If the new workers cannot start,
-        the old generation keeps serving and PoolError says why.
+        or a function of `checks` cannot run (unless config.allow_broken), the old generation
+        keeps serving and PoolError says why. Returns the problems found (allowed ones).
         """
         old_worker_config = self.worker_config
         await self.zygote.configure(worker_config)
+        problems = await self.preflight(checks or [], max(timeout, config.timeout))
+        if problems and not config.allows_broken:
+            with contextlib.suppress(ZygoteError):
+                await self.zygote.configure(old_worker_config)
+            raise FunctionsBroken(problems)
         self._slot_cap = max(self._slot_cap, 2 * config.workers_max)
         spawned = [self._spawn(fresh=True, config=config) for _ in range(config.workers_min)]
         fresh = [worker for worker in spawned if worker is not None]
@@ -201,6 +242,7 @@ class Pool:
                 self._idle.remove(worker)
                 self._release(worker)
         self._top_up()
+        return problems
 
     # -- calls --------------------------------------------------------------------------
     async def invoke(self, call: Call) -> Outcome:

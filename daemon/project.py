@@ -36,7 +36,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -66,6 +66,9 @@ class Route:
     # The file's identity at scan time: an asset is only served while it is still this file.
     device: int = 0
     inode: int = 0
+    # A function's code as read at scan time: workers of this generation run exactly this,
+    # whatever happens to the file on disk later (docs/operating.md "Deploying").
+    code: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -273,11 +276,11 @@ class _Scanner:
                 self.problem(f"path conflict: {names} all map to {path}; none is served")
                 continue
             c = found[0]
-            error = _syntax_error(c.file, c.source) if c.kind == "function" else None
+            code, error = _read_code(c.file, c.source) if c.kind == "function" else (None, None)
             if error is not None:
                 self.problem(error)
             route = Route(c.path, c.kind, c.visibility, c.file, error, c.source, c.device,
-                          c.inode)
+                          c.inode, code)
             (functions if c.kind == "function" else assets)[path] = route
             if c.visibility != "private":
                 routes[path] = route
@@ -294,12 +297,17 @@ def _valid_segment(segment: str) -> bool:
     return segment not in {".", ".."} and _SEGMENT.fullmatch(segment) is not None
 
 
-def _syntax_error(file: Path, source: str) -> str | None:
-    """Why ``file`` cannot even be parsed (``source:line: message``), or None."""
+def _read_code(file: Path, source: str) -> tuple[bytes | None, str | None]:
+    """A function file's code, read once, and why it cannot even be parsed (or None)."""
     try:
         code = file.read_bytes()
     except OSError as exc:
-        return f"{source}: cannot read: {exc.strerror}"
+        return None, f"{source}: cannot read: {exc.strerror}"
+    return code, _syntax_error(code, source)
+
+
+def _syntax_error(code: bytes, source: str) -> str | None:
+    """Why ``code`` cannot even be parsed (``source:line: message``), or None."""
     try:
         # bytes, so that a PEP 263 coding line is honoured as it will be at import time
         ast.parse(code, filename=source)

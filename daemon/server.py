@@ -20,7 +20,7 @@ from daemon.control import ControlServer, default_control_path
 from daemon.listen import start_sites
 from daemon.logs import get_logger
 from daemon.metrics import render_metrics, start_metrics_server
-from daemon.pool import Pool, PoolError
+from daemon.pool import FunctionsBroken, Pool, PoolError
 from daemon.project import Project, ProjectError, route_table_lines, scan_project
 from daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from daemon.stats import Stats
@@ -44,6 +44,8 @@ def worker_config(
     return {
         "project_dir": str(config.project_dir),
         "functions": {path: str(route.file) for path, route in project.functions.items()},
+        "sources": {str(route.file): route.code for route in project.functions.values()
+                    if route.code is not None},
         # Runtime.getAssets() lists private assets only, as Twilio's does (SPEC 4.3).
         "assets": {path: str(route.file) for path, route in project.assets.items()
                    if route.visibility == "private"},
@@ -66,10 +68,21 @@ def load_project(config: Config) -> Project:
     if project.problems:
         for problem in project.problems:
             _log.error("project problem", problem=problem)
-        if config.strict:
-            raise StartupError(f"--strict: {len(project.problems)} problem(s) in the project, "
-                               f"first: {project.problems[0]}")
+        if config.strict or not config.allows_broken:
+            raise StartupError(f"{len(project.problems)} problem(s) in the project, first: "
+                               f"{project.problems[0]} (--allow-broken serves the rest)")
     return project
+
+
+def preflight_checks(project: Project) -> list[list[Any]]:
+    """What a new generation's check loads: [route, file, needs a handler] per function
+    that parsed (the others are already problems of the scan)."""
+    return [[path, str(route.file), route.visibility != "private"]
+            for path, route in project.functions.items() if route.error is None]
+
+
+def _problem_lines(problems: list[tuple[str, str]]) -> list[str]:
+    return [f"{route}: {reason}" if route else reason for route, reason in problems]
 
 
 class Daemon:
@@ -97,6 +110,7 @@ class Daemon:
         self.notifier = Notifier()  # takes NOTIFY_SOCKET & co. out of our environment
         self._metrics: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.broken: list[str] = list(self.project.problems)  # what the serving code can't run
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -113,8 +127,13 @@ class Daemon:
             _log.warning("sandbox degraded", reason=warning, sandbox=self.config.sandbox)
         try:
             await self.pool.start()
+            problems = await self.pool.preflight(preflight_checks(self.project),
+                                                 max(60.0, self.config.timeout))
+            self._broken(problems)
             await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:
+            if isinstance(exc, FunctionsBroken):  # the pool is up: take it down
+                await self.pool.stop(drain_timeout=0)
             self.sandbox.cleanup()
             raise StartupError(str(exc)) from None
         try:
@@ -162,6 +181,15 @@ class Daemon:
                 )
             except ValueError as exc:
                 raise OSError(str(exc)) from None
+
+    def _broken(self, problems: list[tuple[str, str]]) -> None:
+        """Log each function that cannot run; refuse them unless allowed; keep for status."""
+        lines = _problem_lines(problems)
+        for line in lines:
+            _log.error("function problem", problem=line)
+        if problems and not self.config.allows_broken:
+            raise FunctionsBroken(problems)
+        self.broken = list(self.project.problems) + lines
 
     def _base_url(self) -> str:
         return self.listen_address if self.listen_address.startswith("http") else ""
@@ -228,16 +256,25 @@ class Daemon:
                     self.front.set_project(config, project)
                     output_cap.set_limit(config.max_output)
 
-                await self.pool.reload(
-                    config, worker_config(config, project, self.sandbox.settings), switch=switch
+                problems = await self.pool.reload(
+                    config, worker_config(config, project, self.sandbox.settings), switch=switch,
+                    checks=preflight_checks(project),
                 )
+            except FunctionsBroken as exc:  # keep serving the old code
+                lines = _problem_lines(exc.problems)
+                _log.error("reload failed", reason=str(exc), problems=lines)
+                return {"ok": False, "error": str(exc), "problems": lines}
             except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
                 _log.error("reload failed", reason=str(exc))
                 return {"ok": False, "error": str(exc)}
             else:
+                lines = _problem_lines(problems)
+                for line in lines:
+                    _log.error("function problem", problem=line)
+                self.broken = list(project.problems) + lines
                 _log.info("reloaded", functions=len(project.functions),
                           assets=len(project.assets))
-                return {"ok": True, "generation": self.pool.generation}
+                return {"ok": True, "generation": self.pool.generation, "problems": lines}
             finally:
                 # The old or the new code is serving either way: systemd may leave "reloading".
                 self.notifier.ready()
@@ -274,6 +311,7 @@ class Daemon:
             "totals": self.stats.totals(),
             "recent_crashes": self.stats.recent_crashes(),
             "restarts": dict(self.stats.restarts),
+            "broken": self.broken,
         }
 
 

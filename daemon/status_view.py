@@ -57,6 +57,9 @@ def health_problems(status: Mapping[str, Any]) -> list[str]:
     wanted = int(workers.get("min", 0))
     if ready < wanted:
         problems.append(f"{ready} ready worker(s), fewer than workers_min {wanted}")
+    broken = status.get("broken") or []
+    if broken:
+        problems.append(f"{len(broken)} function problem(s): {broken[0]}")
     stuck = int(workers.get("stuck", 0))
     if stuck:
         problems.append(f"{stuck} worker(s) still alive past their time limit or kill")

@@ -124,6 +124,7 @@ class WorkerProc:
         self.cpu_mark: float | None = None  # the slot's CPU counter when it last went idle
         self.max_age = 0.0  # recycle once older than this many seconds; 0: never
         self.kill_sent_at = 0.0
+        self.preflight: asyncio.Future[list[tuple[str, str]]] | None = None
 
     async def attach(self, pipes: SpawnedPipes) -> None:
         loop = asyncio.get_running_loop()
@@ -164,6 +165,16 @@ class WorkerProc:
         self.busy_since = time.monotonic()
         call.worker_pid = self.pid
         self._cmd.write(frame)
+
+    def start_preflight(self, checks: list[list[Any]]) -> asyncio.Future[list[tuple[str, str]]]:
+        """Ask this idle worker to load every function; the future gets the problems."""
+        assert self._cmd is not None and self.state == IDLE
+        frame = encode({"t": m.PREFLIGHT, "functions": checks})
+        self.state = BUSY
+        self.busy_since = time.monotonic()
+        self.preflight = asyncio.get_running_loop().create_future()
+        self._cmd.write(frame)
+        return self.preflight
 
     def kill(self, reason: str, cause: str) -> None:
         """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest.
@@ -230,6 +241,10 @@ class WorkerProc:
             self._log_output(line, stream, call.id if call else None, level)
         elif kind == m.DONE:
             self._on_done(message)
+        elif kind == m.PREFLIGHT_RESULT:
+            if self.preflight is None or self.preflight.done():
+                raise FrameError("a preflight result nobody asked for")
+            self.preflight.set_result(frame_check.preflight(message))
         elif kind == m.READY:
             if self.state != STARTING:
                 raise FrameError("a second ready")
@@ -329,6 +344,9 @@ class WorkerProc:
         self.state = DEAD
         if self._cmd is not None:
             self._cmd.close()
+        if self.preflight is not None and not self.preflight.done():
+            self.preflight.set_exception(RuntimeError(reason or "worker exited"))
+            self.preflight.exception()  # retrieved: the pool reports it
         if not self.ready.done():
             self.ready.set_exception(
                 RuntimeError(self.failure or reason or "worker exited before it was ready")

@@ -20,6 +20,9 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                      that the invocation's output was truncated)
                     {"t": DONE, "id": str, "clean": bool, "reason": str | None,
                      "cpu": float, "rss": int}
+  daemon -> worker  {"t": PREFLIGHT, "functions": [[route, file, needs_handler], ...]}
+  worker -> daemon  {"t": PREFLIGHT_RESULT, "problems": [[route, reason], ...]}
+                    (a worker that got PREFLIGHT serves nothing else: the daemon kills it)
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ INVOKE = "invoke"
 RESULT = "result"
 LOG = "log"
 DONE = "done"
+PREFLIGHT = "preflight"
+PREFLIGHT_RESULT = "preflight_result"
 LOG_STREAMS = frozenset({"stdout", "stderr", "logging", "fnd"})  # a LOG frame's "stream"
 
 
@@ -52,6 +57,7 @@ class WorkerConfig(TypedDict, total=False):
 
     project_dir: str
     functions: dict[str, str]  # function name -> absolute file, private ones included
+    sources: dict[str, bytes]  # absolute file -> its code as the daemon read it (immutable)
     assets: dict[str, str]  # private asset path -> absolute file
     dev: bool
     max_body: int  # response body limit in bytes

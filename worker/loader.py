@@ -47,6 +47,7 @@ class Loader:
                 # A module still loading is returned half-initialised, as `import` does.
                 return module
             name = "functions" + route
+            code = self._settings.sources.get(file)
             spec = importlib.util.spec_from_file_location(name, file)
             if spec is None or spec.loader is None:
                 raise ImportError(f"cannot load {self._settings.display_path(file)}")
@@ -55,7 +56,12 @@ class Loader:
             self._loading[file] = module
             sys.modules[name] = module
             try:
-                spec.loader.exec_module(module)
+                if code is not None:
+                    # The code the daemon read when it made this generation, not the file as
+                    # it is now: a later edit on disk never reaches a running generation.
+                    exec(compile(code, file, "exec", dont_inherit=True), module.__dict__)
+                else:
+                    spec.loader.exec_module(module)
             except BaseException:
                 sys.modules.pop(name, None)
                 raise
@@ -63,6 +69,9 @@ class Loader:
                 del self._loading[file]
             self._modules[file] = module
             return module
+
+    def display_path(self, file: str) -> str:
+        return self._settings.display_path(file)
 
     def handler(self, route: str, file: str) -> tuple[Callable[..., Any], Style]:
         """The function's handler and its calling style; FunctionError if it has none."""

@@ -21,12 +21,13 @@ import traceback
 from typing import Any, NoReturn
 
 from protocol.frames import BlockingFrameReader, ProtocolError
-from protocol.messages import INVOKE, READY, Message, WorkerConfig
+from protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Message, WorkerConfig
 from worker.invoke import Invocation, Services, thread_excepthook
 from worker.leftovers import become_subreaper
-from worker.loader import Loader
+from worker.loader import FunctionError, Loader
 from worker.output import Channel, Output, write_plain
 from worker.runtime import Runtime
+from worker.serialize import describe
 from worker.settings import Settings
 from worker.twilio_api import Twilio
 
@@ -61,6 +62,9 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
             message = reader.read()
             if message is None:
                 _exit(output, EXIT_EOF)
+            if message["t"] == PREFLIGHT:
+                _preflight(message, loader, channel)
+                continue
             _check_invoke(message)
         except ProtocolError as exc:
             _log.error("protocol error on the command pipe: %s", exc)
@@ -70,6 +74,30 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
         except BaseException:  # noqa: B036 - a bug of ours: say so on fd 2, then die loudly
             write_plain(2, "fnd worker: internal error\n" + traceback.format_exc())
             os._exit(EXIT_INTERNAL)
+
+
+def _preflight(message: Message, loader: Loader, channel: Channel) -> None:
+    """Load every function of the generation and report what cannot run, before traffic.
+
+    The daemon kills this worker afterwards: a bootstrap may have left anything behind.
+    """
+    checks = message.get("functions")
+    if not isinstance(checks, list):
+        raise ProtocolError("preflight frame: functions must be a list")
+    problems: list[list[str]] = []
+    for check in checks:
+        route, file, needs_handler = check
+        try:
+            if needs_handler:
+                loader.handler(str(route), str(file))
+            else:
+                loader.module(str(route), str(file))
+        except FunctionError as exc:
+            problems.append([str(route), str(exc)])
+        except (Exception, SystemExit) as exc:  # a private module's bootstrap
+            shown = loader.display_path(str(file))
+            problems.append([str(route), f"error loading {shown}: {describe(exc)}"])
+    channel.send({"t": PREFLIGHT_RESULT, "problems": problems})
 
 
 def _check_invoke(message: Message) -> None:

@@ -15,6 +15,7 @@ _FRAME_HEADROOM = 64 * 1024
 class Settings:
     project_dir: str = ""
     functions: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, bytes] = field(default_factory=dict)
     assets: dict[str, str] = field(default_factory=dict)
     dev: bool = False
     max_body: int = 4 * 1024 * 1024
@@ -31,6 +32,7 @@ class Settings:
         return cls(
             project_dir=config.get("project_dir", ""),
             functions=dict(config.get("functions", {})),
+            sources=dict(config.get("sources", {})),
             assets=dict(config.get("assets", {})),
             dev=bool(config.get("dev", False)),
             # A body that cannot fit in one frame could never be delivered: cap it here.

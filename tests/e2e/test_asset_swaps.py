@@ -22,7 +22,8 @@ SECRET = "swapped-in-secret-7d1e0c"
 
 @pytest.fixture(scope="module")
 def fnd() -> Iterator[FndServer]:
-    with running("assets", "--workers-min", "1") as server:
+    # It leaves broken links behind on purpose; a reload must still take the rest.
+    with running("assets", "--workers-min", "1", "--allow-broken") as server:
         secret = server.project.parent / "secret.txt"
         secret.write_text(SECRET + "\n")
         secret.chmod(0o600)

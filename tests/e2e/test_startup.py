@@ -29,7 +29,7 @@ def test_missing_handler_and_bootstrap_error_are_500_naming_the_file() -> None:
 
 def test_strict_refuses_to_start() -> None:
     project = world_readable_copy(FIXTURES / "problems")
-    server = FndServer(project, ["--strict"])
+    server = FndServer(project, ["--strict"])  # --strict wins over allow_broken in fnd.toml
     line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
-    assert "--strict" in line["reason"] and ".py" in line["reason"]
+    assert "problem(s) in the project" in line["reason"] and ".py" in line["reason"]
     assert server.process.wait(30) == 1
