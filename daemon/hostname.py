@@ -9,6 +9,7 @@ literals, or a bracketed IPv6 literal; optionally ``:port``. Anything else (spac
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ _BRACKETED = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::[0-9]{1,5})?")
 _MAX_NAME = 253 + 6  # longest DNS name, plus ":65535"
 
 
+@functools.lru_cache(maxsize=256)  # checked per request; a site sees a handful of hosts
 def valid_host(host: str) -> bool:
     """True for ``example.com``, ``example.com:8443``, ``10.0.0.1``, ``[::1]:3000``."""
     if len(host) > _MAX_NAME:
