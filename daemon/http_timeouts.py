@@ -6,8 +6,8 @@ that as nginx does (``client_header_timeout`` / ``keepalive_timeout``):
 
 - ``header_timeout``: from a new connection, or from the first byte of a later request, the
   request head must be complete within this time; else the client gets 408 and the
-  connection is closed. A client that trickles header bytes (slowloris) cannot hold a
-  connection longer than this.
+  connection is closed (a new connection that sent nothing is just closed). A client that
+  trickles header bytes (slowloris) cannot hold a connection longer than this.
 - ``keepalive_timeout``: a connection with no request in progress and no byte of the next one
   is closed after this time (aiohttp's own timer, which stands aside while a head arrives).
 
@@ -39,6 +39,7 @@ class _HeadTimeoutHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._head_timeout = header_timeout
         self._head_since: float | None = None  # when the current, incomplete head began
+        self._head_bytes = False  # has a byte of it arrived (not so at a connection's start)
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_body: Any = None  # the last request's payload: bytes of it are no head
 
@@ -55,10 +56,13 @@ class _HeadTimeoutHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._head_since is None and (self._last_body is None or self._last_body.is_eof()):
             self._start_head_clock()
+        if self._head_since is not None:
+            self._head_bytes = True
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:  # a head is complete (bytes after it start a new one)
             self._head_since = None
+            self._head_bytes = False
             self._last_body = self._messages[-1][1] if self._messages else None
 
     def _process_keepalive(self) -> None:
@@ -84,6 +88,9 @@ class _HeadTimeoutHandler(RequestHandler):
             # request still being answered: look again when its time would be up.
             when = max(since + self._head_timeout, now + 1.0)
             self._head_timer = self._loop.call_at(when, self._check_head)
+            return
+        if not self._head_bytes:  # a connection opened and never used: nothing to answer
+            self.force_close()
             return
         reason = f"request head not complete within {self._head_timeout:g} s\n".encode()
         peer = self.transport.get_extra_info("peername")

@@ -132,6 +132,7 @@ def test_body_limit_a_frame_cannot_carry_refuses_to_start(flag: str) -> None:
 def test_slow_request_heads_are_cut_while_normal_clients_are_served(fnd: FndServer) -> None:
     head = b"GET /hello HTTP/1.1\r\nHost: slow.example\r\nX-Pad: " + b"x" * 40
     slow = [socket.create_connection(_address(fnd), timeout=10) for _ in range(200)]
+    silent = socket.create_connection(_address(fnd), timeout=HEADER_TIMEOUT + 12)
     open_ = {sock.fileno(): sock for sock in slow}
     answers: dict[int, bytes] = {}
     errors: list[BaseException] = []
@@ -170,8 +171,9 @@ def test_slow_request_heads_are_cut_while_normal_clients_are_served(fnd: FndServ
             assert answer == b"" or answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
         assert any(answer.endswith(b"request head not complete within 6 s\n")
                    for answer in answers.values())
+        assert silent.recv(4096) == b""  # never sent a byte: closed without an answer
     finally:
-        for sock in slow:
+        for sock in [*slow, silent]:
             sock.close()
     fnd.wait_for(lambda entry: entry.get("event") == "request head timeout")
 
