@@ -291,7 +291,7 @@ def _check_frame_fits(config: Config) -> None:
         value = getattr(config, name)
         if value > largest:
             raise ConfigError(
-                f"{name} = {value} is too large: with max_header_bytes = "
-                f"{config.max_header_bytes} and this project's .env, the most that fits in "
-                f"one {MAX_FRAME} byte worker frame is {largest}"
+                f"{name} = {value} is too large: with this max_header_bytes, max_header_count "
+                f"and .env, the most one {MAX_FRAME} byte worker frame surely carries is "
+                f"{largest}"
             )

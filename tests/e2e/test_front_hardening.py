@@ -6,6 +6,7 @@ carry, and clients that trickle their request heads (or idle) to hold connection
 
 from __future__ import annotations
 
+import json
 import select
 import shutil
 import socket
@@ -92,6 +93,15 @@ def test_host_that_is_not_a_host_name_is_400(fnd: FndServer) -> None:
         _served_quickly(fnd)
     line = fnd.wait_for(lambda entry: entry.get("reason") == "invalid Host header '\\xff'")
     assert line["status"] == 400
+
+
+def test_header_bytes_that_are_not_utf8_reach_the_function_as_text(fnd: FndServer) -> None:
+    status, body = _raw(fnd, b"GET /echo HTTP/1.1\r\nHost: a.example\r\nX-Raw: caf\xe9\r\n"
+                             b"Cookie: n=\xff\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    request = json.loads(body)["event"]["request"]
+    assert request["headers"]["x-raw"] == "caf\ufffd"
+    assert request["cookies"] == {"n": "\ufffd"}
 
 
 def test_domain_name_is_the_valid_host_the_client_used(fnd: FndServer) -> None:
