@@ -269,7 +269,7 @@ def largest_request_body(config: Config) -> int:
 
     The body reaches the worker once, parsed into the event (never raw as well), but parsed
     JSON can grow: ``0.0,`` (4 bytes) becomes a 9-byte msgpack float, so 9/4 is the worst
-    case (a form grows by 5/4 at most). Next to it travel the headers (a ``Cookie`` header twice:
+    case (a form grows by 4/3 at most). Next to it travel the headers (a ``Cookie`` header twice:
     raw and parsed), the query, the project's ``.env`` in the context, and a few fixed fields.
     """
     env = sum(len(k.encode()) + len(v.encode()) + _PER_FIELD for k, v in config.env.items())
