@@ -10,6 +10,7 @@ import itertools
 import re
 import secrets
 import time
+import traceback
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from daemon.asset_response import AssetResponse
 from daemon.calls import Call, Outcome, text_outcome
 from daemon.config import Config, ConfigError
 from daemon.event import EventError, ParsedBody, build_event, check_request_headers, parse_body
+from daemon.hostname import url_host, valid_host
 from daemon.logs import get_logger
 from daemon.pool import Pool
 from daemon.project import Project, Route
@@ -63,6 +65,7 @@ class FrontEnd:
         self._proxies = parse_proxies(config)
         self._gate = SignatureGate(config, self._context_defaults.get("AUTH_TOKEN"),
                                    self._proxies)
+        self._fixed_domain = _fixed_domain(config)
 
     def set_project(self, config: Config, project: Project) -> None:
         """Swap in a re-scanned project (reload): one assignment, so no request sees a mix."""
@@ -76,14 +79,28 @@ class FrontEnd:
         assets = AssetFiles(str(project.root))
         self.config, self.project, self.assets = config, project, assets
         self._context_defaults, self._proxies, self._gate = defaults, proxies, gate
+        self._fixed_domain = _fixed_domain(config)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received = time.perf_counter()
         invocation_id = self._invocation_id(request)
+        try:
+            return await self._handle(request, invocation_id, received)
+        except Exception as exc:  # a bug here fails this one request, never the connection
+            return self._internal_error(request, exc, invocation_id, received)
+
+    async def _handle(
+        self, request: web.BaseRequest, invocation_id: str, received: float
+    ) -> web.StreamResponse:
         config, project, assets = self.config, self.project, self.assets
         path = request.path
         route = project.lookup(path) if path != "/" else project.index()
         function_name: str | None = None
+        try:
+            domain = self._domain_name(request)
+        except EventError as exc:
+            outcome = text_outcome(exc.status, calls.REJECTED, exc.reason)
+            return self._answer(request, outcome, invocation_id, received, None)
         if route is None:
             outcome = text_outcome(404, calls.REJECTED, f"no function or asset at {path}")
         elif request.method == "OPTIONS" and config.cors:
@@ -93,11 +110,24 @@ class FrontEnd:
         else:
             function_name = route.path
             try:
-                return await self._function(request, route, invocation_id, received)
+                return await self._function(request, route, invocation_id, received, domain)
             except EventError as exc:  # a function that cannot run is an error, not a refusal
                 kind = calls.ERROR if exc.status >= 500 else calls.REJECTED
                 outcome = text_outcome(exc.status, kind, exc.reason)
         return self._answer(request, outcome, invocation_id, received, function_name)
+
+    def _internal_error(
+        self, request: web.BaseRequest, exc: Exception, invocation_id: str, received: float
+    ) -> web.Response:
+        """500 with a one-line reason; the traceback goes to the log, as one line."""
+        name = type(exc).__name__
+        _log.error("internal error", invocation_id=invocation_id, path=request.path,
+                   error=f"{name}: {exc}", traceback="".join(traceback.format_exception(exc)))
+        outcome = text_outcome(500, calls.ERROR, f"internal error: {name}")
+        try:
+            return self._answer(request, outcome, invocation_id, received, None)
+        except Exception:  # even the invocation line failed: still answer the client
+            return _response(outcome, invocation_id)
 
     def _invocation_id(self, request: web.BaseRequest) -> str:
         """nginx's X-Request-Id when a trusted proxy sent a sane one, so logs line up."""
@@ -129,7 +159,8 @@ class FrontEnd:
         return peer or None
 
     async def _function(
-        self, request: web.BaseRequest, route: Route, invocation_id: str, received: float
+        self, request: web.BaseRequest, route: Route, invocation_id: str, received: float,
+        domain: str,
     ) -> web.StreamResponse:
         config = self.config
         if request.method not in _FUNCTION_METHODS and request.method != "OPTIONS":
@@ -151,7 +182,7 @@ class FrontEnd:
             raise EventError(500, route.error)
         event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
         context: dict[str, Any] = dict(self._context_defaults)
-        context["DOMAIN_NAME"] = self._domain_name(request)
+        context["DOMAIN_NAME"] = domain
         context["PATH"] = request.path
         call = Call(
             id=invocation_id,
@@ -230,16 +261,31 @@ class FrontEnd:
         """The configured domain, else the host the client used (via a trusted proxy).
 
         The same host the signature check uses: the last X-Forwarded-Host element, the one
-        the nearest (trusted) proxy added.
+        the nearest (trusted) proxy added. A host that is not a plain host name is refused
+        (EventError 400) even when the configured one wins: the request is malformed.
         """
-        configured = self.config.env.get("DOMAIN_NAME")
-        if configured:
-            return configured
-        if self._proxies.trusts(request.remote):
-            forwarded = request.headers.get("X-Forwarded-Host")
-            if forwarded:
-                return forwarded.rpartition(",")[2].strip()
-        return request.headers.get("Host", "")
+        headers = request.headers
+        host = headers.get("Host")
+        if host is not None and not valid_host(host):
+            raise EventError(400, f"invalid Host header {_shown(host)}")
+        forwarded = headers.get("X-Forwarded-Host")
+        if forwarded and self._proxies.trusts(request.remote):
+            host = forwarded.rpartition(",")[2].strip()
+            if not valid_host(host):
+                raise EventError(400, f"invalid X-Forwarded-Host header {_shown(host)}")
+        return self._fixed_domain or host or ""
+
+
+def _fixed_domain(config: Config) -> str | None:
+    """``DOMAIN_NAME`` from ``.env`` wins, then ``public_url``'s host; None: the request's."""
+    return config.env.get("DOMAIN_NAME") or (
+        url_host(config.public_url) if config.public_url else None) or None
+
+
+def _shown(text: str) -> str:
+    """A client-sent value fit for a one-line reason: short, ASCII, bad bytes as ``\\xff``."""
+    raw = text[:64].encode("utf-8", "surrogateescape")  # aiohttp decoded it so
+    return repr(raw)[1:] + ("..." if len(text) > 64 else "")
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -250,11 +296,15 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
         return b""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise EventError(413, f"request body is over the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise EventError(413, f"request body is over the {limit} byte limit")
+            chunks.append(chunk)
+    except ConnectionResetError:  # aiohttp's word for "the client hung up mid-body"
+        raise EventError(400, "client closed the connection before the body was complete"
+                         ) from None
     return b"".join(chunks)
 
 

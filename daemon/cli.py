@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--control", metavar="PATH", help="control socket path")
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="also serve Prometheus metrics on 127.0.0.1:PORT/metrics")
+    serve.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                       help="a request head must be complete within this time (default 10)")
+    serve.add_argument("--keepalive-timeout", type=float, metavar="SECONDS",
+                       help="close a connection idle this long between requests (default 15)")
+    serve.add_argument("--max-request-body", type=int, metavar="BYTES",
+                       help="largest request body accepted (default 1 MiB)")
+    serve.add_argument("--max-response-body", type=int, metavar="BYTES",
+                       help="largest response body a function may send (default 4 MiB)")
 
     status = commands.add_parser("status", help="show a running daemon's pool and totals")
     status.add_argument("--control", metavar="PATH", help="control socket path")
@@ -131,7 +139,9 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout": args.timeout, "dev": args.dev, "no_signatures": args.no_signatures,
         "strict": args.strict, "log_format": args.log_format, "control": args.control,
         "metrics_port": args.metrics_port, "isolation": args.isolation,
-        "allow_broken": args.allow_broken,
+        "allow_broken": args.allow_broken, "header_timeout": args.header_timeout,
+        "keepalive_timeout": args.keepalive_timeout, "max_request_body": args.max_request_body,
+        "max_response_body": args.max_response_body,
     }
     log_format = args.log_format or ("console" if args.dev else None)
     configure_logging(log_format)

@@ -16,6 +16,9 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from daemon.hostname import url_host
+from protocol.frames import MAX_FRAME
+
 
 class ConfigError(Exception):
     """A setting is missing, malformed or contradictory; the message names it."""
@@ -47,6 +50,8 @@ class Config:
     timeout: float = 5.0
     idle_timeout: float = 60.0
     drain_timeout: float = 30.0
+    header_timeout: float = 10.0  # a request head must be complete this long after it starts
+    keepalive_timeout: float = 15.0  # an idle connection is closed after this long
     # Recycling bounds what one worker's code can leave behind (docs/security.md).
     max_requests: int = 10000  # 0: never recycle by count
     max_requests_jitter: int = 1000
@@ -116,7 +121,8 @@ _INT = {
     "max_rss_mb", "max_request_body", "max_response_body", "max_header_bytes",
     "max_header_count", "memory_mb", "uid_base", "scratch_mb", "max_output",
 }
-_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "max_worker_age"}
+_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "header_timeout",
+          "keepalive_timeout", "max_worker_age"}
 _BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network", "allow_broken"}
 _STR = {"host", "sandbox", "isolation"}
 _OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base_url"}
@@ -256,7 +262,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"workers_max ({config.workers_max}) is below workers_min ({config.workers_min})"
         )
-    for name in ("timeout", "queue_timeout", "drain_timeout", "idle_timeout"):
+    for name in ("timeout", "queue_timeout", "drain_timeout", "idle_timeout", "header_timeout",
+                 "keepalive_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     for name in ("max_requests", "max_requests_jitter", "max_worker_age"):
@@ -275,3 +282,51 @@ def _validate(config: Config) -> None:
         raise ConfigError("--no-signatures is only allowed together with --dev")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is out of range")
+    if config.public_url is not None and (
+            not config.public_url.startswith(("http://", "https://"))
+            or not url_host(config.public_url)):
+        raise ConfigError(f"public_url must be an http:// or https:// URL with a valid host, "
+                          f"got {config.public_url!r}")
+    for name in ("max_request_body", "max_response_body", "max_header_bytes", "max_header_count"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    _check_frame_fits(config)
+
+
+# What a worker frame holds besides the body, at most (see _check_frame_fits).
+_QUERY_ROOM = 96 * 1024  # a 64 KiB request line whose query is "a&b&c...": 1.5x in msgpack
+_FIXED_ROOM = 16 * 1024  # ids, function name and file, method, path, timeout, status, error
+_PER_FIELD = 16  # msgpack framing of one header or cookie pair, at most
+
+
+def largest_request_body(config: Config) -> int:
+    """The biggest request body whose INVOKE frame surely fits in MAX_FRAME.
+
+    The body reaches the worker once, parsed into the event (never raw as well), but parsed
+    JSON can grow: ``0.0,`` (4 bytes) becomes a 9-byte msgpack float, so 9/4 is the worst
+    case (a form grows by 4/3 at most). Next to it travel the headers (a ``Cookie`` header twice:
+    raw and parsed), the query, the project's ``.env`` in the context, and a few fixed fields.
+    """
+    env = sum(len(k.encode()) + len(v.encode()) + _PER_FIELD for k, v in config.env.items())
+    headers = 3 * config.max_header_bytes + 2 * _PER_FIELD * config.max_header_count
+    room = MAX_FRAME - headers - env - _QUERY_ROOM - _FIXED_ROOM
+    return max(0, room * 4 // 9)
+
+
+def largest_response_body(config: Config) -> int:
+    """The biggest response body whose RESULT frame surely fits in MAX_FRAME (body is bytes)."""
+    headers = config.max_header_bytes + _PER_FIELD * config.max_header_count
+    return max(0, MAX_FRAME - headers - 4 * _FIXED_ROOM)
+
+
+def _check_frame_fits(config: Config) -> None:
+    """Refuse limits a worker frame could not carry: such a request would fail every time."""
+    for name, largest in (("max_request_body", largest_request_body(config)),
+                          ("max_response_body", largest_response_body(config))):
+        value = getattr(config, name)
+        if value > largest:
+            raise ConfigError(
+                f"{name} = {value} is too large: with this max_header_bytes, max_header_count "
+                f"and .env, the most one {MAX_FRAME} byte worker frame surely carries is "
+                f"{largest}"
+            )

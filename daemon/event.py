@@ -13,6 +13,9 @@ Decisions where SPEC 3 is silent:
   percent-encoded) → 400. JSON bodies may be UTF-8/16/32 (RFC 8259 detection, as ``json``).
 - An empty body is no body, whatever the content type (a bodiless request that carries a
   JSON Content-Type is not malformed).
+- A JSON string (key or value, at any depth) holding a lone surrogate (``"\\ud800"``) → 400:
+  it is not Unicode text, and the event could not cross the msgpack pipe. Paired surrogate
+  escapes (``"\\ud83d\\ude00"``) are one character and fine.
 - JSON that Twilio's runtime (JavaScript ``JSON.parse``) would refuse is refused too:
   ``NaN``/``Infinity``; and nesting deeper than ``MAX_JSON_DEPTH`` (the event must cross a
   msgpack pipe) → 400. Integers beyond 64 bits (msgpack's range) become floats, as every
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote
@@ -42,6 +46,9 @@ MAX_HEADER_FIELDS = 90
 MAX_JSON_DEPTH = 100
 
 FORM = "application/x-www-form-urlencoded"
+
+# A \uD800-\uDFFF escape: the only way a decoded JSON text can yield a surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Hop-by-hop and proxy headers: they describe the connection, not the request (SPEC 3.2).
 _EXCLUDED_HEADERS = frozenset({
@@ -204,19 +211,37 @@ def _parse_int(digits: str) -> int | float:
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
+    encoding = json.detect_encoding(body)
     try:
-        value = json.loads(body, parse_constant=_refuse_constant, parse_int=_parse_int)
+        # Decoded strictly here: json.loads(bytes) would let encoded surrogates through.
+        text = body.decode(encoding)
+    except UnicodeDecodeError:
+        shown = "UTF-8" if encoding.startswith("utf-8") else encoding.upper()
+        raise EventError(400, f"malformed JSON body: not valid {shown}") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_parse_int)
     except RecursionError:
         raise EventError(400, "malformed JSON body: nested too deeply") from None
-    except UnicodeDecodeError:
-        raise EventError(400, "malformed JSON body: not valid UTF-8") from None
     except ValueError as exc:  # JSONDecodeError, and NaN/Infinity above
         raise EventError(400, f"malformed JSON body: {exc}") from None
     if not isinstance(value, dict):
         raise EventError(400, f"JSON body must be an object, got {_json_type(value)}")
     if _too_deep(value, MAX_JSON_DEPTH):
         raise EventError(400, f"malformed JSON body: nested deeper than {MAX_JSON_DEPTH}")
+    # Rare: the exact (whole-value) check is paid only when a surrogate escape is present.
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogate(value)
     return value
+
+
+def _refuse_lone_surrogate(value: dict[str, Any]) -> None:
+    """EventError(400) if any key or string, at any depth, holds an unpaired surrogate."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(exc.object[exc.start])
+        raise EventError(400, f"JSON body holds a lone surrogate (\\u{code:04x}), "
+                              "which is not valid Unicode") from None
 
 
 def _json_type(value: Any) -> str:

@@ -17,6 +17,7 @@ from daemon.app import FrontEnd
 from daemon.canary import self_check
 from daemon.config import Config, load_config
 from daemon.control import ControlServer, default_control_path
+from daemon.http_timeouts import TimeoutServer
 from daemon.listen import start_sites
 from daemon.logs import get_logger
 from daemon.metrics import render_metrics, start_metrics_server
@@ -161,8 +162,10 @@ class Daemon:
         return self._exit_code
 
     async def _listen(self) -> None:
-        server = web.Server(
+        server = TimeoutServer(
             self.front.handle,
+            header_timeout=self.config.header_timeout,
+            keepalive_timeout=self.config.keepalive_timeout,
             max_line_size=64 * 1024,
             max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
             max_headers=1024,

@@ -10,7 +10,7 @@ from daemon.config import Config, ConfigError, load_config
 
 
 def _project(tmp_path: Path, toml: str = "", dotenv: str = "") -> Path:
-    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions").mkdir(parents=True)
     if toml:
         (tmp_path / "fnd.toml").write_text(toml)
     if dotenv:
@@ -121,3 +121,47 @@ def test_scratch_and_output_bounds(tmp_path: Path) -> None:
     for name in ("scratch_mb", "max_output"):
         with pytest.raises(ConfigError, match=f"{name} must not be negative"):
             load_config(tmp_path, environ={f"FND_{name.upper()}": "-1"})
+
+
+def test_connection_timeouts(tmp_path: Path) -> None:
+    config = load_config(_project(tmp_path), environ={})
+    assert config.header_timeout == 10.0 and config.keepalive_timeout == 15.0
+    project = _project(tmp_path / "p", "header_timeout = 3\n")
+    config = load_config(project, {"keepalive_timeout": 4}, environ={"FND_HEADER_TIMEOUT": "2.5"})
+    assert config.header_timeout == 2.5 and config.keepalive_timeout == 4.0
+    with pytest.raises(ConfigError, match="keepalive_timeout must be positive"):
+        load_config(project, {"keepalive_timeout": 0}, environ={})
+
+
+def test_body_limits_must_fit_in_a_worker_frame(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(project, {"max_request_body": 100_000_000}, environ={})
+    message = str(info.value)
+    assert message.startswith("max_request_body = 100000000 is too large") and "\n" not in message
+    with pytest.raises(ConfigError, match="^max_response_body = 8388608 is too large"):
+        load_config(project, environ={"FND_MAX_RESPONSE_BODY": str(8 * 1024 * 1024)})
+    # what fits: a 3 MiB request body (JSON may grow 9/4 on the way), a 7 MiB response
+    config = load_config(project, {"max_request_body": 3 * 1024 * 1024,
+                                   "max_response_body": 7 * 1024 * 1024}, environ={})
+    assert config.max_request_body == 3 * 1024 * 1024
+
+
+def test_body_limit_accounts_for_headers_and_dotenv(tmp_path: Path) -> None:
+    flags = {"max_request_body": 3_400_000}
+    assert load_config(_project(tmp_path / "fits"), flags, environ={}).max_request_body == 3_400_000
+    with pytest.raises(ConfigError, match="^max_request_body"):
+        load_config(_project(tmp_path, dotenv="BIG=" + "x" * 1024 * 1024 + "\n"), flags,
+                    environ={})
+    with pytest.raises(ConfigError, match="^max_request_body"):
+        load_config(_project(tmp_path / "p"), {**flags, "max_header_bytes": 512 * 1024},
+                    environ={})
+
+
+def test_public_url_must_be_an_http_url_with_a_host(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    for bad in ("functions.example.com", "https://", "https://bad host/", "ftp://x.example"):
+        with pytest.raises(ConfigError, match="^public_url must be"):
+            load_config(project, environ={"FND_PUBLIC_URL": bad})
+    config = load_config(project, environ={"FND_PUBLIC_URL": "https://fn.example.com:8443/b"})
+    assert config.public_url == "https://fn.example.com:8443/b"

@@ -189,6 +189,30 @@ def test_json_invalid_utf8() -> None:
         400, "malformed JSON body: not valid UTF-8")
 
 
+def test_json_lone_surrogate_refused_at_any_depth() -> None:
+    message = "JSON body holds a lone surrogate (\\ud800), which is not valid Unicode"
+    for body in (b'{"x": "\\ud800"}', b'{"\\ud800": 1}', b'{"a": [{"b": ["ok", "x\\uD800y"]}]}',
+                 b'{"a": {"\\ud800k": null}}'):
+        assert reason(content_type=JSON, body=body) == (400, message), body
+    assert reason(content_type=JSON, body=b'{"x": "\\udc00 low first \\ud83d"}')[1] == (
+        "JSON body holds a lone surrogate (\\udc00), which is not valid Unicode")
+
+
+def test_json_surrogate_pairs_and_lookalikes_pass() -> None:
+    assert fields(event(content_type=JSON, body=b'{"e": "\\ud83d\\ude00"}')) == {"e": "\U0001f600"}
+    # an escaped backslash followed by "ud800" is six plain characters
+    assert fields(event(content_type=JSON, body=b'{"e": "\\\\ud800"}')) == {"e": "\\ud800"}
+
+
+def test_json_encoded_surrogates_are_not_valid_text() -> None:
+    # CESU-style UTF-8 bytes of U+D800: json.loads(bytes) alone would accept them
+    assert reason(content_type=JSON, body=b'{"x": "\xed\xa0\x80"}') == (
+        400, "malformed JSON body: not valid UTF-8")
+    utf16 = '{"x": "'.encode("utf-16-le") + b"\x00\xd8" + '"}'.encode("utf-16-le")
+    assert reason(content_type=JSON, body=utf16) == (
+        400, "malformed JSON body: not valid UTF-16-LE")
+
+
 def test_json_too_deep() -> None:
     ok = b'{"a": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
     assert "a" in event(content_type=JSON, body=ok)
@@ -238,6 +262,13 @@ def test_undecodable_header_value_becomes_text() -> None:
     assert ev["request"]["headers"]["x-name"] == "caf\ufffd é"
     assert ev["request"]["cookies"] == {"n": "caf\ufffd é"}
     json.dumps(ev).encode("utf-8")  # serialisable as plain text
+
+
+def test_undecodable_header_name_becomes_text() -> None:
+    name = b"X-\xff".decode("utf-8", "surrogateescape")  # aiohttp's pure-Python parser
+    ev = event(hdrs=[(name, "v")])
+    assert ev["request"]["headers"] == {"x-\ufffd": "v"}
+    json.dumps(ev, ensure_ascii=False).encode("utf-8")  # plain text all through
 
 
 def test_cookies() -> None:

@@ -1,0 +1,115 @@
+"""Connection timeouts aiohttp lacks: a client must finish each request head in time.
+
+aiohttp closes a connection that has no complete request after ``keepalive_timeout``, counted
+from the connection's start or the previous response, whatever arrives meanwhile. fnd splits
+that as nginx does (``client_header_timeout`` / ``keepalive_timeout``):
+
+- ``header_timeout``: from a new connection, or from the first byte of a later request, the
+  request head must be complete within this time; else the client gets 408 and the
+  connection is closed (a new connection that sent nothing is just closed). A client that
+  trickles header bytes (slowloris) cannot hold a connection longer than this.
+- ``keepalive_timeout``: a connection with no request in progress and no byte of the next one
+  is closed after this time (aiohttp's own timer, which stands aside while a head arrives).
+
+The cost for a well-behaved client is one clock read per request and one timer per connection,
+re-armed lazily when it fires; body bytes never touch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from daemon.logs import get_logger
+
+_log = get_logger("fnd")
+
+
+class _HeadTimeoutHandler(RequestHandler):
+    """aiohttp's per-connection protocol, plus the request-head deadline.
+
+    It leans on RequestHandler internals (``_request_count``, ``_messages``,
+    ``_process_keepalive``); tests/e2e/test_front_hardening.py checks the behaviour end to end.
+    """
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = header_timeout
+        self._head_since: float | None = None  # when the current, incomplete head began
+        self._head_bytes = False  # has a byte of it arrived (not so at a connection's start)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._last_body: Any = None  # the last request's payload: bytes of it are no head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._start_head_clock()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_since is None and (self._last_body is None or self._last_body.is_eof()):
+            self._start_head_clock()
+        if self._head_since is not None:
+            self._head_bytes = True
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:  # a head is complete (bytes after it start a new one)
+            self._head_since = None
+            self._head_bytes = False
+            self._last_body = self._messages[-1][1] if self._messages else None
+
+    def _process_keepalive(self) -> None:
+        if self._head_since is not None:  # a head is arriving: its own deadline is in charge
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
+
+    def _start_head_clock(self) -> None:
+        now = self._loop.time()
+        self._head_since = now
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(now + self._head_timeout, self._check_head)
+
+    def _check_head(self) -> None:
+        self._head_timer = None
+        since = self._head_since
+        if since is None or self.transport is None:
+            return
+        now = self._loop.time()
+        if now < since + self._head_timeout or self._request_in_progress:
+            # A later head began after this timer was set, or a pipelined head waits behind a
+            # request still being answered: look again when its time would be up.
+            when = max(since + self._head_timeout, now + 1.0)
+            self._head_timer = self._loop.call_at(when, self._check_head)
+            return
+        if not self._head_bytes:  # a connection opened and never used: nothing to answer
+            self.force_close()
+            return
+        reason = f"request head not complete within {self._head_timeout:g} s\n".encode()
+        peer = self.transport.get_extra_info("peername")
+        _log.info("request head timeout", client=str(peer[0]) if peer else None,
+                  header_timeout=self._head_timeout, status=408)
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(reason), reason)
+        )
+        self.force_close()  # the transport flushes the 408 before it closes
+
+
+class TimeoutServer(web.Server):
+    """``web.Server`` whose connections enforce ``header_timeout`` (see the module doc)."""
+
+    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return _HeadTimeoutHandler(self, loop=self._loop, header_timeout=self._header_timeout,
+                                   **self._kwargs)

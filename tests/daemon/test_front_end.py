@@ -1,0 +1,61 @@
+"""FrontEnd.handle: a bug in the front-end fails one request with a 500, never the connection.
+
+The front-end is real (routing, event, logging); only the pool is a stand-in that raises, as
+no request can reach such a failure through a working daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from daemon import logs
+from daemon.app import FrontEnd
+from daemon.calls import Call, Outcome
+from daemon.config import load_config
+from daemon.project import scan_project
+from daemon.stats import Stats
+
+
+class _BrokenPool:
+    async def invoke(self, call: Call) -> Outcome:
+        raise KeyError("unexpected")
+
+
+def _project(tmp_path: Path) -> Path:
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / "hello.py").write_text(
+        "def handler(context, event, callback):\n    callback(None, 'hi')\n")
+    return tmp_path
+
+
+def test_unexpected_exception_is_a_500_with_reason_and_one_log_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure_logging("json")
+    config = load_config(_project(tmp_path), environ={})
+
+    async def main() -> Any:
+        pool: Any = _BrokenPool()
+        front = FrontEnd(config, scan_project(config.project_dir), pool, Stats())
+        request = make_mocked_request("GET", "/hello", headers={"Host": "fn.example.com"})
+        return await front.handle(request)
+
+    response = asyncio.run(main())
+    logs._sink.flush()
+    assert response.status == 500
+    assert response.body == b"internal error: KeyError\n"
+    invocation_id = response.headers["X-Fnd-Invocation-Id"]
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    error = next(line for line in lines if line["event"] == "internal error")
+    assert error["invocation_id"] == invocation_id
+    assert error["error"] == "KeyError: 'unexpected'"
+    assert error["traceback"].startswith("Traceback") and "in invoke" in error["traceback"]
+    invocation = next(line for line in lines if line["event"] == "invocation")
+    assert invocation["invocation_id"] == invocation_id and invocation["status"] == 500
+    assert invocation["reason"] == "internal error: KeyError"
