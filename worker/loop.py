@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from protocol.frames import BlockingFrameReader, ProtocolError
 from protocol.messages import INVOKE, READY, Message, WorkerConfig
+from worker import environ
 from worker.invoke import Invocation, Services, thread_excepthook
 from worker.leftovers import become_subreaper
 from worker.loader import Loader
@@ -40,6 +41,7 @@ _log = logging.getLogger("fnd.worker")
 def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]) -> NoReturn:
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
+    environ.reset()  # nothing inherited from the zygote; the project's variables come per call
     settings = Settings.from_config(config)
     channel = Channel(res_fd)
     output = Output(channel)
