@@ -359,9 +359,13 @@ DOTENV_OVERRIDES = {
 }
 
 
+TWILIO_VARIABLES = {"TWILIO_ACCOUNT_SID": "AC" + "5" * 32, "TWILIO_AUTH_TOKEN": "6" * 32}
+
+
 @pytest.fixture(scope="module")
 def overridden() -> Iterator[FndServer]:
-    dotenv = "".join(f"{name}={value}\n" for name, value in DOTENV_OVERRIDES.items())
+    variables = {**DOTENV_OVERRIDES, **TWILIO_VARIABLES}
+    dotenv = "".join(f"{name}={value}\n" for name, value in variables.items())
     with running("parity", "--workers-min", "1", files={".env": dotenv}) as server:
         yield server
 
@@ -392,6 +396,12 @@ def test_path_and_domain_name_are_context_keys_not_variables(overridden: FndServ
                                              "AUTH_TOKEN")} == {
         name: DOTENV_OVERRIDES[name] for name in ("SERVICE_SID", "ENVIRONMENT_SID",
                                                   "ACCOUNT_SID", "AUTH_TOKEN")}
+
+
+def test_a_library_reads_its_configuration_from_os_environ(overridden: FndServer) -> None:
+    assert echo(overridden, "/echo/env_client") == {
+        "username": TWILIO_VARIABLES["TWILIO_ACCOUNT_SID"],
+        "password": TWILIO_VARIABLES["TWILIO_AUTH_TOKEN"]}
 
 
 def test_the_zygote_holds_no_project_variable(fnd: FndServer) -> None:
