@@ -183,7 +183,8 @@ class FrontEnd:
         event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
         context: dict[str, Any] = dict(self._context_defaults)
         context["DOMAIN_NAME"] = domain
-        context["PATH"] = request.path
+        # Twilio spreads the project's variables over the defaults: PATH in .env wins.
+        context.setdefault("PATH", request.path)
         call = Call(
             id=invocation_id,
             function={"name": route.path, "file": str(route.file)},

@@ -4,11 +4,12 @@ aiohttp's FileResponse opens its file by path when the response is prepared; a p
 swapped for a symlink after the scan, so this response never touches a path: it sends the
 file :mod:`daemon.asset_files` opened and checked, and closes it when done.
 
-What it does, as FileResponse did: Content-Type by extension, ETag and Last-Modified with
-304 on a conditional GET and 412 on failed preconditions, a single Range (206, or 416), HEAD,
-and the body through ``loop.sendfile`` (chunked reads in the executor where the loop has no
-sendfile, as under uvloop). Only the route's own file is ever sent, never a pre-compressed
-``.gz``/``.br`` twin (that could be another route, even a private one).
+What it does, as FileResponse did: Content-Type by extension (text types with
+``charset=utf-8``), ETag and Last-Modified with 304 on a conditional GET and 412 on failed
+preconditions, a single Range (206, or 416), HEAD, and the body through ``loop.sendfile``
+(chunked reads in the executor where the loop has no sendfile, as under uvloop). Only the
+route's own file is ever sent, never a pre-compressed ``.gz``/``.br`` twin (that could be
+another route, even a private one).
 
 The outcome is reported after the response is prepared, so the invocation log line carries
 the status actually sent (304, 206, 416...), not the 200 the response started with.
@@ -17,6 +18,7 @@ the status actually sent (304, 206, 416...), not the 200 the response started wi
 from __future__ import annotations
 
 import asyncio
+import functools
 import mimetypes
 import os
 from collections.abc import Callable
@@ -38,6 +40,22 @@ for _type, _ext in (("application/gzip", ".gz"), ("application/x-brotli", ".br")
                     ("application/x-bzip2", ".bz2"), ("application/x-compress", ".Z"),
                     ("application/x-xz", ".xz")):
     _TYPES.add_type(_type, _ext)
+
+
+_TEXT_APPLICATION_TYPES = frozenset({
+    "application/javascript", "application/x-javascript", "application/ecmascript",
+    "application/json", "application/xml", "application/xml-dtd",
+})
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type(name: str) -> str:
+    """The Content-Type for a file name; text types say ``charset=utf-8``, as Twilio's do."""
+    media = _TYPES.guess_type(name)[0] or _FALLBACK_TYPE
+    if (media.startswith("text/") or media in _TEXT_APPLICATION_TYPES
+            or media.endswith(("+xml", "+json"))):
+        return media + "; charset=utf-8"
+    return media
 
 
 class AssetResponse(web.StreamResponse):
@@ -87,7 +105,7 @@ class AssetResponse(web.StreamResponse):
                 self.set_status(206)
                 self.headers[hdrs.CONTENT_RANGE] = f"bytes {offset}-{offset + count - 1}/{size}"
 
-        self.content_type = _TYPES.guess_type(self._name.name)[0] or _FALLBACK_TYPE
+        self.headers[hdrs.CONTENT_TYPE] = _content_type(self._name.name)
         self.content_length = count
         self.headers[hdrs.ACCEPT_RANGES] = "bytes"
         if count == 0 or request.method == hdrs.METH_HEAD:

@@ -28,9 +28,9 @@ ROUTE = "/.fnd/self-check"
 _HIDDEN = (".env", "fnd.toml")  # project files a worker must never read
 _TIMEOUT = 10.0
 KILL_CAUSE = "self_check"  # counted in restarts when the canary's worker is killed
-# The zygote gives workers this fixed environment (plus TMPDIR): the same names in the
-# daemon's environment are not a leak.
-_OWN_ENV = frozenset({"PATH", "LANG", "LC_ALL", "TMPDIR"})
+# The names of the zygote's fixed environment and of a worker's base (worker/environ.py):
+# the same names in the daemon's environment are not a leak.
+_OWN_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"})
 
 
 class SelfCheckFailed(PoolError):

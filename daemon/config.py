@@ -103,7 +103,12 @@ class Config:
         return self.isolation == "invocation"
 
     def context_defaults(self) -> dict[str, str | None]:
-        """The context fields every invocation starts from (SPEC 4.1); `.env` may override."""
+        """The context fields every invocation starts from (SPEC 4.1).
+
+        Every project variable is spread over the defaults, as Twilio does: `.env` may set any
+        default key (`ACCOUNT_SID`... and also `PATH` and `DOMAIN_NAME`, which the front-end
+        fills per request only when the project does not set them).
+        """
         env = self.env
         base: dict[str, str | None] = {
             "ACCOUNT_SID": env.get("ACCOUNT_SID"),

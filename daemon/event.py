@@ -9,8 +9,10 @@ Decisions where SPEC 3 is silent:
   ``charset`` are ignored). JSON is ``application/json`` or any ``+json`` suffix type
   (``application/vnd.api+json``); forms are ``application/x-www-form-urlencoded``. Everything
   else, ``multipart/form-data`` included, is "another content type": body ignored.
-- Form bodies are always UTF-8, whatever ``charset`` says; invalid UTF-8 (raw or
-  percent-encoded) → 400. JSON bodies may be UTF-8/16/32 (RFC 8259 detection, as ``json``).
+- Form bodies are always UTF-8, whatever ``charset`` says. Invalid UTF-8 (raw or
+  percent-encoded) is decoded leniently, each bad sequence becoming U+FFFD, exactly as the
+  query string is (Twilio decodes both leniently). JSON bodies may be UTF-8/16/32 (RFC 8259
+  detection, as ``json``); invalid UTF-8 there is malformed JSON → 400.
 - An empty body is no body, whatever the content type (a bodiless request that carries a
   JSON Content-Type is not malformed).
 - A JSON string (key or value, at any depth) holding a lone surrogate (``"\\ud800"``) → 400:
@@ -20,6 +22,11 @@ Decisions where SPEC 3 is silent:
   ``NaN``/``Infinity``; and nesting deeper than ``MAX_JSON_DEPTH`` (the event must cross a
   msgpack pipe) → 400. Integers beyond 64 bits (msgpack's range) become floats, as every
   JSON number is in JavaScript.
+- Headers that describe the connection or that only Twilio's gateway may set never reach
+  ``event.request.headers``: Twilio's own list (prefixes ``i-twilio-``, ``i-t-``, ``ot-``,
+  ``x-amz``, ``x-forwarded-``, ``x-accel-``; names such as ``via``, ``referer``,
+  ``x-real-ip``, ``connection``), plus ``host`` and ``te``. A client could otherwise make a
+  function believe a header came from the platform. ``X-Twilio-Signature`` stays, as in Twilio.
 - Header values that are not valid UTF-8 reach the function with U+FFFD in place of the bad
   bytes, so the event is always plain text.
 - Cookies: ``name=value`` pairs split on ``;``; values in double quotes are unquoted and then
@@ -50,11 +57,14 @@ FORM = "application/x-www-form-urlencoded"
 # A \uD800-\uDFFF escape: the only way a decoded JSON text can yield a surrogate.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
-# Hop-by-hop and proxy headers: they describe the connection, not the request (SPEC 3.2).
+# Hop-by-hop, proxy and gateway-internal headers: they describe the connection or are the
+# platform's own, not the client's request (SPEC 3.2; Twilio's runtime strips the same ones).
 _EXCLUDED_HEADERS = frozenset({
-    "host", "connection", "proxy-authorization", "proxy-authenticate", "transfer-encoding",
-    "te", "trailer", "upgrade", "expect", "via", "x-real-ip",
+    "host", "connection", "proxy-authorization", "proxy-authenticate", "proxy-connection",
+    "transfer-encoding", "te", "trailer", "upgrade", "expect", "via", "referer", "x-real-ip",
 })
+# One C-level str.startswith call per header.
+_EXCLUDED_PREFIXES = ("i-twilio-", "i-t-", "ot-", "x-amz", "x-forwarded-", "x-accel-")
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -173,19 +183,16 @@ def _parse_form(body: bytes) -> list[tuple[str, str]]:
     """urlencoded pairs, as ``parse_qsl(keep_blank_values=True)`` but about twice as fast.
 
     Keys are literal (no ``a[b]`` nesting); ``a=`` and a bare ``a`` both give ``""``; empty
-    pairs (``&&``) are skipped.
+    pairs (``&&``) are skipped. Bytes that are not UTF-8 become U+FFFD, as in the query string.
     """
-    try:
-        text = body.decode("utf-8")
-        pairs: list[tuple[str, str]] = []
-        for field in text.split("&"):
-            if not field:
-                continue
-            key, _, value = field.partition("=")
-            pairs.append((_unquote_plus(key), _unquote_plus(value)))
-        return pairs
-    except UnicodeDecodeError:
-        raise EventError(400, "form body is not valid UTF-8") from None
+    text = body.decode("utf-8", "replace")
+    pairs: list[tuple[str, str]] = []
+    for field in text.split("&"):
+        if not field:
+            continue
+        key, _, value = field.partition("=")
+        pairs.append((_unquote_plus(key), _unquote_plus(value)))
+    return pairs
 
 
 def _unquote_plus(text: str) -> str:
@@ -193,7 +200,7 @@ def _unquote_plus(text: str) -> str:
     if "+" in text:
         text = text.replace("+", " ")
     if "%" in text:
-        text = unquote(text, errors="strict")
+        text = unquote(text, errors="replace")
     return text
 
 
@@ -283,7 +290,7 @@ def _request(headers: Headers) -> dict[str, Any]:
     cookie_values: list[str] = []
     for raw_name, raw_value in items:
         name = _text(raw_name).lower()
-        if name in _EXCLUDED_HEADERS or name.startswith("x-forwarded-"):
+        if name in _EXCLUDED_HEADERS or name.startswith(_EXCLUDED_PREFIXES):
             continue
         value = _text(raw_value)
         if name == "cookie":

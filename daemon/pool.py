@@ -166,8 +166,8 @@ class Pool:
         for task in list(self._tasks):
             task.cancel()
 
-    async def preflight(self, checks: list[list[Any]], timeout: float
-                        ) -> list[tuple[str, str]]:
+    async def preflight(self, checks: list[list[Any]], timeout: float,
+                        context: dict[str, Any] | None = None) -> list[tuple[str, str]]:
         """Load every function (`checks`: [route, file, needs_handler]) in a worker of the
         configuration the zygote has now, and return the problems found. That worker serves
         nothing: a bootstrap may leave anything behind, so it is killed afterwards."""
@@ -180,7 +180,7 @@ class Pool:
             failure = await _wait_ready([worker], timeout)
             if failure is not None:
                 return [("", f"no worker could start to check the functions: {failure}")]
-            result = worker.start_preflight(checks)
+            result = worker.start_preflight(checks, context or {})
             try:
                 return await asyncio.wait_for(asyncio.shield(result), timeout)
             except TimeoutError:
@@ -203,7 +203,8 @@ class Pool:
         """
         old_worker_config = self.worker_config
         await self.zygote.configure(worker_config)
-        problems = await self.preflight(checks or [], max(timeout, config.timeout))
+        problems = await self.preflight(checks or [], max(timeout, config.timeout),
+                                        dict(config.context_defaults()))
         if problems and not config.allows_broken:
             with contextlib.suppress(ZygoteError):
                 await self.zygote.configure(old_worker_config)

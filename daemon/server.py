@@ -129,7 +129,8 @@ class Daemon:
         try:
             await self.pool.start()
             problems = await self.pool.preflight(preflight_checks(self.project),
-                                                 max(60.0, self.config.timeout))
+                                                 max(60.0, self.config.timeout),
+                                                 dict(self.config.context_defaults()))
             self._broken(problems)
             await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:

@@ -166,10 +166,11 @@ class WorkerProc:
         call.worker_pid = self.pid
         self._cmd.write(frame)
 
-    def start_preflight(self, checks: list[list[Any]]) -> asyncio.Future[list[tuple[str, str]]]:
+    def start_preflight(self, checks: list[list[Any]], context: dict[str, Any]
+                        ) -> asyncio.Future[list[tuple[str, str]]]:
         """Ask this idle worker to load every function; the future gets the problems."""
         assert self._cmd is not None and self.state == IDLE
-        frame = encode({"t": m.PREFLIGHT, "functions": checks})
+        frame = encode({"t": m.PREFLIGHT, "functions": checks, "context": context})
         self.state = BUSY
         self.busy_since = time.monotonic()
         self.preflight = asyncio.get_running_loop().create_future()

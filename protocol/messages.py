@@ -20,7 +20,8 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                      that the invocation's output was truncated)
                     {"t": DONE, "id": str, "clean": bool, "reason": str | None,
                      "cpu": float, "rss": int}
-  daemon -> worker  {"t": PREFLIGHT, "functions": [[route, file, needs_handler], ...]}
+  daemon -> worker  {"t": PREFLIGHT, "functions": [[route, file, needs_handler], ...],
+                     "context": dict}   (the project's variables, for bootstraps that read them)
   worker -> daemon  {"t": PREFLIGHT_RESULT, "problems": [[route, reason], ...]}
                     (a worker that got PREFLIGHT serves nothing else: the daemon kills it)
 """

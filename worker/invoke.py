@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from protocol.messages import DONE, RESULT
+from worker import environ
 from worker.aio import AsyncRun, CallbackDone
 from worker.context import Context
 from worker.leftovers import leftover_reason
@@ -54,7 +55,8 @@ class Invocation:
         self.id: str = message["id"]
         self._function: dict[str, str] = message["function"]
         self._event: dict[str, Any] = message["event"]
-        self.context = Context(message["context"], services.settings.twilio_api_base_url)
+        self._values: dict[str, Any] = message["context"]
+        self.context = Context(self._values, services.settings.twilio_api_base_url)
         self.deadline = time.monotonic() + float(message["timeout"])
         self.finished = threading.Event()  # set once RESULT is written
         self._lock = threading.Lock()
@@ -70,6 +72,7 @@ class Invocation:
         started = _CPU.start()
         s.channel.invocation_id = self.id
         s.runtime.bind(self.context)
+        environ.apply(self._values)
         _current = self
         try:
             reason = self._execute()

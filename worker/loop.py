@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from protocol.frames import BlockingFrameReader, ProtocolError
 from protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Message, WorkerConfig
+from worker import environ
 from worker.invoke import Invocation, Services, thread_excepthook
 from worker.leftovers import become_subreaper
 from worker.loader import FunctionError, Loader
@@ -41,6 +42,7 @@ _log = logging.getLogger("fnd.worker")
 def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]) -> NoReturn:
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
+    environ.reset()  # nothing inherited from the zygote; the project's variables come per call
     settings = Settings.from_config(config)
     channel = Channel(res_fd, settings.max_output)
     output = Output(channel)
@@ -84,6 +86,9 @@ def _preflight(message: Message, loader: Loader, channel: Channel) -> None:
     checks = message.get("functions")
     if not isinstance(checks, list):
         raise ProtocolError("preflight frame: functions must be a list")
+    context = message.get("context")
+    if isinstance(context, dict):  # a bootstrap may read the project's variables, as in a call
+        environ.apply(context)
     problems: list[list[str]] = []
     for check in checks:
         route, file, needs_handler = check

@@ -82,8 +82,15 @@ def reply_for(response: Any, settings: Settings) -> Reply:
 def error_reply(text: str, error: object, settings: Settings, reason: str) -> Reply:
     """A 500 whose body is ``text`` (SPEC 5.1); in dev mode the traceback of ``error`` too.
 
-    ``reason`` is the one-line cause the daemon logs, e.g. "handler raised ValueError: boom".
+    A dict or list error is sent as its JSON (``application/json``), as Twilio does, so a
+    client can parse ``callback({"errorMessage": ...})``; one JSON cannot encode falls back to
+    text. ``reason`` is the one-line cause the daemon logs, e.g. "handler raised ValueError:
+    boom".
     """
+    if isinstance(error, dict | list):
+        encoded = _json_text(error)
+        if encoded is not None:
+            return Reply(500, [("Content-Type", JSON)], encoded.encode("utf-8"), one_line(reason))
     body = text
     if settings.dev and isinstance(error, BaseException) and error.__traceback__ is not None:
         body = f"{text}\n\n{format_traceback(error)}"
@@ -103,11 +110,23 @@ def text_reply(status: int, text: str, reason: str | None = None) -> Reply:
 
 
 def describe(error: object) -> str:
-    """``str(error)``; an exception as ``TypeName: message`` (or ``TypeName``)."""
+    """``str(error)``; an exception as ``TypeName: message`` (or ``TypeName``); a dict or
+    list as its JSON when it has one (the body the client gets, not a Python repr)."""
     if isinstance(error, BaseException):
         message = str(error)
         return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    if isinstance(error, dict | list):
+        encoded = _json_text(error)
+        if encoded is not None:
+            return encoded
     return str(error)
+
+
+def _json_text(value: dict[Any, Any] | list[Any]) -> str | None:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -81,7 +81,7 @@ def test_whole_file_head_and_validators(kind: str, tmp_path: Path) -> None:
     async def check(session: aiohttp.ClientSession, url: str) -> None:
         async with session.get(url) as r:
             assert r.status == 200 and await r.text() == BIG
-            assert r.headers["Content-Type"] == "text/plain"
+            assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
             assert r.headers["Accept-Ranges"] == "bytes"
             etag, modified = r.headers["ETag"], r.headers["Last-Modified"]
         async with session.head(url) as r:

@@ -211,8 +211,10 @@ def test_daemon_environment_is_not_inherited(fnd: FndServer) -> None:
     assert "FND_TEST_SECRET" not in environ and "NOTIFY_SOCKET" not in environ
     assert not [name for name in environ if name.startswith(("FND_", "LISTEN_", "WATCHDOG_"))]
     assert not [name for name, value in environ.items() if OPERATOR_SECRET in value]
-    # Nothing of the daemon's own environment beyond the fixed locale and PATH.
-    assert set(environ) <= {"PATH", "LANG", "LC_ALL", "TMPDIR"}
+    # Nothing of the daemon's own environment: the worker's base and the project's variables.
+    assert set(environ) == {"PATH", "HOME", "LANG", "TMPDIR",
+                            "ACCOUNT_SID", "AUTH_TOKEN", "DOTENV_SECRET", "TOML_SECRET"}
+    assert environ["PATH"] == "/usr/local/bin:/usr/bin:/bin"
 
 
 @pytest.mark.parametrize("namespace", ["user", "mount", "net"])

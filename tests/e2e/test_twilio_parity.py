@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import requests
 from twilio.request_validator import RequestValidator
@@ -325,3 +327,235 @@ def test_request_header_limits_are_431(fnd: FndServer) -> None:
     assert fnd.get("/runtime/functions", headers=many).status_code == 431
     assert fnd.get("/runtime/functions", headers={"X-Big": "v" * 16000}).status_code == 431
     assert fnd.get("/runtime/functions", headers={"X-Fine": "v" * 8000}).status_code == 200
+
+
+# --- Twilio's runtime side by side: context, event, errors, assets, os.environ -----------------
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def echo(fnd: FndServer, path: str = "/echo/event", **kwargs: Any) -> dict[str, Any]:
+    response = fnd.request(kwargs.pop("method", "GET"), path, **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_context_path_is_the_request_path_unless_the_project_sets_it(fnd: FndServer) -> None:
+    context = echo(fnd)["context"]
+    assert context["PATH"] == "/echo/event"
+    assert context["ACCOUNT_SID"] == ACCOUNT_SID and context["AUTH_TOKEN"] == TOKEN
+    assert context["SERVICE_SID"] is None and context["ENVIRONMENT_SID"] is None
+
+
+DOTENV_OVERRIDES = {
+    "PATH": "/usr/bin:/bin",
+    "DOMAIN_NAME": "fns.example.com",
+    "SERVICE_SID": "ZS" + "1" * 32,
+    "ENVIRONMENT_SID": "ZE" + "2" * 32,
+    "ACCOUNT_SID": "AC" + "3" * 32,
+    "AUTH_TOKEN": "4" * 32,
+}
+
+
+TWILIO_VARIABLES = {"TWILIO_ACCOUNT_SID": "AC" + "5" * 32, "TWILIO_AUTH_TOKEN": "6" * 32}
+
+
+@pytest.fixture(scope="module")
+def overridden() -> Iterator[FndServer]:
+    variables = {**DOTENV_OVERRIDES, **TWILIO_VARIABLES}
+    dotenv = "".join(f"{name}={value}\n" for name, value in variables.items())
+    with running("parity", "--workers-min", "1", files={".env": dotenv}) as server:
+        yield server
+
+
+def test_every_default_context_key_can_be_set_in_dotenv(overridden: FndServer) -> None:
+    context = echo(overridden, headers={"Host": "other.example.net"})["context"]
+    assert {name: context[name] for name in DOTENV_OVERRIDES} == DOTENV_OVERRIDES
+
+
+def test_project_variables_are_in_os_environ_of_the_function_and_its_children(
+    fnd: FndServer,
+) -> None:
+    answer = echo(fnd, "/echo/environ")
+    environ, child = answer["environ"], answer["child"]
+    scratch = environ["TMPDIR"]
+    assert scratch.startswith("/") and scratch != "/tmp"
+    # The base and the project's variables; nothing of the daemon's (or the test's) own.
+    assert environ == {"PATH": BASE_PATH, "HOME": scratch, "LANG": "C.UTF-8",
+                       "TMPDIR": scratch, "ACCOUNT_SID": ACCOUNT_SID, "AUTH_TOKEN": TOKEN}
+    assert child == environ
+
+
+def test_path_and_domain_name_are_context_keys_not_variables(overridden: FndServer) -> None:
+    environ = echo(overridden, "/echo/environ")["environ"]
+    assert environ["PATH"] == BASE_PATH  # programs are still found
+    assert "DOMAIN_NAME" not in environ
+    assert {name: environ[name] for name in ("SERVICE_SID", "ENVIRONMENT_SID", "ACCOUNT_SID",
+                                             "AUTH_TOKEN")} == {
+        name: DOTENV_OVERRIDES[name] for name in ("SERVICE_SID", "ENVIRONMENT_SID",
+                                                  "ACCOUNT_SID", "AUTH_TOKEN")}
+
+
+def test_a_library_reads_its_configuration_from_os_environ(overridden: FndServer) -> None:
+    assert echo(overridden, "/echo/env_client") == {
+        "username": TWILIO_VARIABLES["TWILIO_ACCOUNT_SID"],
+        "password": TWILIO_VARIABLES["TWILIO_AUTH_TOKEN"]}
+
+
+def test_the_zygote_holds_no_project_variable(fnd: FndServer) -> None:
+    response = fnd.get("/echo/environ")
+    worker = fnd.invocation(response.headers["X-Fnd-Invocation-Id"])["worker_pid"]
+    zygote = psutil.Process(worker).ppid()
+    assert zygote != fnd.process.pid
+    with open(f"/proc/{zygote}/environ", "rb") as f:
+        names = {entry.partition(b"=")[0] for entry in f.read().split(b"\0") if entry}
+    assert names <= {b"PATH", b"LANG", b"LC_ALL"}
+
+
+def test_restricted_request_headers_never_reach_the_event(fnd: FndServer) -> None:
+    restricted = {
+        "I-Twilio-Idempotency-Token": "forged", "I-T-Account": "forged", "OT-Baggage": "forged",
+        "X-Amzn-Trace-Id": "forged", "X-Amz-Date": "forged", "X-Forwarded-For": "10.9.9.9",
+        "X-Accel-Redirect": "/internal", "Via": "1.1 forged", "Referer": "https://x.example",
+        "X-Real-IP": "10.9.9.9", "Proxy-Authorization": "Basic Zm9v",
+        "Proxy-Connection": "keep-alive",
+    }
+    kept = {"X-Twilio-Signature": "sig", "X-Custom": "mine", "Twilio-Ot": "mine"}
+    headers = echo(fnd, headers={**restricted, **kept})["event"]["request"]["headers"]
+    assert not set(headers) & {name.lower() for name in restricted}
+    assert {name: headers[name.lower()] for name in kept} == kept
+
+
+@pytest.mark.parametrize(("path", "error"), [
+    ("/errors/dict", {"errorMessage": "oh no", "code": 42}),
+    ("/errors/list", ["bad", 1, None]),
+])
+def test_dict_or_list_error_is_a_json_500(fnd: FndServer, path: str, error: object) -> None:
+    response = fnd.get(path)
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == error
+    line = fnd.invocation(response.headers["X-Fnd-Invocation-Id"])
+    assert line["reason"] == "callback(error): " + json.dumps(error, separators=(",", ":"))
+
+
+def test_error_json_cannot_encode_is_text(fnd: FndServer) -> None:
+    response = fnd.get("/errors/unjsonable")
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.text == "{'when': <class 'object'>}"
+
+
+@pytest.mark.parametrize(("path", "content_type"), [
+    ("/texts/note.txt", "text/plain; charset=utf-8"),
+    ("/texts/style.css", "text/css; charset=utf-8"),
+    ("/texts/data.json", "application/json; charset=utf-8"),
+    ("/texts/feed.xml", "text/xml; charset=utf-8"),
+    ("/texts/pixel.png", "image/png"),
+])
+def test_text_assets_say_utf8(fnd: FndServer, path: str, content_type: str) -> None:
+    response = fnd.get(path)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == content_type
+
+
+def test_javascript_asset_says_utf8(fnd: FndServer) -> None:
+    response = fnd.get("/texts/app.js")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] in ("text/javascript; charset=utf-8",
+                                                 "application/javascript; charset=utf-8")
+    assert response.content.decode("utf-8") == 'console.log("hé");\n'
+
+
+def test_invalid_utf8_in_form_and_query_is_the_same_replacement(fnd: FndServer) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    event = echo(fnd, "/echo/event?q=%ff%e2%82x&k%C3=1", method="POST", headers=form,
+                 data=b"f=%ff%e2%82x&raw=\xff\xe2\x82x&k%C3=2")["event"]
+    assert event["q"] == event["f"] == event["raw"] == "\ufffd\ufffdx"
+    assert event["k\ufffd"] == "2"  # the same key in both: the body wins, as for any key
+
+
+# Item for the merge with the public_url change: DOMAIN_NAME follows public_url.
+def test_domain_name_is_public_url_host_not_the_clients() -> None:
+    with running("parity", "--workers-min", "1",
+                 env={"FND_PUBLIC_URL": "https://fns.example.com/"}) as fnd:
+        context = echo(fnd, headers={"Host": "evil.example.com"})["context"]
+        assert context["DOMAIN_NAME"] == "fns.example.com"
+
+
+def test_dotenv_domain_name_wins_over_public_url() -> None:
+    with running("parity", "--workers-min", "1", files={".env": "DOMAIN_NAME=set.example\n"},
+                 env={"FND_PUBLIC_URL": "https://fns.example.com/"}) as fnd:
+        assert echo(fnd, headers={"Host": "evil.example.com"})["context"]["DOMAIN_NAME"] \
+            == "set.example"
+
+
+# --- deliberate choices (docs/differences.md) ------------------------------------------------
+
+
+def test_bracket_keys_are_literal_in_query_and_form(fnd: FndServer) -> None:
+    event = echo(fnd, "/echo/event?b[c]=3&d[]=x&d[]=y", method="POST",
+                 data={"e[f]": "4", "g[]": "z"})["event"]
+    assert {key: event[key] for key in ("b[c]", "d[]", "e[f]", "g[]")} == {
+        "b[c]": "3", "d[]": ["x", "y"], "e[f]": "4", "g[]": "z"}
+    assert "b" not in event and "e" not in event
+
+
+def test_json_array_body_is_400(fnd: FndServer) -> None:
+    response = fnd.request("POST", "/echo/event", data=b'["a", "b"]',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.text.startswith("JSON body must be an object, got an array")
+
+
+@pytest.mark.parametrize("content_type", ["application/vnd.api+json",
+                                          "application/merge-patch+json; charset=utf-8"])
+def test_plus_json_bodies_are_parsed(fnd: FndServer, content_type: str) -> None:
+    event = echo(fnd, method="POST", data=b'{"data": {"id": "1"}}',
+                 headers={"Content-Type": content_type})["event"]
+    assert event["data"] == {"id": "1"}
+
+
+def test_express_j_prefixed_cookie_stays_a_string(fnd: FndServer) -> None:
+    cookies = echo(fnd, headers={"Cookie": "prefs=j%3A%7B%22a%22%3A1%7D; plain=1"})[
+        "event"]["request"]["cookies"]
+    assert cookies == {"prefs": 'j:{"a":1}', "plain": "1"}
+
+
+def test_invalid_percent_escapes_in_the_query_become_replacement_characters(
+    fnd: FndServer,
+) -> None:
+    # http.client sends the target as written (requests would re-quote "%zz")
+    connection = http.client.HTTPConnection(urlsplit(fnd.url).netloc, timeout=30)
+    try:
+        connection.request("GET", "/echo/event?a=%ff&b=%C3%28&c=ok%zz&d=%e2%82%ac")
+        response = connection.getresponse()
+        assert response.status == 200
+        event = json.loads(response.read())["event"]
+    finally:
+        connection.close()
+    assert [event[key] for key in "abcd"] == ["\ufffd", "\ufffd(", "ok%zz", "\u20ac"]
+
+
+def test_callback_with_a_number_is_a_json_body_not_a_status(fnd: FndServer) -> None:
+    response = fnd.get("/twilio_run/status")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.text == "201"
+
+
+def test_append_header_is_case_insensitive(fnd: FndServer) -> None:
+    response = fnd.get("/twilio_run/append")
+    assert response.status_code == 200 and response.text == "ok"
+    assert response.raw.headers.getlist("X-Tag") == ["a", "b"]
+
+
+def test_set_body_with_twiml_sends_the_xml(fnd: FndServer) -> None:
+    response = fnd.get("/twilio_run/twiml_body")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/xml"
+    assert response.text == ('<?xml version="1.0" encoding="UTF-8"?>'
+                             "<Response><Message>Ahoy</Message></Response>")

@@ -44,9 +44,18 @@ def test_callback_with_a_string_error(worker: Worker) -> None:
     assert outcome.result["error"] == "callback(error): card declined"
 
 
-def test_callback_with_a_non_string_error(worker: Worker) -> None:
-    outcome = worker.call("callback_error", {"error": {"code": 7}})
-    assert (outcome.status, outcome.body) == (500, b"{'code': 7}")
+def test_callback_with_a_dict_or_list_error_is_json(worker: Worker) -> None:
+    outcome = worker.call("callback_error", {"error": {"code": 7, "msg": "é"}})
+    assert (outcome.status, outcome.headers, outcome.body) == (
+        500, [("Content-Type", "application/json")], '{"code":7,"msg":"é"}'.encode())
+    assert outcome.result["error"] == 'callback(error): {"code":7,"msg":"é"}'
+    outcome = worker.call("callback_error", {"error": [1, "two"]})
+    assert (outcome.status, outcome.body) == (500, b'[1,"two"]')
+
+
+def test_callback_with_another_non_string_error_is_its_text(worker: Worker) -> None:
+    outcome = worker.call("callback_error", {"error": 7})
+    assert (outcome.status, outcome.headers, outcome.body) == (500, [TEXT], b"7")
 
 
 def test_callback_with_an_exception(worker: Worker) -> None:
