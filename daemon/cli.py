@@ -167,13 +167,21 @@ def _control_request(path: str | None, payload: dict[str, Any]) -> dict[str, Any
 
 
 def _status(args: argparse.Namespace) -> int:
-    from daemon.status_view import collect_process_figures, health_exit_code, render_status
+    from daemon.status_view import (
+        collect_process_figures,
+        health_exit_code,
+        health_problems,
+        render_status,
+    )
 
     answer = _control_request(args.control, {"cmd": "status"})
     if answer is None:
         return EXIT_UNREACHABLE
     answer["per_worker"] = collect_process_figures(answer.get("per_worker", []))
     if args.json:
+        reasons = health_problems(answer)  # the same verdict as the exit code
+        answer["health"] = "degraded" if reasons else "ok"
+        answer["health_reasons"] = reasons
         print(json.dumps(answer, indent=2, sort_keys=True))
     else:
         print(render_status(answer))

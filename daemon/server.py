@@ -134,10 +134,12 @@ class Daemon:
             self._broken(problems)
             await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:
+            reason = str(exc)
             if isinstance(exc, FunctionsBroken):  # the pool is up: take it down
                 await self.pool.stop(drain_timeout=0)
+                reason += " (--allow-broken serves the rest)"
             self.sandbox.cleanup()
-            raise StartupError(str(exc)) from None
+            raise StartupError(reason) from None
         try:
             await self._listen()
             await self.control.start()
