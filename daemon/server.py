@@ -88,12 +88,15 @@ def _problem_lines(problems: list[tuple[str, str]]) -> list[str]:
 
 class Daemon:
     def __init__(
-        self, config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None
+        self, config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None,
+        project_arg: str | Path | None = None,
     ) -> None:
         self.config = config
         self.sandbox = sandbox
         self._flags = flags
         self._config_file = config_file
+        # As given, not resolved: a reload follows a symlink switched to a new release.
+        self._project_arg = project_arg or config.project_dir
         self.stats = Stats()
         self.project = load_project(config)
         output_cap.set_limit(config.max_output)
@@ -252,7 +255,7 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                config = load_config(self.config.project_dir, self._flags, self._config_file)
+                config = load_config(self._project_arg, self._flags, self._config_file)
                 project = load_project(config)
 
                 def switch() -> None:
@@ -262,8 +265,10 @@ class Daemon:
                     self.front.set_project(config, project)
                     output_cap.set_limit(config.max_output)
 
+                # Workers of the new generation may read the (maybe new) project folder.
+                sandbox = self.sandbox.settings | {"project_dir": str(config.project_dir)}
                 problems = await self.pool.reload(
-                    config, worker_config(config, project, self.sandbox.settings), switch=switch,
+                    config, worker_config(config, project, sandbox), switch=switch,
                     checks=preflight_checks(project),
                 )
             except FunctionsBroken as exc:  # keep serving the old code
@@ -328,14 +333,15 @@ def serve(project_dir: str | Path, flags: dict[str, Any], config_file: str | Non
     except SandboxUnavailable as exc:
         raise StartupError(f"sandbox: {exc}") from None
     _use_uvloop()
-    return asyncio.run(_serve(config, sandbox, flags, config_file))
+    return asyncio.run(_serve(config, sandbox, flags, config_file, project_dir))
 
 
 async def _serve(
-    config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None
+    config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None,
+    project_dir: str | Path,
 ) -> int:
     try:
-        daemon = Daemon(config, sandbox, flags, config_file)
+        daemon = Daemon(config, sandbox, flags, config_file, project_dir)
     except BaseException:
         sandbox.cleanup()
         raise

@@ -5,6 +5,7 @@ silently and reporting healthy."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -66,6 +67,7 @@ def test_serve_refuses_a_broken_project_and_names_each_problem() -> None:
     assert "--allow-broken" in line["reason"]
     assert server.process.wait(30) == 1
     server.log.close()
+    shutil.rmtree(project.parent, ignore_errors=True)
 
 
 def test_allow_broken_serves_the_rest_and_status_is_degraded() -> None:
@@ -82,3 +84,30 @@ def test_allow_broken_serves_the_rest_and_status_is_degraded() -> None:
         answer = json.loads(as_json.stdout)
         assert as_json.returncode == 3 and answer["health"] == "degraded"
         assert any("/boot" in reason for reason in answer["health_reasons"])
+
+
+def test_a_release_switched_by_symlink_is_served_after_reload() -> None:
+    # docs/operating.md's deploy: each release in its own folder, the service on a symlink.
+    first = world_readable_copy(FIXTURES / "ops")
+    second = world_readable_copy(FIXTURES / "ops")
+    (second / "functions" / "hello.py").write_text(
+        "def handler(context, event, callback):\n    callback(None, 'hello from release 2')\n")
+    current = first.parent / "current"
+    current.symlink_to(first)
+    server = FndServer(current, [])
+    try:
+        server.wait_ready()
+        assert server.get("/hello").text == "hello"
+        staged = first.parent / "current.new"
+        staged.symlink_to(second)
+        staged.replace(current)  # an atomic switch, as `mv -T` does
+        assert _fnd("reload", "--control", server.control).returncode == 0
+        assert server.get("/hello").text == "hello from release 2"
+        staged.symlink_to(first)  # and back: a rollback is the same move
+        staged.replace(current)
+        assert _fnd("reload", "--control", server.control).returncode == 0
+        assert server.get("/hello").text == "hello"
+    finally:
+        server.stop()
+        shutil.rmtree(first.parent, ignore_errors=True)
+        shutil.rmtree(second.parent, ignore_errors=True)
