@@ -37,7 +37,7 @@ INVALID = "invalid frame from the worker"
 
 @pytest.fixture
 def fnd() -> Iterator[FndServer]:
-    """A daemon per test: a hostile worker that today's code lets live never meets the next test."""
+    """A daemon per test: a hostile worker a lax daemon lets live never meets the next test."""
     assert os.geteuid() == 0, "workers run as other uids in their own cgroups: run as root"
     with running(FIXTURE) as server:
         yield server
@@ -118,13 +118,14 @@ def test_invalid_frame_after_the_answer_kills_the_worker(fnd: FndServer, kind: s
 
 # -- 2. a result pipe closed behind the daemon's back ----------------------------------------
 @pytest.mark.parametrize("function", ["close_sleep", "close_spin", "close_thread",
-                                      "close_child"])
+                                      "close_child", "close_daemonized"])
 def test_closed_result_pipe_is_a_502_and_the_slot_is_emptied(fnd: FndServer,
                                                              function: str) -> None:
     tag = new_tag(function)
     response = _call(fnd, "/" + function, tag=tag)
     pid = worker_pid(fnd, response, tag)
-    processes = [pid, child_pid(fnd, tag)] if function == "close_child" else [pid]
+    forks = function in ("close_child", "close_daemonized")
+    processes = [pid, child_pid(fnd, tag)] if forks else [pid]
     assert response.status_code == 502, (response.status_code, response.text[:200])
     until(lambda: not any(alive(p) for p in processes), TIMEOUT + 3 + SLACK,
           f"{function}: worker {pid} and all it started gone")
