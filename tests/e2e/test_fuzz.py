@@ -47,8 +47,9 @@ FUZZ = settings(deadline=None, database=None, report_multiple_bugs=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def http_fnd() -> Iterator[FndServer]:
+    """One daemon for all examples of the one client-side test (stopped right after it)."""
     with running(FIXTURE) as server:
         yield server
 
