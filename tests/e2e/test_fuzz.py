@@ -116,7 +116,12 @@ def _query(max_size: int) -> st.SearchStrategy[bytes]:
 def raw_requests(draw: st.DrawFn) -> bytes:
     method = draw(st.sampled_from([b"GET", b"POST", b"PUT"]))
     query = draw(_query(200))
-    host = draw(_value(80))
+    # Mostly a valid host (an invalid one is a 400 at once, before the rest is looked at).
+    host = draw(st.one_of(
+        st.sampled_from([b"localhost", b"fnd.example.com:8080", b"127.0.0.1", b"[::1]:3000"]),
+        st.from_regex(rb"[a-z0-9]{1,12}(\.[a-z]{2,5})?(:[0-9]{1,5})?", fullmatch=True),
+        _value(80),
+    ))
     headers = draw(st.lists(st.tuples(_TOKENS, _value(120)), max_size=6))
     content_type = draw(_CONTENT_TYPES)
     body = draw(_BODIES)
