@@ -286,6 +286,8 @@ class Pool:
         mark = worker.cpu_mark
         if self._probe is None or mark is None:
             return True
+        if time.monotonic() - worker.idle_since <= _IDLE_CPU_LIMIT:
+            return True  # idle for less time than the limit: it cannot have used more (no read)
         cpu = self._probe.cpu(worker.slot)
         if cpu is None or cpu - mark <= _IDLE_CPU_LIMIT:
             return True
