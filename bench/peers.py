@@ -73,7 +73,7 @@ MB = 1e6
 CONNECTIONS = (1, 64)
 PSS_SECONDS = 4  # the extra run per connection count that measures peak PSS
 PEERS = ("twilio-run", "twilio-run-fast", "functions-framework")
-NAMES = ("fnd", "fnd-8", "twilio-run", "twilio-run-fast", "functions-framework",
+NAMES = ("fnd", "fnd-8", "fnd-isolated", "twilio-run", "twilio-run-fast", "functions-framework",
          "bare-aiohttp", "fnd-figures")
 
 
@@ -235,6 +235,16 @@ def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | 
              f"{peak / MB:.1f} MB under load")
     else:
         line(None, "whole server PSS with 8 workers <= 100 MB (fnd-8 not run)")
+    isolated = rows.get(("fnd-isolated", "hello", 64))
+    forking = rows.get(("twilio-run", "hello", 64))
+    if isolated and forking:
+        line(isolated.rps >= 50 * forking.rps,
+             f"isolation = invocation >= 50x twilio-run's fork per request: fnd "
+             f"{isolated.rps:.0f} req/s vs {forking.rps:.1f} req/s = "
+             f"{isolated.rps / forking.rps:.0f}x")
+    else:
+        line(None, "isolation = invocation >= 50x twilio-run's default (fnd-isolated or "
+                   "twilio-run not run)")
     if figures and figures.overshoot_ms:
         worst = max(figures.overshoot_ms)
         all504 = all(code == 504 for code in figures.spin_statuses)
