@@ -59,6 +59,7 @@ class FrontEnd:
         self.pool = pool
         self.stats = stats
         self.ids = InvocationIds()
+        self.draining = False  # the daemon is stopping: answer, then close the connection
         # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
         self._loop = asyncio.get_running_loop()
         self._context_defaults = config.context_defaults()
@@ -85,9 +86,12 @@ class FrontEnd:
         received = time.perf_counter()
         invocation_id = self._invocation_id(request)
         try:
-            return await self._handle(request, invocation_id, received)
+            response = await self._handle(request, invocation_id, received)
         except Exception as exc:  # a bug here fails this one request, never the connection
-            return self._internal_error(request, exc, invocation_id, received)
+            response = self._internal_error(request, exc, invocation_id, received)
+        if self.draining:
+            response.force_close()  # "Connection: close": the client (nginx) moves on
+        return response
 
     async def _handle(
         self, request: web.BaseRequest, invocation_id: str, received: float

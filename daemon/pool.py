@@ -116,6 +116,7 @@ class Pool:
         self._started = False
         self.generation = 0
         self.closing = False
+        self._refusing = False  # the drain is over: calls get 503
         self.zygote = ZygoteClient(
             on_spawned=self._on_spawned,
             on_spawn_failed=self._on_spawn_failed,
@@ -140,13 +141,19 @@ class Pool:
         self._started = True
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Take no new calls; finish the busy and queued ones (up to the drain timeout); kill."""
-        self.closing = True
+        """Finish the busy and queued calls, and those still arriving on open connections
+        (up to the drain timeout); then refuse calls and kill every worker."""
+        self.closing = True  # no more forks than the drain needs
         limit = self.config.drain_timeout if drain_timeout is None else drain_timeout
-        pending = [w.call.result for w in self.workers.values() if w.call is not None]
-        pending += [call.result for call in self._queue.calls()]
-        if pending and limit > 0:
-            await asyncio.wait(pending, timeout=limit)
+        deadline = self._loop.time() + limit
+        while True:  # a call that arrives meanwhile is waited for too
+            pending = [w.call.result for w in self.workers.values() if w.call is not None]
+            pending += [call.result for call in self._queue.calls()]
+            left = deadline - self._loop.time()
+            if not pending or left <= 0:
+                break
+            await asyncio.wait(pending, timeout=left)
+        self._refusing = True
         self._queue.fail_all("server is shutting down")
         for worker in list(self.workers.values()):
             call = worker.call
@@ -248,7 +255,7 @@ class Pool:
     # -- calls --------------------------------------------------------------------------
     async def invoke(self, call: Call) -> Outcome:
         call.queued = time.perf_counter()
-        if self.closing:
+        if self._refusing:
             return text_outcome(503, calls.OVERLOAD, "server is shutting down", Retry_After="1")
         if self._offer(call):
             if not self._idle:

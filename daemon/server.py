@@ -223,9 +223,15 @@ class Daemon:
         if self._metrics is not None:
             await self._metrics.cleanup()
         if self._runner is not None:
-            # Stop accepting; in-flight requests get up to the drain timeout to finish.
+            # Stop accepting; in-flight requests get up to the drain timeout to finish. Idle
+            # keep-alive connections close now, busy ones after their answer (which says
+            # "Connection: close"), so a proxy sends nothing more on them; a request already
+            # on its way is still answered while workers run.
+            self.front.draining = True
             for site in list(self._runner.sites):
                 await site.stop()
+            if self._runner.server is not None:
+                self._runner.server.pre_shutdown()
         await self.pool.stop()
         if self._runner is not None:
             await self._runner.cleanup()
