@@ -25,6 +25,8 @@ _INTERPRETER_HINT = (
     "a world-readable place (e.g. /usr/bin/python3 -m venv /opt/fnd-venv) and run fnd from it"
 )
 _GENERIC_HINT = "make it readable for other users (chmod o+rX on each directory, o+r on files)"
+_HOME_HINT = ("move the project to a world-readable place such as /srv/NAME (the systemd unit "
+              "hides /root and /home from fnd anyway)")
 _MAX_FILES = 10000
 
 
@@ -83,7 +85,31 @@ def check_readable_for_uid(
         failures: dict[str, str] = json.loads(data)
     except ValueError:
         return [f"could not check paths as uid {uid}: the checking process failed"]
-    return [_explain(p, err, uid, gid) for p, err in failures.items()]
+    return _grouped(failures, uid, gid)
+
+
+def _grouped(failures: dict[str, str], uid: int, gid: int) -> list[str]:
+    """One line per cause: paths behind the same closed directory are one problem."""
+    lines: list[str] = []
+    behind: dict[str, list[str]] = {}
+    for path, error in failures.items():
+        blocking = _blocking_component(path, uid, gid)
+        if blocking is None or blocking[0] == os.path.abspath(path) or _is_interpreter(path):
+            lines.append(_explain(path, error, uid, gid))
+        else:
+            behind.setdefault(blocking[0], []).append(path)
+    for where, paths in behind.items():
+        if len(paths) == 1:
+            lines.append(_explain(paths[0], failures[paths[0]], uid, gid))
+            continue
+        st = os.stat(where)
+        mode = f"{stat.S_IMODE(st.st_mode):04o}"
+        hint = _HOME_HINT if where in ("/root", "/home") or where.startswith("/home/") \
+            else _GENERIC_HINT
+        lines.append(f"{where} is mode {mode} owned by uid {st.st_uid}: worker uid {uid} "
+                     f"cannot reach the {len(paths)} files behind it (first: {paths[0]}); "
+                     + hint)
+    return lines
 
 
 def _try_read(path: str) -> str:

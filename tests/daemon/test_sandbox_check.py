@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,18 @@ def test_group_bits_count_for_the_worker_gid(root: str) -> None:
 def test_missing_path_is_reported(root: str) -> None:
     [problem] = check_readable_for_uid(UID, UID, [os.path.join(root, "nope")])
     assert "No such file or directory" in problem
+
+
+def test_files_behind_one_closed_directory_are_one_problem(root: str) -> None:
+    closed = Path(root) / "closed"
+    (closed / "functions").mkdir(parents=True)
+    files = [closed / "functions" / f"f{i}.py" for i in range(20)]
+    for file in files:
+        file.write_text("x = 1\n")
+        file.chmod(0o644)
+    (closed / "functions").chmod(0o755)
+    closed.chmod(0o700)
+    problems = check_readable_for_uid(UID, UID, [str(f) for f in files])
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{closed} is mode 0700")
+    assert "cannot reach the 20 files behind it" in problems[0] and len(problems[0]) < 400
