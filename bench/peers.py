@@ -235,13 +235,16 @@ def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | 
              f"{peak / MB:.1f} MB under load")
     else:
         line(None, "whole server PSS with 8 workers <= 100 MB (fnd-8 not run)")
-    isolated = rows.get(("fnd-isolated", "hello", 64))
-    forking = rows.get(("twilio-run", "hello", 64))
-    if isolated and forking:
-        line(isolated.rps >= 50 * forking.rps,
+    # Each at its best connection count (twilio-run's fork per request may time out at 64).
+    isolated = max((rows[k].rps for k in rows if k[0] == "fnd-isolated" and k[1] == "hello"),
+                   default=None)
+    forking = max((rows[k].rps for k in rows if k[0] == "twilio-run" and k[1] == "hello"),
+                  default=None)
+    if isolated is not None and forking is not None:
+        ratio = f"{isolated / forking:.0f}x" if forking else "twilio-run answered nothing"
+        line(isolated >= 50 * forking,
              f"isolation = invocation >= 50x twilio-run's fork per request: fnd "
-             f"{isolated.rps:.0f} req/s vs {forking.rps:.1f} req/s = "
-             f"{isolated.rps / forking.rps:.0f}x")
+             f"{isolated:.0f} req/s vs {forking:.1f} req/s = {ratio}")
     else:
         line(None, "isolation = invocation >= 50x twilio-run's default (fnd-isolated or "
                    "twilio-run not run)")
