@@ -2,8 +2,9 @@
 
 Starts the image the way an operator with least privileges would: capabilities SETUID SETGID
 KILL CHOWN DAC_OVERRIDE FOWNER only, no_new_privs (Kubernetes' allowPrivilegeEscalation:
-false), the engine's default seccomp profile, no --init (fnd is PID 1), the test project
-bound read-only at /srv/project, and a writable cgroup v1 subtree bound from the host. Then
+false), a read-only root filesystem, the engine's default seccomp profile, no --init (fnd is
+PID 1), the test project bound read-only at /srv/project, and a writable cgroup v1 subtree
+bound from the host. Then
 talks to it over HTTP and through `fnd status` only. Standard library only: it runs with the
 host's python3, outside any venv.
 """
@@ -69,7 +70,8 @@ class Container:
     def start(self, project: Path, cgroup_args: list[str],
               capabilities: tuple[str, ...] = CAPABILITIES) -> None:
         caps = [f"--cap-add={cap}" for cap in capabilities]
-        self.run("run", "-d", "--name", self.name, "--cap-drop=all", *caps,
+        # --read-only: as deploy/kubernetes' readOnlyRootFilesystem (/tmp and /run: tmpfs).
+        self.run("run", "-d", "--name", self.name, "--cap-drop=all", *caps, "--read-only",
                  "--security-opt=no-new-privileges", "-p", f"127.0.0.1:{self.port}:3000",
                  "-v", f"{project}:/srv/project:ro", *cgroup_args,
                  *(["--health-interval=disable"] if self.engine == "podman" else []),
