@@ -4,9 +4,8 @@ Starts the image the way an operator with least privileges would: capabilities S
 KILL CHOWN DAC_OVERRIDE FOWNER only, no_new_privs (Kubernetes' allowPrivilegeEscalation:
 false), a read-only root filesystem, the engine's default seccomp profile, no --init (fnd is
 PID 1), the test project bound read-only at /srv/project, and a writable cgroup v1 subtree
-bound from the host. Then
-talks to it over HTTP and through `fnd status` only. Standard library only: it runs with the
-host's python3, outside any venv.
+bound from the host. Then talks to it over HTTP and through `fnd status` only. Standard
+library only: it runs with the host's python3, outside any venv.
 """
 
 from __future__ import annotations
