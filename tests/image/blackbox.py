@@ -149,29 +149,33 @@ def cgroup_subtree(name: str) -> Iterator[list[str]]:
     if missing:
         raise CheckFailed(f"this test binds cgroup v1 hierarchies; {missing} not mounted here "
                           "(on a cgroup v2 host see docs/scaling.md)")
-    made = []
     args = [f"--cgroup-parent=/{name}"]
     for controller in V1_CONTROLLERS:
         if str(CGROUP_ROOT / controller) not in mounted:
             continue
         directory = CGROUP_ROOT / controller / name
         directory.mkdir(exist_ok=True)
-        made.append(directory)
         args += ["-v", f"{directory}:{CGROUP_ROOT / controller}:rw"]
     try:
         yield args
     finally:
-        for directory in made:
+        # The engine makes the parent in every hierarchy (cpu, devices, ...), with conmon in it.
+        for directory in CGROUP_ROOT.glob(f"*/{name}"):
             _remove_cgroup(directory)
 
 
 def _remove_cgroup(directory: Path) -> None:
-    for sub, dirs, _files in sorted(os.walk(directory), key=lambda w: -len(w[0])):
-        del dirs
-        try:
-            os.rmdir(sub)
-        except OSError as exc:
-            print(f"image test: cannot remove cgroup {sub}: {exc}", file=sys.stderr)
+    deadline = time.monotonic() + 5
+    for sub, _dirs, _files in sorted(os.walk(directory), key=lambda w: -len(w[0])):
+        while True:
+            try:
+                os.rmdir(sub)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:  # conmon may outlive `rm -f` for a moment
+                    print(f"image test: cannot remove cgroup {sub}: {exc}", file=sys.stderr)
+                    break
+                time.sleep(0.1)
 
 
 def refuses_without_cap_kill(box: Container, project: Path, cgroup_args: list[str]) -> str:
