@@ -258,7 +258,7 @@ def checks(box: Container) -> list[str]:
     ok("502 for a memory bomb (the slot's cgroup limit), then answers again")
 
     results: list[tuple[int, dict[str, str], str]] = []
-    slow = threading.Thread(target=lambda: results.append(get(box.url + "/sleep?s=1.5")))
+    slow = threading.Thread(target=lambda: results.append(get(box.url + "/sleep?s=3")))
     slow.start()
     until(lambda: box.status()["workers"].get("busy", 0) >= 1, "the slow call in flight")
     stop = subprocess.run([box.engine, "stop", "-t", "60", box.name], capture_output=True,
