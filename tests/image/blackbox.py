@@ -107,7 +107,8 @@ class Container:
         return answer
 
     def remove(self) -> None:
-        subprocess.run([self.engine, "rm", "-f", "-t", "0", self.name], capture_output=True,
+        quick = ["-t", "0"] if self.engine == "podman" else []  # docker rm has no -t
+        subprocess.run([self.engine, "rm", "-f", *quick, self.name], capture_output=True,
                        timeout=60, check=False)
 
 
