@@ -57,7 +57,7 @@ def _zygote(init: psutil.Process) -> psutil.Process:
     raise AssertionError("no zygote in the namespace")
 
 
-def test_serve_as_pid1_answers_reaps_orphans_and_stops_cleanly() -> None:
+def test_serve_as_pid1_answers_reaps_orphans_reloads_and_stops_cleanly() -> None:
     with running("supervision", "--workers-min", "2", wrap=_in_new_pid_namespace) as fnd:
         init = _pid1(fnd)
         assert fnd.get("/hello").text == "hello"
@@ -71,6 +71,10 @@ def test_serve_as_pid1_answers_reaps_orphans_and_stops_cleanly() -> None:
         assert fnd.get("/hello").status_code == 200
         until(lambda: not _namespace_zombies(init), what="orphaned workers reaped by PID 1")
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+        os.kill(init.pid, signal.SIGHUP)  # forwarded to the daemon: a reload
+        fnd.wait_for(lambda line: line.get("event") == "reloaded")
+        assert fnd.get("/hello").status_code == 200
 
         os.kill(init.pid, signal.SIGTERM)
         assert fnd.process.wait(30) == 0  # unshare exits with its child's exit code
