@@ -131,6 +131,9 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from daemon.pid1 import become_init_if_pid1
+
+    become_init_if_pid1()  # first: as PID 1, this process stays the init, the child serves
     from daemon.server import StartupError, serve
 
     flags: dict[str, Any] = {

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from daemon.cgroups import CgroupError, Cgroups
 from daemon.config import Config
+from daemon.privileges import missing_capabilities, unwritable_cgroup_files
 from daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
 from daemon.scratch import ScratchMounts, sweep_stale
 from daemon.slot_probe import SlotProbe
@@ -102,12 +103,18 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
             "not running as root: workers run as this user, without per-worker uids or cgroups"
         )
         return setup
+    # Capabilities first: without CAP_SETUID the read check below could not even switch uid.
+    _fail_or_warn(setup, strict, [f"missing capability {cap}" for cap in missing_capabilities()])
     _fail_or_warn(setup, strict, _unreadable(config, resolved["uid_base"]))
     try:
         setup.cgroups = Cgroups.create(resolved["memory_bytes"], resolved["pids_max"])
         settings["cgroup_dirs"] = setup.cgroups.dir_templates()
+        # Slot 0's groups made and limited now, as every slot's will be: a cgroup tree that
+        # refuses writes is found before any worker, not at its first deadline.
+        problems = [f"cgroup: {p}" for p in unwritable_cgroup_files(setup.cgroups.slot_dirs(0))]
     except CgroupError as exc:
-        _fail_or_warn(setup, strict, [f"cgroup: {exc}"])
+        problems = [f"cgroup: {exc}"]
+    _fail_or_warn(setup, strict, problems)
     if config.scratch_mb:
         _mount_scratch(setup, strict, config)
     return setup

@@ -17,7 +17,7 @@ from protocol import FrameDecoder, ProtocolError, encode
 from protocol import messages as m
 
 _log = get_logger("fnd.zygote")
-ZYGOTE_MODULE = "worker.zygote"  # run as `python -m ZYGOTE_MODULE FD`
+ZYGOTE_MODULE = "worker.zygote"  # run as `python -m ZYGOTE_MODULE FD DAEMON_PID`
 _STDERR_TAIL = 5  # lines of the zygote's stderr kept to explain why it died
 _EXIT_WAIT = 1.0  # how long a lost channel waits for the zygote's exit status
 
@@ -91,7 +91,7 @@ class ZygoteClient:
         try:
             self._process = await asyncio.create_subprocess_exec(
                 # -P: the installed runtime, never a same-named folder in the current directory.
-                sys.executable, "-P", "-m", ZYGOTE_MODULE, str(theirs.fileno()),
+                sys.executable, "-P", "-m", ZYGOTE_MODULE, str(theirs.fileno()), str(os.getpid()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,  # logged line by line; its tail explains a death

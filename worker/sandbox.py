@@ -126,9 +126,14 @@ def apply(
     slot: int,
     keep_fds: tuple[int, ...],
     prepared: Prepared | None = None,
+    parent: int | None = None,
 ) -> dict[str, str]:
-    """Sandbox the current (freshly forked, single-threaded) process; return the report."""
-    parent = os.getppid()
+    """Sandbox the current (freshly forked, single-threaded) process; return the report.
+
+    ``parent`` is the forking process's pid, recorded before the fork: the process to die with.
+    """
+    if parent is None:
+        parent = os.getppid()
     s = resolve(settings)
     if prepared is None or prepared.key != _key(s):
         prepared = _cache if _cache is not None and _cache.key == _key(s) else prepare(s)

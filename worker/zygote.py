@@ -1,6 +1,8 @@
 """The zygote: imports the runtime once, holds no secrets, and forks sandboxed workers on order.
 
-Run by the daemon as ``python -m worker.zygote FD`` where FD is its end of a unix socketpair.
+Run by the daemon as ``python -m worker.zygote FD DAEMON_PID`` where FD is its end of a unix
+socketpair. The daemon's death is seen by its pid (at start) and by that socket closing (later),
+never by the parent being PID 1: in a container the daemon may well be PID 1.
 It stays single-threaded so that fork is safe and PDEATHSIG (which follows the forking thread)
 means "the zygote died".
 """
@@ -30,19 +32,21 @@ _PR_SET_CHILD_SUBREAPER = 36
 _FDS_PER_SPAWN = 3
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(daemon: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # Orphans of killed workers come to us and are reaped, so they stop counting against
     # pids.max and the slot uid's RLIMIT_NPROC.
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if os.getppid() == 1:  # the daemon is already gone
+    if os.getppid() != daemon:  # it died before PDEATHSIG was set: we were reparented
+        print(f"fnd zygote: the daemon (pid {daemon}) is gone", file=sys.stderr)
         os._exit(1)
 
 
 class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.pid = os.getpid()  # what workers check their parent against
         self.decoder = FrameDecoder()
         self.fds: deque[int] = deque()
         self.config: m.WorkerConfig = {}
@@ -100,7 +104,8 @@ class Zygote:
             os.dup2(out_w, 1)
             os.dup2(out_w, 2)
             layers = sandbox.apply(
-                self.config.get("sandbox", {}), slot, (cmd_r, res_w), self.prepared
+                self.config.get("sandbox", {}), slot, (cmd_r, res_w), self.prepared,
+                parent=self.pid,
             )
         except BaseException as exc:  # noqa: BLE001 - report every failure, then exit
             try:
@@ -152,7 +157,7 @@ class Zygote:
 
 
 def main() -> NoReturn:
-    _die_with_parent()
+    _die_with_parent(int(sys.argv[2]))
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
     sandbox_process.reset_signals()  # once here, so each worker only undoes the SIGCHLD handler

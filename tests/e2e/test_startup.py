@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
+import pytest
+
 from tests.fndserver import FIXTURES, FndServer, running, world_readable_copy
 
 
@@ -33,3 +38,34 @@ def test_strict_refuses_to_start() -> None:
     line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
     assert "problem(s) in the project" in line["reason"] and ".py" in line["reason"]
     assert server.process.wait(30) == 1
+
+
+def _without_cap_kill(command: list[str]) -> list[str]:
+    # Out of the bounding set: as root, the exec'd daemon then lacks it in every set.
+    return ["setpriv", "--inh-caps=-kill", "--bounding-set=-kill", *command]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and util-linux setpriv")
+def test_strict_without_cap_kill_refuses_to_start_naming_it() -> None:
+    project = world_readable_copy(FIXTURES / "supervision")
+    server = FndServer(project, [], wrap=_without_cap_kill)
+    try:
+        line = server.wait_for(lambda entry: entry.get("event") in ("cannot start", "ready"))
+        assert line["event"] == "cannot start"
+        assert "missing capability CAP_KILL" in line["reason"]
+        assert "CAP_SETUID" not in line["reason"]  # only what is missing is named
+        assert server.process.wait(30) == 1
+    finally:
+        server.stop()
+        shutil.rmtree(project.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and util-linux setpriv")
+def test_permissive_without_cap_kill_starts_and_warns() -> None:
+    env = {"FND_SANDBOX": "permissive"}
+    with running("supervision", env=env, wrap=_without_cap_kill) as fnd:
+        warning = fnd.wait_for(lambda line: line.get("event") == "sandbox degraded")
+        assert "missing capability CAP_KILL" in warning["reason"]
+        assert fnd.get("/hello").text == "hello"
