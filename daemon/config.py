@@ -17,6 +17,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from daemon.hostname import url_host
+from daemon.settings_table import BY_NAME, names
 from protocol.frames import MAX_FRAME
 
 
@@ -120,18 +121,14 @@ class Config:
         return base
 
 
-# Settings that may appear in fnd.toml / FND_* / flags, with the type each is parsed as.
-_INT = {
-    "port", "workers_min", "workers_max", "queue_max", "max_requests", "max_requests_jitter",
-    "max_rss_mb", "max_request_body", "max_response_body", "max_header_bytes",
-    "max_header_count", "memory_mb", "uid_base", "scratch_mb", "max_output",
-}
-_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "header_timeout",
-          "keepalive_timeout", "max_worker_age"}
-_BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network", "allow_broken"}
-_STR = {"host", "sandbox", "isolation"}
-_OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base_url"}
-_OPTIONAL_INT = {"metrics_port"}
+# Settings that may appear in fnd.toml / FND_* / flags, with the type each is parsed as
+# (declared in daemon/settings_table.py).
+_INT = names(int, optional=False)
+_FLOAT = names(float, optional=False)
+_BOOL = names(bool, optional=False)
+_STR = names(str, optional=False)
+_OPTIONAL_STR = names(str, optional=True)
+_OPTIONAL_INT = names(int, optional=True)
 
 
 _ISOLATIONS = ("worker", "invocation")
@@ -174,7 +171,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-_SETTABLE = _INT | _FLOAT | _BOOL | _STR | _OPTIONAL_STR | _OPTIONAL_INT | {"trusted_proxies"}
+_SETTABLE = frozenset(BY_NAME)
 
 
 def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, FunctionSettings]]:
