@@ -1,4 +1,4 @@
-"""One typed, frozen configuration: flags > FND_* environment > fnd.toml > defaults (SPEC 9.1).
+"""One typed, frozen configuration: flags > FND_* environment > fnd.toml > defaults.
 
 The project's variables (`.env` and `[env]`) are secrets: they live in `Config.env`, are sent to
 workers per invocation, and never reach the zygote or a log line.
@@ -104,7 +104,7 @@ class Config:
         return self.isolation == "invocation"
 
     def context_defaults(self) -> dict[str, str | None]:
-        """The context fields every invocation starts from (SPEC 4.1).
+        """The context fields every invocation starts from (docs/handlers.md#context).
 
         Every project variable is spread over the defaults, as Twilio does: `.env` may set any
         default key (`ACCOUNT_SID`... and also `PATH` and `DOMAIN_NAME`, which the front-end
