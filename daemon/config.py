@@ -36,6 +36,8 @@ class FunctionSettings:
     isolation: str | None = None
 
 
+# Each field is declared in daemon/settings_table.py; tests/daemon/test_settings_table.py
+# keeps the names, types and defaults here in step with it.
 @dataclass(frozen=True)
 class Config:
     project_dir: Path
