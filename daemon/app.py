@@ -217,7 +217,7 @@ class FrontEnd:
     def _check_protected(
         self, request: web.BaseRequest, route: Route, invocation_id: str, body: bytes
     ) -> ParsedBody | Outcome:
-        """The parsed body if the signature holds, else the denial (SPEC 6.1).
+        """The parsed body if the signature holds, else the denial.
 
         The signature is checked before a malformed body is reported, so an unsigned client
         gets 401 whatever it sends.

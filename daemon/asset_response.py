@@ -1,4 +1,4 @@
-"""Serving one asset file (SPEC 6.2) from a file descriptor that is already open.
+"""Serving one asset file from a file descriptor that is already open (docs/differences.md#assets).
 
 aiohttp's FileResponse opens its file by path when the response is prepared; a path can be
 swapped for a symlink after the scan, so this response never touches a path: it sends the

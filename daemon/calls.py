@@ -8,7 +8,8 @@ from typing import Any
 
 from protocol.messages import FunctionRef
 
-# Outcomes, as counted and logged (SPEC 8.3: every accepted request ends in exactly one).
+# Outcomes, as counted and logged: every accepted request ends in exactly one
+# (docs/pool.md#one-answer-per-call).
 OK = "ok"  # the function answered (any status it chose)
 ERROR = "error"  # the function failed: 500 from an exception, callback(error), bad response
 TIMEOUT = "timeout"  # 504

@@ -1,4 +1,4 @@
-"""The start-up self-check (issue 3, item 8): one canary invocation proving a few escapes fail.
+"""The start-up self-check: one canary invocation proving a few escapes fail.
 
 After the pool is up and before it listens, ``fnd serve`` runs worker/canary_function.py once
 through the normal pool path (a real worker, its real sandbox) and logs one line,

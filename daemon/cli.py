@@ -11,6 +11,7 @@ from typing import Any
 from daemon import __version__
 from daemon.config import ConfigError
 from daemon.logs import configure_logging, get_logger
+from daemon.settings_table import add_flags, flag_values
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -24,37 +25,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a project's functions and assets")
     serve.add_argument("project", nargs="?", default=".", help="project folder (default: .)")
-    where = serve.add_mutually_exclusive_group()
-    where.add_argument("--port", type=int, help="TCP port (default 3000; 0 picks a free one)")
-    where.add_argument("--unix", metavar="PATH", help="listen on a unix socket instead of TCP")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--config", metavar="FILE", help="fnd.toml to use instead of the project's")
-    serve.add_argument("--workers-min", type=int, help="warm workers kept at all times")
-    serve.add_argument("--workers-max", type=int, help="most workers under load")
-    serve.add_argument("--timeout", type=float, help="time limit per invocation, seconds")
-    serve.add_argument("--allow-broken", action="store_true", default=None,
-                       help="serve the functions that load even if others cannot (default: "
-                            "refuse to start or reload; always on with --dev)")
-    serve.add_argument("--isolation", choices=["worker", "invocation"],
-                       help="invocation: a fresh worker for every call (default: worker)")
-    serve.add_argument("--dev", action="store_true", default=None,
-                       help="development mode: console logs, tracebacks in 500 bodies")
-    serve.add_argument("--no-signatures", action="store_true", default=None,
-                       help="with --dev: skip X-Twilio-Signature checks (warns per request)")
-    serve.add_argument("--strict", action="store_true", default=None,
-                       help="refuse to start if any function or asset has a problem")
-    serve.add_argument("--log-format", choices=["json", "console"])
-    serve.add_argument("--control", metavar="PATH", help="control socket path")
-    serve.add_argument("--metrics-port", type=int, metavar="PORT",
-                       help="also serve Prometheus metrics on 127.0.0.1:PORT/metrics")
-    serve.add_argument("--header-timeout", type=float, metavar="SECONDS",
-                       help="a request head must be complete within this time (default 10)")
-    serve.add_argument("--keepalive-timeout", type=float, metavar="SECONDS",
-                       help="close a connection idle this long between requests (default 15)")
-    serve.add_argument("--max-request-body", type=int, metavar="BYTES",
-                       help="largest request body accepted (default 1 MiB)")
-    serve.add_argument("--max-response-body", type=int, metavar="BYTES",
-                       help="largest response body a function may send (default 4 MiB)")
+    add_flags(serve)
 
     status = commands.add_parser("status", help="show a running daemon's pool and totals")
     status.add_argument("--control", metavar="PATH", help="control socket path")
@@ -136,16 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
     become_init_if_pid1()  # first: as PID 1, this process stays the init, the child serves
     from daemon.server import StartupError, serve
 
-    flags: dict[str, Any] = {
-        "host": args.host, "port": args.port, "unix": args.unix,
-        "workers_min": args.workers_min, "workers_max": args.workers_max,
-        "timeout": args.timeout, "dev": args.dev, "no_signatures": args.no_signatures,
-        "strict": args.strict, "log_format": args.log_format, "control": args.control,
-        "metrics_port": args.metrics_port, "isolation": args.isolation,
-        "allow_broken": args.allow_broken, "header_timeout": args.header_timeout,
-        "keepalive_timeout": args.keepalive_timeout, "max_request_body": args.max_request_body,
-        "max_response_body": args.max_response_body,
-    }
+    flags = flag_values(args)
     log_format = args.log_format or ("console" if args.dev else None)
     configure_logging(log_format)
     log = get_logger("fnd")

@@ -1,4 +1,4 @@
-"""One typed, frozen configuration: flags > FND_* environment > fnd.toml > defaults (SPEC 9.1).
+"""One typed, frozen configuration: flags > FND_* environment > fnd.toml > defaults.
 
 The project's variables (`.env` and `[env]`) are secrets: they live in `Config.env`, are sent to
 workers per invocation, and never reach the zygote or a log line.
@@ -17,6 +17,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from daemon.hostname import url_host
+from daemon.settings_table import BY_NAME, names
 from protocol.frames import MAX_FRAME
 
 
@@ -35,6 +36,8 @@ class FunctionSettings:
     isolation: str | None = None
 
 
+# Each field is declared in daemon/settings_table.py; tests/daemon/test_settings_table.py
+# keeps the names, types and defaults here in step with it.
 @dataclass(frozen=True)
 class Config:
     project_dir: Path
@@ -103,7 +106,7 @@ class Config:
         return self.isolation == "invocation"
 
     def context_defaults(self) -> dict[str, str | None]:
-        """The context fields every invocation starts from (SPEC 4.1).
+        """The context fields every invocation starts from (docs/handlers.md#context).
 
         Every project variable is spread over the defaults, as Twilio does: `.env` may set any
         default key (`ACCOUNT_SID`... and also `PATH` and `DOMAIN_NAME`, which the front-end
@@ -120,18 +123,14 @@ class Config:
         return base
 
 
-# Settings that may appear in fnd.toml / FND_* / flags, with the type each is parsed as.
-_INT = {
-    "port", "workers_min", "workers_max", "queue_max", "max_requests", "max_requests_jitter",
-    "max_rss_mb", "max_request_body", "max_response_body", "max_header_bytes",
-    "max_header_count", "memory_mb", "uid_base", "scratch_mb", "max_output",
-}
-_FLOAT = {"timeout", "queue_timeout", "idle_timeout", "drain_timeout", "header_timeout",
-          "keepalive_timeout", "max_worker_age"}
-_BOOL = {"dev", "strict", "no_signatures", "cors", "cookie_secure", "network", "allow_broken"}
-_STR = {"host", "sandbox", "isolation"}
-_OPTIONAL_STR = {"unix", "control", "log_format", "public_url", "twilio_api_base_url"}
-_OPTIONAL_INT = {"metrics_port"}
+# Settings that may appear in fnd.toml / FND_* / flags, with the type each is parsed as
+# (declared in daemon/settings_table.py).
+_INT = names(int, optional=False)
+_FLOAT = names(float, optional=False)
+_BOOL = names(bool, optional=False)
+_STR = names(str, optional=False)
+_OPTIONAL_STR = names(str, optional=True)
+_OPTIONAL_INT = names(int, optional=True)
 
 
 _ISOLATIONS = ("worker", "invocation")
@@ -174,7 +173,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-_SETTABLE = _INT | _FLOAT | _BOOL | _STR | _OPTIONAL_STR | _OPTIONAL_INT | {"trusted_proxies"}
+_SETTABLE = frozenset(BY_NAME)
 
 
 def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, FunctionSettings]]:

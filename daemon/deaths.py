@@ -24,7 +24,7 @@ STOPPING = "stopping"  # the daemon is stopping
 DISCARDED = "discarded"  # a reload's new worker, thrown away because the reload failed
 # Decided by the daemon: it killed the worker.
 TIMEOUT = "timeout"
-UNCLEAN = "unclean"  # something the invocation started outlived it (SPEC 5.4)
+UNCLEAN = "unclean"  # something the invocation started outlived it
 PROTOCOL = "protocol"  # a malformed or unexpected frame: the channel cannot be trusted
 IDLE_CPU = "idle_cpu"  # it used CPU while the daemon counted it idle
 START_FAILED = "start_failed"

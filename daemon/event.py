@@ -1,9 +1,9 @@
-"""Build a function's ``event`` dict from plain request inputs (SPEC 3).
+"""Build a function's ``event`` dict from plain request inputs (docs/handlers.md#event).
 
 Kept free of aiohttp objects so it can be tested without a server; it runs on every request,
 so the common case (GET, no query, a handful of headers) does almost no work.
 
-Decisions where SPEC 3 is silent:
+Decisions beyond docs/handlers.md#event:
 
 - Content types are matched on the media type only, case-insensitively (parameters such as
   ``charset`` are ignored). JSON is ``application/json`` or any ``+json`` suffix type
@@ -58,7 +58,7 @@ FORM = "application/x-www-form-urlencoded"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Hop-by-hop, proxy and gateway-internal headers: they describe the connection or are the
-# platform's own, not the client's request (SPEC 3.2; Twilio's runtime strips the same ones).
+# platform's own, not the client's request (Twilio's runtime strips the same ones).
 _EXCLUDED_HEADERS = frozenset({
     "host", "connection", "proxy-authorization", "proxy-authenticate", "proxy-connection",
     "transfer-encoding", "te", "trailer", "upgrade", "expect", "via", "referer", "x-real-ip",
@@ -120,7 +120,7 @@ def build_event(
     *,
     parsed: ParsedBody | None = None,
 ) -> dict[str, Any]:
-    """The ``event`` dict of SPEC 3: query and body collapsed, plus ``event["request"]``.
+    """The ``event`` dict: query and body collapsed, plus ``event["request"]``.
 
     ``headers`` must keep repeated fields (aiohttp's ``request.headers`` does). Pass
     ``parsed`` when the body was already parsed (for the signature check) to skip reparsing;

@@ -1,4 +1,4 @@
-"""Prometheus text exposition format 0.0.4, written by hand (SPEC 9.5).
+"""Prometheus text exposition format 0.0.4, written by hand (docs/operating.md#5-metrics).
 
 The format is a few lines per family (`# HELP`, `# TYPE`, then `name{label="value"} number`),
 so a dependency would buy nothing. Counters and histograms come from Stats (kept in this

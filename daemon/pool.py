@@ -1,13 +1,14 @@
 """The worker pool: warm workers, a FIFO queue, deadlines and kills on the daemon's clock.
 
-Every accepted call ends in exactly one outcome (SPEC 8.3): the worker's result, 502 when the
-worker dies, 503 when the queue is full or too slow, 504 at the time limit.
+Every accepted call ends in exactly one outcome (docs/pool.md#one-answer-per-call): the
+worker's result, 502 when the worker dies, 503 when the queue is full or too slow, 504 at the
+time limit.
 
-Sizing (SPEC 8.1): `workers_min` are always there; while any worker is busy one spare is kept
-idle or starting, plus one per queued call, up to `workers_max`, so a burst finds forks
-already under way; idle workers above the minimum retire after `idle_timeout`. A worker that
-leaves (killed, retired, crashed) is replaced the moment the daemon decides or notices it,
-never when a request needs it.
+Sizing (docs/pool.md#sizing): `workers_min` are always there; while any worker is busy one
+spare is kept idle or starting, plus one per queued call, up to `workers_max`, so a burst
+finds forks already under way; idle workers above the minimum retire after `idle_timeout`. A
+worker that leaves (killed, retired, crashed) is replaced the moment the daemon decides or
+notices it, never when a request needs it.
 """
 
 from __future__ import annotations
@@ -466,7 +467,7 @@ class Pool:
             return
         missing = missing_layers(worker.layers) if self.config.sandbox == "strict" else []
         if missing:
-            # Fail closed: a worker without every protection never gets a call (SPEC 7.5).
+            # Fail closed: a worker without every protection never gets a call.
             details = ", ".join(f"{name} ({worker.layers.get(name, 'not reported')})"
                                 for name in missing)
             worker.failure = f"sandbox layers missing: {details}"

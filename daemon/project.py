@@ -1,4 +1,4 @@
-"""Scan a function project folder into an immutable route table (SPEC 1).
+"""Scan a function project folder into an immutable route table (docs/handlers.md#a-function-file).
 
 Mapping rules:
 
@@ -89,7 +89,7 @@ class Project:
         return self.routes.get(http_path)
 
     def index(self) -> Route | None:
-        """What ``GET /`` serves: asset ``/assets/index.html``, else ``/index.html`` (SPEC 1.1)."""
+        """What ``GET /`` serves: asset ``/assets/index.html``, else ``/index.html``."""
         for candidate in ("/assets/index.html", "/index.html"):
             route = self.routes.get(candidate)
             if route is not None and route.kind == "asset":

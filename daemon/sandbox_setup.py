@@ -1,7 +1,8 @@
 """What the daemon prepares before any worker exists: sandbox settings, cgroups, read checks.
 
-Fails closed (SPEC 7.5): in strict mode a protection that cannot be applied stops `fnd serve`
-with the layer and the reason; in permissive mode it becomes a warning.
+Fails closed: in strict mode a protection that cannot be applied stops `fnd serve` with the
+layer and the reason; in permissive mode it becomes a warning
+(docs/sandbox.md#strict-permissive-and-what-fails-closed).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def worker_config(
         "functions": {path: str(route.file) for path, route in project.functions.items()},
         "sources": {str(route.file): route.code for route in project.functions.values()
                     if route.code is not None},
-        # Runtime.getAssets() lists private assets only, as Twilio's does (SPEC 4.3).
+        # Runtime.getAssets() lists private assets only, as Twilio's does.
         "assets": {path: str(route.file) for path, route in project.assets.items()
                    if route.visibility == "private"},
         "dev": config.dev,
@@ -158,7 +158,7 @@ class Daemon:
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
         self.notifier.ready()
         self._background(self._report_status())
-        if self.config.dev:  # SPEC 9.7: edits are picked up by the reload path
+        if self.config.dev:  # edits are picked up by the reload path
             self._background(Watcher(self.config.project_dir, lambda _: self.reload()).run())
         interval = self.notifier.watchdog_interval()
         if interval is not None:

@@ -1,4 +1,4 @@
-"""X-Twilio-Signature checks for protected functions and assets (SPEC 6.1).
+"""X-Twilio-Signature checks for protected functions and assets (docs/differences.md#signatures).
 
 The check itself is delegated to the twilio package's ``RequestValidator`` so that fnd
 accepts exactly what Twilio's own helpers accept (HMAC-SHA1 with the AUTH_TOKEN, the URL with

@@ -1,10 +1,10 @@
-"""The door of protected functions and assets (SPEC 6.1): may this request go in?
+"""The door of protected functions and assets: may this request go in?
 
 ``daemon.signature`` knows how to check an ``X-Twilio-Signature``; this module decides what
 the client gets when the check fails, so that the front-end only asks one question. Public
 routes never get here: the front-end tests ``route.visibility`` first, so they pay nothing.
 
-Decisions where SPEC 6.1 is silent:
+Decisions beyond docs/differences.md#signatures:
 
 - The check runs before the body is validated: an unsigned client learns nothing from a 400,
   and a form body that cannot even be decoded cannot carry a valid signature (→ 401/403).

@@ -1,4 +1,4 @@
-"""Counters kept in the front-end, and the one log line per invocation (SPEC 9.6, 8.3).
+"""Counters kept in the front-end, and the one log line per invocation (docs/operating.md#6-logs).
 
 `record` runs once per request, so everything here is a dict increment or a bisect: the
 metrics text and the status figures are computed from these only when someone asks.

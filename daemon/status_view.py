@@ -4,7 +4,8 @@ Runs in the CLI process, not in the daemon: RSS and CPU of each worker are read 
 psutil (the daemon's status answer stays cheap), and a worker that exits in between is
 shown with "-" rather than failing the command.
 
-Health (exit code of `fnd status`, SPEC 9.4): 0 healthy, 3 degraded when any of
+Health (exit code of `fnd status`; docs/operating.md#4-fnd-status): 0 healthy, 3 degraded
+when any of
   - fewer ready workers (idle + busy) than workers_min: requests queue or get 503s;
   - the sandbox is permissive: workers may run with layers off;
   - a crash storm: CRASH_STORM or more workers died under us (crash, OOM, zygote death) in

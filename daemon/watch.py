@@ -1,4 +1,4 @@
-"""Dev mode (SPEC 9.7): notice changes under functions/, assets/ and .env, and reload.
+"""Dev mode (docs/pool.md#dev-mode): notice changes under functions/, assets/ and .env, and reload.
 
 A cheap poll, not inotify: every `interval` seconds a snapshot of (mtime, size) per file is
 taken in a thread (a big assets/ folder must not stall the event loop) and compared with the

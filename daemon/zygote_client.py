@@ -35,7 +35,8 @@ class SpawnedPipes:
     out_r: int  # the worker's stdout+stderr, plain text
 
 
-# The zygote is started with nothing of the daemon's environment (SPEC 7.3).
+# The zygote is started with nothing of the daemon's environment
+# (docs/sandbox.md#what-a-function-cannot-do).
 _ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 

@@ -67,7 +67,7 @@ class WorkerConfig(TypedDict, total=False):
     cookie_secure_default: bool
     twilio_api_base_url: str | None
     max_output: int  # function output per invocation in bytes, then one warning; 0: no cap
-    sandbox: dict[str, Any]  # sandbox settings (issue 3)
+    sandbox: dict[str, Any]  # protocol.sandbox_settings, as a dict
 
 
 Message = dict[str, Any]

@@ -1,4 +1,4 @@
-"""Running an async handler on a fresh asyncio loop (SPEC 2.1, 5.4, 5.5).
+"""Running an async handler on a fresh asyncio loop (docs/handlers.md#completing-the-invocation).
 
 When the response is sent, every other task of the loop is cancelled at once: a task that
 was already woken up gets CancelledError at its ``await`` instead of running on. The loop
@@ -102,7 +102,7 @@ class AsyncRun:
     def _main_done(self, main: asyncio.Future[Any]) -> None:
         if self._callback_style and _failure(main) is None:
             if not self._invocation.finished.is_set():
-                # SPEC 5.5: a callback-style handler that returned keeps the invocation open.
+                # A callback-style handler that returned keeps the invocation open.
                 self._invocation.note_ignored_return(main.result())
             return
         self._wake()

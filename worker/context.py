@@ -1,4 +1,4 @@
-"""The ``context`` argument of a handler (SPEC 4.1, 4.2)."""
+"""The ``context`` argument of a handler (docs/handlers.md#context)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""One invocation: load the function, run the handler, RESULT at once, then DONE (SPEC 5).
+"""One invocation: load the function, run the handler, RESULT at once, then DONE.
+
+What completes an invocation: docs/handlers.md#completing-the-invocation.
 
 RESULT is written the moment the invocation completes (callback, a return-style handler
 returning, or an uncaught exception), from whichever thread completes it; its ``clean`` flag
@@ -123,7 +125,7 @@ class Invocation:
             elif not callback_style:
                 self.complete(reply_for(value, s.settings))
             else:
-                # SPEC 5.5: open until callback (maybe from another thread) or the time limit.
+                # Open until callback (maybe from another thread) or the time limit.
                 self.note_ignored_return(value)
                 self.finished.wait()
         except CallbackDone:
@@ -135,7 +137,7 @@ class Invocation:
         return reason
 
     def callback(self, error: object = None, response: object = None) -> NoReturn:
-        """``callback(error=None, response=None)``: respond now; never returns (SPEC 5.4)."""
+        """``callback(error=None, response=None)``: respond now; never returns."""
         if not self.finished.is_set():
             if error is not None:
                 text = describe(error)
@@ -185,7 +187,7 @@ class Invocation:
         return True
 
     def fail(self, exc: BaseException, prefix: str) -> None:
-        """An uncaught exception: 500 per SPEC 5.1, traceback to the log."""
+        """An uncaught exception: a 500 naming it, traceback to the log."""
         text = describe(exc)
         late = " after the response was sent" if self.finished.is_set() else ""
         self._log_exception(f"{prefix} {text}{late}", exc)

@@ -1,4 +1,4 @@
-"""What an invocation left running: threads and child processes (SPEC 5.4).
+"""What an invocation left running: threads and child processes.
 
 A worker is reusable only if nothing started by the last invocation can still run. Python
 threads are counted with ``_thread._count()``, which also sees threads started with the

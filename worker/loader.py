@@ -1,4 +1,6 @@
-"""Loading function modules: one module per file, cached per worker (SPEC 2.1-2.3).
+"""Loading function modules: one module per file, cached per worker.
+
+The rules they follow: docs/handlers.md#a-function-file.
 
 A module's top-level code is the function's bootstrap: it runs the first time the function
 is invoked (or ``Runtime.load``-ed) in this worker, and the module is kept for later

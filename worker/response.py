@@ -1,4 +1,4 @@
-"""``Twilio.Response``: status, headers and body set step by step (SPEC 5.3).
+"""``Twilio.Response``: status, headers and body set step by step (docs/handlers.md#twilioresponse).
 
 Setters only record what the function asked for and return the response, as in Twilio's
 runtime; validation (header syntax, cookie rules, limits) happens once, when the response is

@@ -1,4 +1,4 @@
-"""The ``Runtime`` global of a function module (SPEC 4.3)."""
+"""The ``Runtime`` global of a function module (docs/handlers.md#runtime)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The worker sandbox: ``prepare`` once in the zygote, ``apply`` in each freshly forked worker.
 
 The zygote calls, in the forked child, ``os.setsid()`` and then ``apply(settings, slot,
-keep_fds, prepared)``, which runs these steps in this order (SANDBOX.md, "Order after fork"):
+keep_fds, prepared)``, which runs these steps in this order (docs/sandbox.md#the-layers says why):
 
   cgroup        join the slot's cgroups while still root      required when memory_bytes > 0
   scratch       recreate scratch_root/slot-N (0700, the slot's uid); TMPDIR and cwd point there

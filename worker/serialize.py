@@ -1,4 +1,6 @@
-"""Turn what a function hands back into ``(status, headers, body)`` (SPEC 5.1-5.3, 5.7).
+"""Turn what a function hands back into ``(status, headers, body)``.
+
+The rules: docs/handlers.md#what-a-value-becomes and docs/handlers.md#twilioresponse.
 
 Serialisation happens in the worker, where the objects live; the daemon receives bytes and
 header pairs that are already valid, so nothing a function returns can break HTTP framing.
@@ -80,7 +82,7 @@ def reply_for(response: Any, settings: Settings) -> Reply:
 
 
 def error_reply(text: str, error: object, settings: Settings, reason: str) -> Reply:
-    """A 500 whose body is ``text`` (SPEC 5.1); in dev mode the traceback of ``error`` too.
+    """A 500 whose body is ``text``; in dev mode the traceback of ``error`` too.
 
     A dict or list error is sent as its JSON (``application/json``), as Twilio does, so a
     client can parse ``callback({"errorMessage": ...})``; one JSON cannot encode falls back to
@@ -135,7 +137,7 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 def _encode(value: Any, text_type: str) -> tuple[str, bytes]:
-    """Content type and bytes for a body value, per the table of SPEC 5.2."""
+    """Content type and bytes for a body value (docs/handlers.md#what-a-value-becomes)."""
     if isinstance(value, str):
         return text_type, value.encode("utf-8")
     if isinstance(value, bytes | bytearray):
@@ -209,7 +211,7 @@ def _header_value(name: str, value: Any) -> str:
 
 
 def _cookie(cookie: str, settings: Settings) -> str:
-    """Apply SPEC 5.3 to one Set-Cookie value: no Domain, at most a day, HttpOnly; Secure."""
+    """One Set-Cookie value made safe: no Domain, at most a day, HttpOnly; Secure."""
     first, *rest = cookie.split(";")
     attributes = [part.strip() for part in rest if part.strip()]
     keys = set()

@@ -1,4 +1,4 @@
-"""The ``Twilio`` global of a function module (SPEC 2.3), as in Twilio's Node runtime."""
+"""The ``Twilio`` global of a function module, as in Twilio's Node runtime."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Building ``twilio.rest.Client`` objects for functions (SPEC 4.2).
+"""Building ``twilio.rest.Client`` objects for functions (docs/handlers.md#context).
 
 Credentials are checked before the client is built, so a typo in ``.env`` is reported as
 "which variable, and how to fix it" instead of a 401 from the API much later.
@@ -14,8 +14,8 @@ Example: ``https://sync.twilio.com/v1/Services/default`` with the base URL
 
 from __future__ import annotations
 
-# requests/urllib3 import these lazily on the first API call; a sandboxed worker may no
-# longer be able to read the standard library by then (SANDBOX.md), so import them now.
+# requests/urllib3 import these lazily on the first API call; a sandboxed worker reads only
+# what Landlock lets it (docs/sandbox.md#the-layers), so import them now, before the sandbox.
 import encodings.ascii  # noqa: F401
 import encodings.idna  # noqa: F401
 import netrc  # noqa: F401

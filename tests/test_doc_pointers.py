@@ -1,0 +1,49 @@
+"""The code's comments point into docs/, and every pointer leads to a section that exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for room in ("daemon", "worker", "protocol") for p in (ROOT / room).rglob("*.py")]
+POINTER = re.compile(r"(docs/[a-z_]+\.md)(?:#([a-z0-9-]+))?")
+# Citations of documents or issues outside the repository.
+OUTSIDE = re.compile(r"SPEC [0-9]|SANDBOX\.md|issue [0-9]")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading: lower case, punctuation dropped, spaces → -."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set[str]:
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    return {_anchor(line.lstrip("#")) for line in lines if re.match(r"#{1,6} ", line)}
+
+
+def test_anchor_rule() -> None:
+    assert _anchor(" `Twilio.Response`") == "twilioresponse"
+    assert _anchor(" 4. `fnd status`") == "4-fnd-status"
+    assert _anchor(" Strict, permissive, and what fails closed") == (
+        "strict-permissive-and-what-fails-closed")
+
+
+def test_every_docs_pointer_leads_to_a_section() -> None:
+    broken = []
+    for source in SOURCES:
+        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            for doc, anchor in POINTER.findall(line):
+                path = ROOT / doc
+                if not path.is_file() or (anchor and anchor not in _anchors(path)):
+                    broken.append(f"{source.relative_to(ROOT)}:{number}: {doc}#{anchor}")
+    assert not broken, "\n".join(broken)
+
+
+def test_no_citation_of_documents_outside_the_repository() -> None:
+    cited = [f"{source.relative_to(ROOT)}:{number}: {line.strip()}"
+             for source in SOURCES
+             for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1)
+             if OUTSIDE.search(line)]
+    assert not cited, "\n".join(cited)
