@@ -173,7 +173,8 @@ def test_hostile_requests_never_get_a_5xx_or_a_hang(http_fnd: FndServer) -> None
         assert status < 500, f"{status} for {request[:300]!r}:\n{answer[:500]!r}"
 
     one()
-    assert seen.get(200, 0) * 5 >= sum(seen.values()), f"too few reached the function: {seen}"
+    # Enough examples must get past the parser and reach the function to test anything.
+    assert seen.get(200, 0) * 10 >= sum(seen.values()), f"too few reached the function: {seen}"
     _daemon_is_fine(fnd)
 
 
