@@ -1,0 +1,82 @@
+"""docs/operating.md, followed as written: install, the unit's command, nginx, a signed request.
+
+The install block is taken from the page and run as it stands, with its paths moved under a
+temporary folder (and its `apt-get` lines left to the machine: .ci/run installs packages).
+The daemon is started with the unit's own `ExecStart=` (no systemd here), nginx with the
+shipped site, and a request signed for nginx's URL must reach the protected function.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import requests
+from twilio.request_validator import RequestValidator
+
+from daemon.launcher import LogTail
+from tests.fndserver import FIXTURES
+from tests.nginx import running_nginx
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTH_TOKEN = "12345678901234567890123456789012"  # the ops fixture's .env
+
+
+def _sh_blocks(section: str) -> list[str]:
+    """The ```sh blocks of one `## ` section of docs/operating.md."""
+    text = (ROOT / "docs" / "operating.md").read_text()
+    start = text.index(f"## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start:end if end != -1 else None]
+    return re.findall(r"```sh\n(.*?)```", body, re.S)
+
+
+def test_the_operating_recipe_serves_a_signed_request_through_nginx() -> None:
+    prefix = Path(tempfile.mkdtemp(prefix="fnd-recipe-", dir="/tmp"))
+    prefix.chmod(0o755)
+    project = prefix / "my-project"
+    shutil.copytree(FIXTURES / "ops", project)
+    moved = {"/opt/fnd-venv": f"{prefix}/opt/fnd-venv", "/srv/fnd": f"{prefix}/srv/fnd",
+             "/run/fnd": f"{prefix}/run/fnd", "/path/to/fnd": str(ROOT),
+             "my-project": str(project)}
+
+    def local(text: str) -> str:
+        for old, new in moved.items():
+            text = text.replace(old, new)
+        return text
+
+    install = _sh_blocks("1. Install")[0]
+    script = "\n".join(line for line in local(install).splitlines()
+                       if not line.startswith("apt-get "))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    unit = (ROOT / "systemd" / "fnd.service").read_text()
+    command = local(re.search(r"^ExecStart=(.+)$", unit, re.M).group(1)).split()
+    (prefix / "run" / "fnd").mkdir(parents=True)  # RuntimeDirectory=fnd
+    daemon = subprocess.Popen(command + ["--log-format", "json"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={"PATH": "/usr/bin:/bin",
+                                   "RUNTIME_DIRECTORY": f"{prefix}/run/fnd"})
+    assert daemon.stderr is not None
+    log = LogTail(daemon.stderr)
+    try:
+        ready = log.wait_for(lambda line: line.get("event") in ("ready", "cannot start"), 90)
+        assert ready is not None and ready["event"] == "ready", log.lines[-20:]
+        with running_nginx(f"{prefix}/run/fnd/http.sock", prefix / "nginx") as base:
+            url = base + "/secure"
+            params = {"Body": "hi", "From": "+15550001111"}
+            signature = RequestValidator(AUTH_TOKEN).compute_signature(url, params)
+            signed = requests.post(url, data=params, timeout=30,
+                                   headers={"X-Twilio-Signature": signature})
+            assert signed.status_code == 200 and signed.text == "signed hi"
+            assert requests.post(url, data=params, timeout=30).status_code == 401
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+        log.close()
+        shutil.rmtree(prefix, ignore_errors=True)
