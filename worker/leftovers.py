@@ -10,22 +10,17 @@ exited (a daemonised process) is re-parented to it and still counts as a child.
 from __future__ import annotations
 
 import _thread
-import ctypes
 import os
 import threading
 from collections.abc import Callable
 
-from worker.sandbox_libc import libc  # loaded once in the zygote, not per worker
-
-_PR_SET_CHILD_SUBREAPER = 36
+from worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, prctl  # loaded once, in the zygote
 
 _thread_count: Callable[[], int] = getattr(_thread, "_count", lambda: threading.active_count() - 1)
 
 
 def become_subreaper() -> None:
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(errno)}")
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # OSError naming the errno when refused
 
 
 def running_threads(ignore: int = 0) -> int:

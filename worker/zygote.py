@@ -10,7 +10,6 @@ means "the zygote died".
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import select
@@ -26,18 +25,19 @@ from protocol import messages as m
 # Imported here, before any fork, so every worker starts with the runtime already loaded.
 from worker import loop as worker_loop
 from worker import output, sandbox, sandbox_process
+from worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 _FDS_PER_SPAWN = 3
 
 
 def _die_with_parent(daemon: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # Orphans of killed workers come to us and are reaped, so they stop counting against
     # pids.max and the slot uid's RLIMIT_NPROC.
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except OSError as exc:
+        print(f"fnd zygote: orphans will not be reaped here: {exc}", file=sys.stderr)
     if os.getppid() != daemon:  # it died before PDEATHSIG was set: we were reparented
         print(f"fnd zygote: the daemon (pid {daemon}) is gone", file=sys.stderr)
         os._exit(1)
