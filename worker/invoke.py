@@ -105,7 +105,8 @@ class Invocation:
             handler, style = s.loader.handler(self._function["name"], self._function["file"])
         except FunctionError as exc:
             self._log_exception(str(exc), exc.__cause__)
-            self.complete(error_reply(str(exc), exc.__cause__, s.settings, str(exc)))
+            public = f"{exc.public} (invocation {self.id})"
+            self.complete(error_reply(str(exc), exc.__cause__, s.settings, str(exc), public))
             return None
         callback_style = style is Style.CALLBACK
         args = (
@@ -141,7 +142,10 @@ class Invocation:
                 text = describe(error)
                 if isinstance(error, BaseException) and error.__traceback__ is not None:
                     self._log_exception(f"callback(error): {text}", error)
-                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}")
+                # An exception's message is not meant for clients; a string or dict is.
+                public = self._public(error) if isinstance(error, BaseException) else None
+                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}",
+                                    public)
             else:
                 reply = reply_for(response, self._s.settings)
             if self.complete(reply):
@@ -191,9 +195,13 @@ class Invocation:
         self._log_exception(f"{prefix} {text}{late}", exc)
         # After a MemoryError the worker's state is suspect: replace it.
         unclean = "MemoryError in the handler" if isinstance(exc, MemoryError) else None
-        reply = error_reply(text, exc, self._s.settings, f"{prefix} {text}")
+        reply = error_reply(text, exc, self._s.settings, f"{prefix} {text}", self._public(exc))
         if not self.complete(reply, unclean) and unclean:
             self._unclean = self._unclean or unclean  # too late for RESULT: DONE says it
+
+    def _public(self, exc: BaseException) -> str:
+        """A production 500 body: the exception's type and the id to find it in the log."""
+        return f"the function failed: {type(exc).__name__} (invocation {self.id})"
 
     def note_ignored_return(self, value: object) -> None:
         if value is not None:

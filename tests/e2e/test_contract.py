@@ -154,10 +154,11 @@ def test_assets_and_index(fnd: FndServer) -> None:
 
 def test_uncaught_exception_is_500_without_traceback(fnd: FndServer) -> None:
     response = fnd.get("/boom")
+    invocation_id = response.headers["X-Fnd-Invocation-Id"]
     assert response.status_code == 500
-    assert response.text == "ValueError: boom"
-    assert "Traceback" not in response.text
-    line = fnd.invocation(response.headers["X-Fnd-Invocation-Id"])
+    # The exception's message may hold secrets: only its type and the id reach the client.
+    assert response.text == f"the function failed: ValueError (invocation {invocation_id})"
+    line = fnd.invocation(invocation_id)
     assert line["status"] == 500 and line["outcome"] == "error" and "boom" in line["reason"]
 
 
