@@ -318,7 +318,7 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def metrics_text(self) -> str:
-        return render_metrics(self.stats, self.status())
+        return render_metrics(self.stats, self.status(), self.project.functions)
 
     def status(self) -> dict[str, Any]:
         pool = self.pool.snapshot()

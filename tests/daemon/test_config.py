@@ -80,7 +80,8 @@ def test_per_function_memory_is_refused_not_ignored(tmp_path: Path) -> None:
     [
         ("tiemout = 3\n", "unknown setting 'tiemout' (did you mean 'timeout'?)"),
         ("worker_max = 3\n", "unknown setting 'worker_max' (did you mean 'workers_max'?)"),
-        ("[function.'/a']\ntimeout = 3\n", "unknown setting 'function' (did you mean 'functions'?)"),
+        ("[function.'/a']\ntimeout = 3\n",
+         "unknown setting 'function' (did you mean 'functions'?)"),
         ('[functions."/a"]\ntimout = 3\n', "unknown 'timout' (did you mean 'timeout'?)"),
         ('timeout = "soon"\n', "timeout must be a number"),
         ("workers_min = true\n", "workers_min must be an integer"),
