@@ -207,6 +207,20 @@ def test_one_log_line_per_invocation(fnd: FndServer) -> None:
                and entry.get("event") == "invocation") == 1
 
 
+def test_peak_rss_is_the_invocations_own_not_the_workers_lifetime(fnd: FndServer) -> None:
+    big = fnd.get("/alloc", params={"mb": "64"})
+    big_line = fnd.invocation(big.headers["X-Fnd-Invocation-Id"])
+    assert big_line["peak_rss"] >= 64 << 20
+    for _ in range(40):  # a later small call in the same worker (any of the pool may answer)
+        small = fnd.get("/alloc", params={"mb": "0"})
+        line = fnd.invocation(small.headers["X-Fnd-Invocation-Id"])
+        if line["worker_pid"] == big_line["worker_pid"]:
+            break
+    else:
+        raise AssertionError("the worker that allocated 64 MiB never answered again")
+    assert 0 < line["peak_rss"] < big_line["peak_rss"] - (48 << 20), (line, big_line)
+
+
 def test_statement_after_callback_does_not_run_but_finally_does(fnd: FndServer) -> None:
     with hit_server() as hits:
         response = fnd.get("/after_callback", params={"url": hits.url})
