@@ -261,6 +261,7 @@ def test_leftover_child_process_is_killed(fnd: FndServer) -> None:
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.root_only  # the worker's cgroup
 def test_leftover_in_its_own_session_is_killed_through_the_cgroup(fnd: FndServer) -> None:
     response = fnd.get("/escaped_child")
     assert response.status_code == 200

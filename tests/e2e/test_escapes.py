@@ -26,6 +26,8 @@ from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server
 from tests.twilio_fake import TwilioFake, twilio_fake
 
+pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
+
 OPERATOR_SECRET = "operator-secret-5b1d"
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
 UID_BASE = 61000
