@@ -369,7 +369,8 @@ def test_network_false_refuses_loopback_tcp(offline: FndServer, hits: HitRecorde
     }
     response = offline.get("/urllib_hit", params={"url": hits.url})
     assert response.status_code == 500
-    assert "[Errno 1] Operation not permitted" in response.text
+    line = offline.invocation(response.headers["X-Fnd-Invocation-Id"])
+    assert "[Errno 1] Operation not permitted" in line["reason"]
 
 
 def test_network_false_leaves_only_unix_sockets(offline: FndServer) -> None:
