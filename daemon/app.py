@@ -6,6 +6,7 @@ It runs no user code: functions run in workers, assets are files served from her
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import re
 import secrets
@@ -183,7 +184,8 @@ class FrontEnd:
             parsed = parse_body(content_type, body)
         # After the signature check: unsigned clients never see a protected function's problem.
         if route.error is not None:
-            raise EventError(500, route.error)
+            return self._answer(request, _broken(route.error, invocation_id, config.dev),
+                                invocation_id, received, route.path)
         event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
         context: dict[str, Any] = dict(self._context_defaults)
         context["DOMAIN_NAME"] = domain
@@ -285,6 +287,16 @@ def _fixed_domain(config: Config) -> str | None:
     """``DOMAIN_NAME`` from ``.env`` wins, then ``public_url``'s host; None: the request's."""
     return config.env.get("DOMAIN_NAME") or (
         url_host(config.public_url) if config.public_url else None) or None
+
+
+def _broken(error: str, invocation_id: str, dev: bool) -> Outcome:
+    """The 500 of a function that cannot load: the reason (with its path) is logged; a
+    production client gets a line without paths and the id to find that log line."""
+    if dev:
+        return text_outcome(500, calls.ERROR, error)
+    outcome = text_outcome(500, calls.ERROR,
+                           f"the function could not be loaded (invocation {invocation_id})")
+    return dataclasses.replace(outcome, reason=error)
 
 
 def _shown(text: str) -> str:

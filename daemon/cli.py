@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import sys
 from typing import Any
@@ -16,6 +17,21 @@ from daemon.settings_table import add_flags, flag_values
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 4
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> str:
+    """" (did you mean --workers-min?)" for the first unknown flag close to one of the
+    command's own."""
+    options: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            options = list(action.choices[command]._option_string_actions)
+    for flag in unknown:
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag.split("=", 1)[0], options, n=1)
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}"
+                     f"{_did_you_mean(parser, args.command, unknown)}")
     if args.command == "serve":
         return _serve(args)
     if args.command == "status":

@@ -6,9 +6,10 @@ workers per invocation, and never reach the zygote or a log line.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -176,6 +177,38 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 _SETTABLE = frozenset(BY_NAME)
 
 
+_TABLES = {"env", "functions"}
+_PER_FUNCTION = {"timeout", "isolation"}
+# FND_* variables that are not settings (scripts/test names its venv so).
+_NOT_SETTINGS = {"FND_VENV"}
+
+
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``FND_*`` variable that sets nothing (a misspelt setting is
+    otherwise silently ignored)."""
+    known = {"FND_" + name.upper() for name in _SETTABLE} | _NOT_SETTINGS
+    warnings = []
+    for variable in sorted(environ):
+        if variable.startswith("FND_") and variable not in known:
+            hint = _did_you_mean(variable, known - _NOT_SETTINGS)
+            warnings.append(f"environment variable {variable} is not an fnd setting; "
+                            f"ignored{hint}")
+    return warnings
+
+
+def unknown_routes(config: Config, functions: Iterable[str]) -> list[str]:
+    """A warning for each ``[functions."/path"]`` table naming no function of the project."""
+    present = set(functions)
+    return [f'[functions."{route}"] in fnd.toml names no function; its settings are unused'
+            f"{_did_you_mean(route, present)}"
+            for route in sorted(config.functions) if route not in present]
+
+
 def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, FunctionSettings]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -186,7 +219,8 @@ def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, Fu
     settings: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _SETTABLE:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
+            raise ConfigError(f"{path}: unknown setting {key!r}"
+                              f"{_did_you_mean(key, _SETTABLE | _TABLES)}")
         settings[key] = _coerce(key, value, str(path))
     if not isinstance(env_table, dict):
         raise ConfigError(f"{path}: [env] must be a table")
@@ -198,8 +232,11 @@ def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, Fu
             # limit would need a pool per limit. Refuse it rather than silently ignore it.
             raise ConfigError(f"{path}: [functions.{name!r}] memory_mb is not supported; "
                               "set memory_mb for the whole project")
-        if not isinstance(table, dict) or set(table) - {"timeout", "isolation"}:
-            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout and isolation only")
+        if not isinstance(table, dict) or set(table) - _PER_FUNCTION:
+            unknown = sorted(set(table) - _PER_FUNCTION) if isinstance(table, dict) else []
+            hint = _did_you_mean(unknown[0], _PER_FUNCTION) if unknown else ""
+            raise ConfigError(f"{path}: [functions.{name!r}] takes timeout and isolation only"
+                              + (f"; unknown {unknown[0]!r}{hint}" if unknown else ""))
         route = name if name.startswith("/") else "/" + name
         isolation = _coerce("isolation", table["isolation"], str(path)) \
             if "isolation" in table else None
@@ -244,7 +281,7 @@ def load_config(
     for key, value in (flags or {}).items():
         if value is not None:
             if key not in _SETTABLE:
-                raise ConfigError(f"unknown setting {key!r}")
+                raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key, _SETTABLE)}")
             settings[key] = _coerce(key, value, "--" + key.replace("_", "-"))
     dotenv_path = root / ".env"
     if dotenv_path.exists():

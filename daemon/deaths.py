@@ -39,6 +39,13 @@ UNPLANNED = frozenset({EXIT, SIGNAL, OOM, PROTOCOL, START_FAILED, ZYGOTE, IDLE_C
 # the pool, not once per worker it took along.
 NOT_COUNTED = frozenset({STOPPING, DISCARDED, ZYGOTE, ISOLATION, PREFLIGHT})
 
+# Every cause `fnd_worker_restarts_total` can count (ZYGOTE once per zygote death): its
+# series exist from start, at 0, so a rate() or an alert works before the first restart.
+COUNTED = (
+    MAX_REQUESTS, MAX_RSS, RELOAD, IDLE, MAX_AGE, TIMEOUT, UNCLEAN, PROTOCOL, IDLE_CPU,
+    START_FAILED, ZYGOTE, EXIT, SIGNAL, OOM,
+)
+
 
 def describe_exit(status: int | None) -> str:
     """A wait status as words: 'exited with code 3', 'killed by SIGSEGV'."""

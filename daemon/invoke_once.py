@@ -74,9 +74,12 @@ def _run(daemon: ServeProcess, request: client.Request, config: Config, out: Tex
         base = config.public_url or "http://" + client.host_header(daemon.listen)
         client.sign(request, token, base)
     reply = client.send(daemon.listen, request, timeout=config.timeout + 30)
-    daemon.invocation(reply.invocation_id)  # its output is logged before this line
+    logged = daemon.invocation(reply.invocation_id)  # its output is logged before this line
     for line in daemon.output_of(reply.invocation_id):
         print(f"[{line.get('stream', 'out')}] {line.get('line')}", file=err)
+    if logged is not None and reply.status >= 500 and logged.get("reason"):
+        # A production 500 body leaves the cause out; the author running this wants it.
+        print(f"[reason] {logged['reason']}", file=err)
     _print_reply(reply, out)
     return EXIT_FAILED if reply.status >= 500 else EXIT_OK
 

@@ -99,7 +99,9 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: Any
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer()
+        # Colours only for a terminal: escape codes in a redirected file or a pipe are noise.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ)
     else:
         renderer = structlog.processors.JSONRenderer()
     logger = _BatchedLogger(_sink)

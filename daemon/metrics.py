@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from daemon import __version__
-from daemon.stats import Histogram, Stats
+from daemon import __version__, deaths
+from daemon.stats import OUTCOMES, Histogram, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WORKER_STATES = ("starting", "idle", "busy")
@@ -24,8 +25,15 @@ WORKER_STATES = ("starting", "idle", "busy")
 Sample = tuple[Mapping[str, str], float]
 
 
-def render_metrics(stats: Stats, status: Mapping[str, Any]) -> str:
+def render_metrics(stats: Stats, status: Mapping[str, Any], functions: Iterable[str] = ()) -> str:
+    """The metrics text. Counters have a series from start, at 0, for every outcome of every
+    function in ``functions`` and for every restart cause: a query or an alert on
+    a series that does not exist yet silently says nothing."""
     lines: list[str] = []
+    by_function = Counter({(fn, outcome): 0 for fn in functions for outcome in OUTCOMES})
+    by_function.update(stats.by_function)
+    restarts = Counter(dict.fromkeys(deaths.COUNTED, 0))
+    restarts.update(stats.restarts)
     _family(lines, "fnd_build_info", "gauge", "fnd version, always 1.",
             [({"version": str(status.get("version", __version__))}, 1)])
     uptime = status.get("uptime")
@@ -34,7 +42,7 @@ def render_metrics(stats: Stats, status: Mapping[str, Any]) -> str:
     _family(lines, "fnd_invocations_total", "counter",
             "Requests by function (\"-\" when none matched) and outcome.",
             [({"function": fn, "outcome": outcome}, n)
-             for (fn, outcome), n in sorted(stats.by_function.items())])
+             for (fn, outcome), n in sorted(by_function.items())])
     _histogram(lines, "fnd_invocation_duration_seconds",
                "Time from request to response for requests that went to the worker pool.",
                stats.duration)
@@ -54,7 +62,7 @@ def render_metrics(stats: Stats, status: Mapping[str, Any]) -> str:
                 "How long the oldest queued request has waited.",
                 [({}, status["queue_longest_wait"])])
     _family(lines, "fnd_worker_restarts_total", "counter", "Worker restarts by reason.",
-            [({"reason": reason}, n) for reason, n in sorted(stats.restarts.items())])
+            [({"reason": reason}, n) for reason, n in sorted(restarts.items())])
     return "\n".join(lines) + "\n"
 
 

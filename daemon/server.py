@@ -15,7 +15,7 @@ from aiohttp import web
 from daemon import __version__, output_cap, socket_claim
 from daemon.app import FrontEnd
 from daemon.canary import self_check
-from daemon.config import Config, load_config
+from daemon.config import Config, load_config, unknown_environment, unknown_routes
 from daemon.control import ControlServer, default_control_path
 from daemon.http_timeouts import TimeoutServer
 from daemon.listen import start_sites
@@ -82,6 +82,11 @@ def preflight_checks(project: Project) -> list[list[Any]]:
             for path, route in project.functions.items() if route.error is None]
 
 
+def _warn_unknown_routes(config: Config, project: Project) -> None:
+    for warning in unknown_routes(config, project.functions):
+        _log.warning("setting ignored", reason=warning)
+
+
 def _problem_lines(problems: list[tuple[str, str]]) -> list[str]:
     return [f"{route}: {reason}" if route else reason for route, reason in problems]
 
@@ -129,6 +134,9 @@ class Daemon:
             raise StartupError(f"cannot listen: {exc}") from None
         for warning in self.sandbox.warnings:
             _log.warning("sandbox degraded", reason=warning, sandbox=self.config.sandbox)
+        for warning in unknown_environment(os.environ):
+            _log.warning("setting ignored", reason=warning)
+        _warn_unknown_routes(self.config, self.project)
         try:
             await self.pool.start()
             problems = await self.pool.preflight(preflight_checks(self.project),
@@ -289,6 +297,7 @@ class Daemon:
                 for line in lines:
                     _log.error("function problem", problem=line)
                 self.broken = list(project.problems) + lines
+                _warn_unknown_routes(config, project)
                 _log.info("reloaded", functions=len(project.functions),
                           assets=len(project.assets))
                 return {"ok": True, "generation": self.pool.generation, "problems": lines}
@@ -309,7 +318,7 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def metrics_text(self) -> str:
-        return render_metrics(self.stats, self.status())
+        return render_metrics(self.stats, self.status(), self.project.functions)
 
     def status(self) -> dict[str, Any]:
         pool = self.pool.snapshot()

@@ -27,6 +27,9 @@ OUTCOMES = (calls.OK, calls.ERROR, calls.TIMEOUT, calls.CRASH, calls.OVERLOAD, c
 # time is a "crash storm".
 CRASH_REASONS = deaths.UNPLANNED  # one vocabulary: daemon/deaths.py
 CRASH_WINDOW = 60.0  # seconds that recent_crashes() looks back
+# fnd's own invocations (the start-up self-check): logged, never counted. No project route can
+# start so, since the project scan skips dot names.
+INTERNAL_PREFIX = "/.fnd/"
 
 
 @dataclass
@@ -95,12 +98,13 @@ class Stats:
         function: str | None = None,
         client: str | None = None,
     ) -> None:
-        self.invocations += 1
-        self.outcomes[outcome] += 1
-        self.by_function[(function or NO_FUNCTION, outcome)] += 1
-        if function is not None and outcome != calls.REJECTED:
-            self.duration.observe(duration)
-            self.queue_wait.observe(queue_wait)
+        if function is None or not function.startswith(INTERNAL_PREFIX):
+            self.invocations += 1
+            self.outcomes[outcome] += 1
+            self.by_function[(function or NO_FUNCTION, outcome)] += 1
+            if function is not None and outcome != calls.REJECTED:
+                self.duration.observe(duration)
+                self.queue_wait.observe(queue_wait)
         log = self._info if outcome == calls.OK or outcome == calls.REJECTED else self._warning
         log(
             "invocation",

@@ -10,7 +10,9 @@ has unwound, with the resources used and whether the worker can be reused.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import resource
 import threading
 import time
@@ -107,7 +109,8 @@ class Invocation:
             handler, style = s.loader.handler(self._function["name"], self._function["file"])
         except FunctionError as exc:
             self._log_exception(str(exc), exc.__cause__)
-            self.complete(error_reply(str(exc), exc.__cause__, s.settings, str(exc)))
+            public = f"{exc.public} (invocation {self.id})"
+            self.complete(error_reply(str(exc), exc.__cause__, s.settings, str(exc), public))
             return None
         callback_style = style is Style.CALLBACK
         args = (
@@ -143,7 +146,10 @@ class Invocation:
                 text = describe(error)
                 if isinstance(error, BaseException) and error.__traceback__ is not None:
                     self._log_exception(f"callback(error): {text}", error)
-                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}")
+                # An exception's message is not meant for clients; a string or dict is.
+                public = self._public(error) if isinstance(error, BaseException) else None
+                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}",
+                                    public)
             else:
                 reply = reply_for(response, self._s.settings)
             if self.complete(reply):
@@ -193,9 +199,13 @@ class Invocation:
         self._log_exception(f"{prefix} {text}{late}", exc)
         # After a MemoryError the worker's state is suspect: replace it.
         unclean = "MemoryError in the handler" if isinstance(exc, MemoryError) else None
-        reply = error_reply(text, exc, self._s.settings, f"{prefix} {text}")
+        reply = error_reply(text, exc, self._s.settings, f"{prefix} {text}", self._public(exc))
         if not self.complete(reply, unclean) and unclean:
             self._unclean = self._unclean or unclean  # too late for RESULT: DONE says it
+
+    def _public(self, exc: BaseException) -> str:
+        """A production 500 body: the exception's type and the id to find it in the log."""
+        return f"the function failed: {type(exc).__name__} (invocation {self.id})"
 
     def note_ignored_return(self, value: object) -> None:
         if value is not None:
@@ -236,13 +246,40 @@ class _CpuClock:
     """CPU seconds of the worker and its reaped children, with 3 getrusage calls per
     invocation instead of 5: children's usage only grows when a child is reaped, which
     happens during an invocation (or the worker is replaced), so the reading taken at the
-    end of one invocation is still the right start for the next."""
+    end of one invocation is still the right start for the next.
+
+    Also the invocation's own peak RSS: ``ru_maxrss`` only ever grows over the worker's life,
+    so the kernel's high-water mark is reset before each call (``5`` to ``/proc/self/
+    clear_refs``) and read after it (``VmHWM`` in ``/proc/self/status``): one write and one
+    read per call, on fds opened once.
+    """
 
     def __init__(self) -> None:
         self._children = 0.0
         self.peak_rss = 0
+        self._clear_refs: int | None = None
+        self._status: int | None = None
+
+    def watch_peaks(self, clear_refs: int | None) -> None:
+        """Measure per-invocation peaks with ``clear_refs`` (an fd of /proc/self/clear_refs
+        opened while the worker could, or None to try now); without it, the lifetime peak."""
+        if clear_refs is None:
+            with contextlib.suppress(OSError):
+                clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        if clear_refs is None:
+            return
+        try:
+            self._status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        self._clear_refs = clear_refs
 
     def start(self) -> float:
+        if self._clear_refs is not None:
+            try:
+                os.write(self._clear_refs, b"5")
+            except OSError:  # e.g. the function closed our fd: fall back to ru_maxrss
+                self._clear_refs = None
         own = resource.getrusage(resource.RUSAGE_SELF)
         return own.ru_utime + own.ru_stime + self._children
 
@@ -250,8 +287,23 @@ class _CpuClock:
         own = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._children = children.ru_utime + children.ru_stime
-        self.peak_rss = own.ru_maxrss * 1024
+        self.peak_rss = self._high_water() or own.ru_maxrss * 1024
         return own.ru_utime + own.ru_stime + self._children
+
+    def _high_water(self) -> int | None:
+        """VmHWM in bytes, or None when not measured per invocation."""
+        if self._clear_refs is None or self._status is None:
+            return None
+        try:
+            text = os.pread(self._status, 4096, 0)
+            at = text.index(b"VmHWM:")
+            return int(text[at + 6:text.index(b"kB", at)]) * 1024
+        except (OSError, ValueError):
+            return None
 
 
 _CPU = _CpuClock()
+
+
+def watch_peaks(clear_refs: int | None) -> None:
+    _CPU.watch_peaks(clear_refs)

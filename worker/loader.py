@@ -28,7 +28,12 @@ class Style(enum.Enum):
 
 
 class FunctionError(Exception):
-    """The function cannot run; the message is the 500 body (the cause is chained)."""
+    """The function cannot run (the cause is chained). The message names the file and is
+    for the log and ``--dev``; ``public`` says the same without paths, for a client."""
+
+    def __init__(self, message: str, public: str) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class Loader:
@@ -81,15 +86,19 @@ class Loader:
         try:
             module = self.module(route, file)
         except (Exception, SystemExit) as exc:  # sys.exit() in a bootstrap is a failure too
-            raise FunctionError(f"error loading {shown}: {describe(exc)}") from exc
+            raise FunctionError(f"error loading {shown}: {describe(exc)}",
+                                f"the function could not be loaded: {type(exc).__name__}"
+                                ) from exc
         handler = getattr(module, "handler", None)
         if handler is None:
             raise FunctionError(
-                f"{shown} defines no handler; define handler(context, event, callback)"
+                f"{shown} defines no handler; define handler(context, event, callback)",
+                "the function defines no handler",
             )
         if not callable(handler):
             raise FunctionError(
-                f"handler in {shown} is not callable (it is a {type(handler).__name__})"
+                f"handler in {shown} is not callable (it is a {type(handler).__name__})",
+                "the function's handler is not callable",
             )
         cached = self._styles.get(id(handler))
         if cached is not None and cached[0] is handler:
@@ -107,7 +116,8 @@ def _style(handler: Callable[..., Any], shown: str) -> Style:
         return Style.RETURN
     raise FunctionError(
         f"handler in {shown} must take (context, event, callback) or (context, event); "
-        f"it takes {positional} positional parameter(s)"
+        f"it takes {positional} positional parameter(s)",
+        "the function's handler takes the wrong parameters",
     )
 
 

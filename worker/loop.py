@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from protocol.frames import BlockingFrameReader, ProtocolError
 from protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Message, WorkerConfig
 from worker import environ
-from worker.invoke import Invocation, Services, thread_excepthook
+from worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
 from worker.leftovers import become_subreaper
 from worker.loader import FunctionError, Loader
 from worker.output import Channel, Output, write_plain
@@ -39,7 +39,10 @@ EXIT_INTERNAL = 3
 _log = logging.getLogger("fnd.worker")
 
 
-def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]) -> NoReturn:
+def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str],
+          clear_refs: int | None = None) -> NoReturn:
+    """The worker's life: invocations until EOF. ``clear_refs``: /proc/self/clear_refs,
+    opened before the sandbox made it unwritable, for per-invocation peak RSS."""
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
     environ.reset()  # nothing inherited from the zygote; the project's variables come per call
@@ -48,6 +51,7 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
     output = Output(channel)
     output.install((cmd_fd, res_fd))
     threading.excepthook = thread_excepthook
+    watch_peaks(clear_refs)
     loader = Loader({"Twilio": Twilio, "Runtime": Runtime}, settings)
     Runtime.configure(settings.functions, settings.assets, loader)
     services = Services(channel, output, settings, loader, Runtime)

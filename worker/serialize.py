@@ -81,18 +81,25 @@ def reply_for(response: Any, settings: Settings) -> Reply:
     return Reply(status, headers, body)
 
 
-def error_reply(text: str, error: object, settings: Settings, reason: str) -> Reply:
-    """A 500 whose body is ``text``; in dev mode the traceback of ``error`` too.
+def error_reply(
+    text: str, error: object, settings: Settings, reason: str, public: str | None = None
+) -> Reply:
+    """A 500 for a failed invocation. ``reason`` is the one-line cause the daemon
+    logs, e.g. "handler raised ValueError: boom".
 
-    A dict or list error is sent as its JSON (``application/json``), as Twilio does, so a
-    client can parse ``callback({"errorMessage": ...})``; one JSON cannot encode falls back to
-    text. ``reason`` is the one-line cause the daemon logs, e.g. "handler raised ValueError:
-    boom".
+    The body is ``public`` in production when fnd wrote the message (a short line without
+    paths or the exception's message, which may hold secrets); with ``--dev`` it is ``text``
+    followed by the traceback of ``error``. ``public=None`` means the function chose what to
+    say (``callback("card declined")``): that text is the body in both modes. A dict or list
+    error is sent as its JSON (``application/json``), as Twilio does, so a client can parse
+    ``callback({"errorMessage": ...})``; one JSON cannot encode falls back to text.
     """
     if isinstance(error, dict | list):
         encoded = _json_text(error)
         if encoded is not None:
             return Reply(500, [("Content-Type", JSON)], encoded.encode("utf-8"), one_line(reason))
+    if public is not None and not settings.dev:
+        return text_reply(500, public, reason=one_line(reason))
     body = text
     if settings.dev and isinstance(error, BaseException) and error.__traceback__ is not None:
         body = f"{text}\n\n{format_traceback(error)}"

@@ -30,6 +30,14 @@ from worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
 _FDS_PER_SPAWN = 3
 
 
+def _open_clear_refs() -> int | None:
+    """This process's /proc/self/clear_refs for writing (resets the peak RSS per call)."""
+    try:
+        return os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _die_with_parent(daemon: int) -> None:
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # Orphans of killed workers come to us and are reaped, so they stop counting against
@@ -103,16 +111,17 @@ class Zygote:
             os.dup2(devnull, 0)
             os.dup2(out_w, 1)
             os.dup2(out_w, 2)
+            clear_refs = _open_clear_refs()  # once the worker is not dumpable, root owns it
+            kept = (cmd_r, res_w) if clear_refs is None else (cmd_r, res_w, clear_refs)
             layers = sandbox.apply(
-                self.config.get("sandbox", {}), slot, (cmd_r, res_w), self.prepared,
-                parent=self.pid,
+                self.config.get("sandbox", {}), slot, kept, self.prepared, parent=self.pid,
             )
         except BaseException as exc:  # noqa: BLE001 - report every failure, then exit
             try:
                 write_frame(res_w, {"t": m.FAILED, "reason": f"{type(exc).__name__}: {exc}"})
             finally:
                 os._exit(70)
-        worker_loop.serve(cmd_r, res_w, self.config, layers)
+        worker_loop.serve(cmd_r, res_w, self.config, layers, clear_refs)
 
     def reap(self) -> None:
         while True:

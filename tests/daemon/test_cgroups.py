@@ -103,6 +103,7 @@ def test_detect_reports_what_is_missing(tmp_path: Path) -> None:
         detect(mountinfo, proc_cgroup)
 
 
+@pytest.mark.root_only
 def test_detect_on_this_host() -> None:
     assert os.geteuid() == 0
     layout = detect()
@@ -118,6 +119,7 @@ def test_detect_on_this_host() -> None:
 # --- groups and limits -----------------------------------------------------------------------
 
 
+@pytest.mark.root_only
 def test_slot_groups_carry_the_limits(cg: Cgroups) -> None:
     dirs = cg.slot_dirs(3)
     assert all(d.endswith(f"/{cg.name}/slot-3") for d in dirs)
@@ -135,6 +137,7 @@ def test_slot_groups_carry_the_limits(cg: Cgroups) -> None:
     assert cg.describe().startswith(cg.layout.version)
 
 
+@pytest.mark.root_only
 def test_pids_max_stops_forks_even_for_root(cg: Cgroups) -> None:
     dirs = cg.slot_dirs(1)
     r, w = os.pipe()
@@ -174,6 +177,7 @@ def test_pids_max_stops_forks_even_for_root(cg: Cgroups) -> None:
     assert cg.wait_empty(1)
 
 
+@pytest.mark.root_only
 def test_kill_slot_kills_processes_that_left_the_process_group(cg: Cgroups) -> None:
     dirs = cg.slot_dirs(2)
     r, w = os.pipe()
@@ -204,6 +208,7 @@ def test_kill_slot_kills_processes_that_left_the_process_group(cg: Cgroups) -> N
     assert cg.pids(2) == []
 
 
+@pytest.mark.root_only
 def test_oom_kill_is_classified(cg: Cgroups) -> None:
     dirs = cg.slot_dirs(4)
     assert cg.oom_killed(4) is False
@@ -224,6 +229,7 @@ def test_oom_kill_is_classified(cg: Cgroups) -> None:
     assert peak is None or peak <= 64 * MiB
 
 
+@pytest.mark.root_only
 def test_cpu_seconds_are_accounted(cg: Cgroups) -> None:
     dirs = cg.slot_dirs(5)
     before = cg.cpu_seconds(5)
@@ -243,6 +249,7 @@ def test_cpu_seconds_are_accounted(cg: Cgroups) -> None:
     assert after is not None and after - before >= 0.15
 
 
+@pytest.mark.root_only
 def test_cleanup_removes_every_group() -> None:
     assert os.geteuid() == 0
     cg = Cgroups.create(memory_bytes=32 * MiB, pids_max=8, name=f"fnd-test-c{os.getpid()}")
@@ -263,6 +270,7 @@ def test_cleanup_removes_every_group() -> None:
     assert not any(os.path.exists(d) for d in [*dirs, *parents])
 
 
+@pytest.mark.root_only
 def test_stale_groups_of_dead_daemons_are_swept() -> None:
     assert os.geteuid() == 0
     layout = detect()

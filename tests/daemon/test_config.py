@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import (
+    Config,
+    ConfigError,
+    load_config,
+    unknown_environment,
+    unknown_routes,
+)
 
 
 def _project(tmp_path: Path, toml: str = "", dotenv: str = "") -> Path:
@@ -72,7 +78,11 @@ def test_per_function_memory_is_refused_not_ignored(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("tiemout = 3\n", "unknown setting 'tiemout'"),
+        ("tiemout = 3\n", "unknown setting 'tiemout' (did you mean 'timeout'?)"),
+        ("worker_max = 3\n", "unknown setting 'worker_max' (did you mean 'workers_max'?)"),
+        ("[function.'/a']\ntimeout = 3\n",
+         "unknown setting 'function' (did you mean 'functions'?)"),
+        ('[functions."/a"]\ntimout = 3\n', "unknown 'timout' (did you mean 'timeout'?)"),
         ('timeout = "soon"\n', "timeout must be a number"),
         ("workers_min = true\n", "workers_min must be an integer"),
         ("workers_min = 5\nworkers_max = 2\n", "workers_max (2) is below workers_min (5)"),
@@ -165,3 +175,26 @@ def test_public_url_must_be_an_http_url_with_a_host(tmp_path: Path) -> None:
             load_config(project, environ={"FND_PUBLIC_URL": bad})
     config = load_config(project, environ={"FND_PUBLIC_URL": "https://fn.example.com:8443/b"})
     assert config.public_url == "https://fn.example.com:8443/b"
+
+
+def test_unknown_flag_setting_suggests_the_close_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'worker_min' \(did you mean 'workers_min'\?\)"):
+        load_config(_project(tmp_path), {"worker_min": 1}, environ={})
+
+
+def test_unknown_fnd_variables_are_warned_about_with_a_suggestion() -> None:
+    environ = {"FND_WORKER_MAX": "3", "FND_TIMEOUT": "2", "FND_VENV": "/opt/v", "HOME": "/"}
+    assert unknown_environment(environ) == [
+        "environment variable FND_WORKER_MAX is not an fnd setting; ignored "
+        "(did you mean 'FND_WORKERS_MAX'?)"
+    ]
+
+
+def test_functions_tables_for_missing_routes_are_warned_about(tmp_path: Path) -> None:
+    project = _project(tmp_path, '[functions."/sms/replly"]\ntimeout = 3\n'
+                                 '[functions."/sms/reply"]\ntimeout = 3\n')
+    config = load_config(project, environ={})
+    assert unknown_routes(config, ["/sms/reply", "/other"]) == [
+        '[functions."/sms/replly"] in fnd.toml names no function; its settings are unused '
+        "(did you mean '/sms/reply'?)"
+    ]

@@ -211,6 +211,32 @@ def test_worker_restarts_by_reason(stats: Stats) -> None:
     assert family.value("fnd_worker_restarts_total", reason="max_requests") == 1
 
 
+def test_counters_have_series_at_zero_from_start(stats: Stats) -> None:
+    families = parse(render_metrics(stats, status(), ["/hello"]))
+    restarts = families["fnd_worker_restarts_total"]
+    for reason in ("timeout", "oom", "exit", "signal", "unclean", "max_requests", "zygote"):
+        assert restarts.value("fnd_worker_restarts_total", reason=reason) == 0
+    # Causes that are never counted as restarts get no series.
+    assert ("fnd_worker_restarts_total", (("reason", "stopping"),)) not in restarts.samples
+    invocations = families["fnd_invocations_total"]
+    for outcome in ("ok", "error", "timeout", "crash", "overload", "rejected"):
+        assert invocations.value("fnd_invocations_total", function="/hello", outcome=outcome) == 0
+    stats.worker_restart("timeout")
+    record(stats, "/hello", calls.ERROR)
+    again = parse(render_metrics(stats, status(), ["/hello"]))
+    assert again["fnd_worker_restarts_total"].value(
+        "fnd_worker_restarts_total", reason="timeout") == 1
+    assert again["fnd_invocations_total"].value(
+        "fnd_invocations_total", function="/hello", outcome="error") == 1
+
+
+def test_internal_invocations_are_not_counted(stats: Stats) -> None:
+    record(stats, "/.fnd/self-check", calls.OK)
+    assert stats.invocations == 0 and stats.totals()["ok"] == 0
+    assert stats.duration.count == 0 and not stats.by_function
+    assert "self-check" not in render_metrics(stats, status())
+
+
 def test_label_values_are_escaped(stats: Stats) -> None:
     odd = '/we"ird\\path\nx'
     record(stats, odd, calls.ERROR, status_code=500)

@@ -13,6 +13,8 @@ import pytest
 from daemon import sandbox_check
 from daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
 
+pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
+
 UID = 61000
 
 

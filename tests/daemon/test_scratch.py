@@ -25,6 +25,7 @@ def scratch(tmp_path: Path) -> Iterator[ScratchMounts]:
     mounts.cleanup()
 
 
+@pytest.mark.root_only
 def test_each_slot_is_its_own_bounded_tmpfs(scratch: ScratchMounts) -> None:
     path = scratch.prepare(3)
     assert path in mount_points()
@@ -38,6 +39,7 @@ def test_each_slot_is_its_own_bounded_tmpfs(scratch: ScratchMounts) -> None:
     assert caught.value.errno == errno.ENOSPC
 
 
+@pytest.mark.root_only
 def test_release_and_prepare_leave_it_empty(scratch: ScratchMounts) -> None:
     path = scratch.prepare(0)
     assert not scratch.has_files(0)
@@ -51,6 +53,7 @@ def test_release_and_prepare_leave_it_empty(scratch: ScratchMounts) -> None:
     assert mount_points().count(path) == 1  # the old mount was detached, not stacked
 
 
+@pytest.mark.root_only
 def test_cleanup_unmounts_and_removes_the_root(scratch: ScratchMounts) -> None:
     paths = [scratch.prepare(slot) for slot in (0, 1)]
     scratch.cleanup()
@@ -58,6 +61,7 @@ def test_cleanup_unmounts_and_removes_the_root(scratch: ScratchMounts) -> None:
     assert not os.path.exists(scratch.root)
 
 
+@pytest.mark.root_only
 def test_mounts_of_a_dead_daemon_are_swept(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)

@@ -77,7 +77,8 @@ def test_invoke_exit_status_follows_5xx(project: Path) -> None:
     failed = invoke(project, "/fail")
     assert failed.returncode == 1
     assert split(failed.stdout)[0] == "HTTP 500 Internal Server Error"
-    assert split(failed.stdout)[2] == "RuntimeError: it broke\n"
+    assert split(failed.stdout)[2].startswith("the function failed: RuntimeError (invocation ")
+    assert "[reason] handler raised RuntimeError: it broke" in failed.stderr
     slow = invoke(project, "/slow", "--timeout", "1")
     assert slow.returncode == 1 and split(slow.stdout)[0].startswith("HTTP 504")
     missing = invoke(project, "/nope")
@@ -124,7 +125,9 @@ def test_client_output_log_line_cookies_and_binary(fnd: FndClient) -> None:
 
 def test_client_has_production_semantics(fnd: FndClient) -> None:
     failed = fnd.get("/fail")
-    assert failed.status == 500 and failed.text == "RuntimeError: it broke"
+    assert failed.status == 500
+    assert failed.text == (
+        f"the function failed: RuntimeError (invocation {failed.headers['X-Fnd-Invocation-Id']})")
     assert "Traceback" not in failed.text
     slow = fnd.get("/slow")
     assert slow.status == 504

@@ -23,6 +23,8 @@ from daemon.output_cap import SLACK
 from protocol.sandbox_settings import MiB
 from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
 
+pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
+
 SCRATCH_MIB = 8  # fixtures/bounds/fnd.toml
 MAX_OUTPUT = 1 * MiB  # the default
 

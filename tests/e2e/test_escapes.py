@@ -26,6 +26,8 @@ from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server
 from tests.twilio_fake import TwilioFake, twilio_fake
 
+pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
+
 OPERATOR_SECRET = "operator-secret-5b1d"
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
 UID_BASE = 61000
@@ -367,7 +369,8 @@ def test_network_false_refuses_loopback_tcp(offline: FndServer, hits: HitRecorde
     }
     response = offline.get("/urllib_hit", params={"url": hits.url})
     assert response.status_code == 500
-    assert "[Errno 1] Operation not permitted" in response.text
+    line = offline.invocation(response.headers["X-Fnd-Invocation-Id"])
+    assert "[Errno 1] Operation not permitted" in line["reason"]
 
 
 def test_network_false_leaves_only_unix_sockets(offline: FndServer) -> None:

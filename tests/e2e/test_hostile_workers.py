@@ -32,6 +32,8 @@ from tests.e2e.hostile import (
 )
 from tests.fndserver import FIXTURES, FndServer, running, until
 
+pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
+
 INVALID = "invalid frame from the worker"
 
 

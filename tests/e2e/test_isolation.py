@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.e2e.hostile import (
     FIXTURE,
     SLACK,
@@ -41,6 +43,7 @@ def _no_capture(fnd: FndServer, tag: str) -> None:
                 and str(line.get("line", "")).startswith("captured ")]
 
 
+@pytest.mark.root_only
 def test_project_wide_isolation_gives_every_call_a_fresh_worker() -> None:
     assert os.geteuid() == 0
     with running(FIXTURE, files={"fnd.toml": PROJECT_WIDE}) as fnd:

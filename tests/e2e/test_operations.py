@@ -237,7 +237,16 @@ def _parse_metrics(text: str) -> dict[str, float]:
 def test_metrics_parse_and_move_with_requests() -> None:
     with running("ops") as fnd:
         key = 'fnd_invocations_total{function="/hello",outcome="ok"}'
-        before = _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
+        text = _fnd_cli("metrics", "--control", fnd.control).stdout
+        before = _parse_metrics(text)
+        # Series exist from start at 0; the start-up self-check is not counted anywhere.
+        assert before[key] == 0
+        assert before['fnd_invocations_total{function="/hello",outcome="error"}'] == 0
+        assert before['fnd_worker_restarts_total{reason="timeout"}'] == 0
+        assert before['fnd_worker_restarts_total{reason="oom"}'] == 0
+        assert before["fnd_invocation_duration_seconds_count"] == 0
+        assert "self-check" not in text
+        assert fnd.status()["totals"]["invocations"] == 0
         for _ in range(3):
             assert fnd.get("/hello").status_code == 200
         until(lambda: _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)

@@ -10,26 +10,48 @@ import pytest
 from tests.fndserver import FIXTURES, FndServer, running, world_readable_copy
 
 
+def _production_500(fnd: FndServer, path: str, body: str) -> str:
+    """The 500 a client gets: a reason without paths and the invocation id; the log line's
+    reason (returned) says why, with the file."""
+    response = fnd.get(path)
+    invocation_id = response.headers["X-Fnd-Invocation-Id"]
+    assert response.status_code == 500
+    assert response.text.rstrip("\n") == f"{body} (invocation {invocation_id})"
+    assert ".py" not in response.text and "Traceback" not in response.text
+    line = fnd.invocation(invocation_id)
+    assert line["outcome"] == "error"
+    return str(line["reason"])
+
+
 def test_problems_are_reported_and_other_functions_served() -> None:
     with running("problems") as fnd:
         problems = [line["problem"] for line in fnd.lines if line.get("event") == "project problem"]
         assert any("broken.py" in p for p in problems)
         assert any("twice.py" in p and "twice.protected.py" in p for p in problems)
         assert fnd.get("/good").text == "good"
-        broken = fnd.get("/broken")
-        assert broken.status_code == 500 and "broken.py" in broken.text
+        reason = _production_500(fnd, "/broken", "the function could not be loaded")
+        assert "broken.py" in reason and "SyntaxError" in reason
         assert fnd.get("/twice").status_code == 404
 
 
-def test_missing_handler_and_bootstrap_error_are_500_naming_the_file() -> None:
+def test_missing_handler_and_bootstrap_error_are_500_naming_the_file_in_the_log() -> None:
     with running("problems") as fnd:
-        missing = fnd.get("/nohandler")
-        assert missing.status_code == 500 and "nohandler.py" in missing.text
-        failed = fnd.get("/bootfail")
-        assert failed.status_code == 500 and "bootstrap failed" in failed.text
-        again = fnd.get("/bootfail")  # the next request tries the bootstrap again
-        assert again.status_code == 500 and "bootstrap failed" in again.text
+        reason = _production_500(fnd, "/nohandler", "the function defines no handler")
+        assert "nohandler.py" in reason
+        for _ in range(2):  # the next request tries the bootstrap again
+            reason = _production_500(fnd, "/bootfail",
+                                     "the function could not be loaded: RuntimeError")
+            assert "bootfail.py" in reason and "bootstrap failed" in reason
         assert fnd.get("/good").text == "good"
+
+
+def test_dev_mode_500_bodies_name_the_file_and_carry_the_traceback() -> None:
+    with running("problems", "--dev") as fnd:
+        assert "broken.py" in fnd.get("/broken").text
+        assert "nohandler.py" in fnd.get("/nohandler").text
+        failed = fnd.get("/bootfail").text
+        assert "bootfail.py" in failed and "bootstrap failed" in failed
+        assert "Traceback (most recent call last)" in failed
 
 
 def test_strict_refuses_to_start() -> None:
@@ -68,4 +90,26 @@ def test_permissive_without_cap_kill_starts_and_warns() -> None:
     with running("supervision", env=env, wrap=_without_cap_kill) as fnd:
         warning = fnd.wait_for(lambda line: line.get("event") == "sandbox degraded")
         assert "missing capability CAP_KILL" in warning["reason"]
+
+
+def test_misspelt_setting_refuses_to_start_with_a_suggestion() -> None:
+    project = world_readable_copy(FIXTURES / "ops")
+    (project / "fnd.toml").write_text("worker_max = 3\n")
+    server = FndServer(project, [])
+    line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
+    assert "unknown setting 'worker_max' (did you mean 'workers_max'?)" in line["reason"]
+    assert server.process.wait(30) == 1
+    server.log.close()
+
+
+def test_unknown_routes_and_fnd_variables_are_warned_about_at_start() -> None:
+    toml = '[functions."/helo"]\ntimeout = 2\n[functions."/hello"]\ntimeout = 2\n'
+    with running("ops", files={"fnd.toml": toml}, env={"FND_WORKER_MAX": "3"}) as fnd:
+        warnings = [line["reason"] for line in fnd.lines
+                    if line.get("event") == "setting ignored"]
+        assert "environment variable FND_WORKER_MAX is not an fnd setting; ignored " \
+            "(did you mean 'FND_WORKERS_MAX'?)" in warnings
+        assert '[functions."/helo"] in fnd.toml names no function; its settings are unused ' \
+            "(did you mean '/hello'?)" in warnings
+        assert not [w for w in warnings if '"/hello"' in w or "FND_VENV" in w]
         assert fnd.get("/hello").text == "hello"

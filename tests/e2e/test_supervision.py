@@ -119,7 +119,9 @@ def test_bootstrap_error_is_confined_to_its_function() -> None:
         pid = fnd.get("/pid").text
         for _ in range(3):
             failed = fnd.get("/bootfail")
-            assert failed.status_code == 500 and "bootstrap failed on purpose" in failed.text
+            assert failed.status_code == 500
+            line = fnd.invocation(failed.headers["X-Fnd-Invocation-Id"])
+            assert "bootstrap failed on purpose" in line["reason"]
         assert fnd.get("/pid").text == pid  # same worker: no crash, no restart
         assert fnd.get("/hello").text == "hello"
         assert fnd.status()["restarts"] == {}

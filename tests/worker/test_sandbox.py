@@ -34,6 +34,8 @@ from tests.processes import reap
 from worker import sandbox
 from worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 
+pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
+
 SLOT = 5
 UID = 61000 + SLOT
 MEMORY = 256 * MiB
