@@ -248,17 +248,17 @@ class _CpuClock:
     happens during an invocation (or the worker is replaced), so the reading taken at the
     end of one invocation is still the right start for the next.
 
-    Also the invocation's own peak RSS: ``ru_maxrss`` only ever grows over the worker's life,
-    so the kernel's high-water mark is reset before each call (``5`` to ``/proc/self/
-    clear_refs``) and read after it (``VmHWM`` in ``/proc/self/status``): one write and one
-    read per call, on fds opened once.
+    Also the invocation's own peak RSS: the kernel's high-water mark is reset before each
+    call (``5`` to ``/proc/self/clear_refs``, on an fd opened once), and ``ru_maxrss`` of the
+    getrusage call made anyway after it is then this call's peak. One write per call; reading
+    ``VmHWM`` from ``/proc/self/status`` instead cost 13-16 µs per call (that file is slow to
+    generate), and gave the same figure (a thread that exited does not pin ``ru_maxrss``).
     """
 
     def __init__(self) -> None:
         self._children = 0.0
         self.peak_rss = 0
         self._clear_refs: int | None = None
-        self._status: int | None = None
 
     def watch_peaks(self, clear_refs: int | None) -> None:
         """Measure per-invocation peaks with ``clear_refs`` (an fd of /proc/self/clear_refs
@@ -266,12 +266,6 @@ class _CpuClock:
         if clear_refs is None:
             with contextlib.suppress(OSError):
                 clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
-        if clear_refs is None:
-            return
-        try:
-            self._status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return
         self._clear_refs = clear_refs
 
     def start(self) -> float:
@@ -287,19 +281,8 @@ class _CpuClock:
         own = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._children = children.ru_utime + children.ru_stime
-        self.peak_rss = self._high_water() or own.ru_maxrss * 1024
+        self.peak_rss = own.ru_maxrss * 1024  # since the reset in start(), if it worked
         return own.ru_utime + own.ru_stime + self._children
-
-    def _high_water(self) -> int | None:
-        """VmHWM in bytes, or None when not measured per invocation."""
-        if self._clear_refs is None or self._status is None:
-            return None
-        try:
-            text = os.pread(self._status, 4096, 0)
-            at = text.index(b"VmHWM:")
-            return int(text[at + 6:text.index(b"kB", at)]) * 1024
-        except (OSError, ValueError):
-            return None
 
 
 _CPU = _CpuClock()
