@@ -49,6 +49,7 @@ _RETIRE_GRACE = 5.0  # a retired worker that has not exited after this long is k
 _VERIFY_RETRIES = (0.001, 0.005, 0.02, 0.1)
 _IDLE_CPU_LIMIT = 0.02  # CPU seconds an idle worker may use (a tick of the last call may land late)
 _SWEEP_INTERVAL = 1.0  # idle CPU, worker age, stuck workers, quarantined slots
+_CORES = os.cpu_count() or 1
 _STUCK_GRACE = 2.0  # past its limit (or its kill) this long, a worker counts as stuck
 
 
@@ -328,6 +329,8 @@ class Pool:
             if self._send(worker, call):
                 return
         worker.idle_since = time.monotonic()
+        if self._probe is not None:  # where its CPU counter stands as it goes idle
+            worker.cpu_mark = self._probe.cpu(worker.slot)
         self._idle.append(worker)
         if self._idle_timer is None and len(self._live) > self.config.workers_min:
             self._schedule_idle_check()
@@ -510,10 +513,10 @@ class Pool:
             worker.kill(f"{tasks - 1} thread(s) or process(es) left in its cgroup after the "
                         "call", deaths.UNCLEAN)
             return
-        cpu = probe.cpu(worker.slot) if probe is not None else None
-        if cpu is not None and worker.cpu_mark is not None:
-            call.cpu = max(0.0, cpu - worker.cpu_mark)  # measured, not the worker's word
-        worker.cpu_mark = cpu
+        if call.cpu is not None and call.started:
+            # The worker's figure (checked finite and not negative) can claim no more than
+            # its cores could have run; the cgroup counter is read only when it goes idle.
+            call.cpu = min(call.cpu, (time.perf_counter() - call.started) * _CORES)
         worker.cpu_total += call.cpu or 0.0
         self._finalize(call)
         worker.state = IDLE
