@@ -269,6 +269,10 @@ class Pool:
             )
         else:
             self._queue.push(call)
+            if call.isolated and self._idle:
+                # Only used workers are idle (they count as capacity): one leaves, so that a
+                # fresh one is forked for this call (replaced in worker_leaving).
+                self._idle[0].retire(deaths.ISOLATION)
             self._top_up()
         return await call.result
 
@@ -280,8 +284,7 @@ class Pool:
             if call.isolated:  # only a worker that has never run anything
                 index = next((i for i in range(index, -1, -1) if idle[i].served == 0), -1)
                 if index < 0:
-                    idle[0].retire(deaths.ISOLATION)  # make room for a fresh one
-                    return False
+                    return False  # queued; invoke() makes room for a fresh worker
             worker = idle.pop(index)
             if not self._still_idle(worker):
                 continue
