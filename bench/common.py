@@ -76,7 +76,7 @@ def fnd_instance(project: Path, *args: str, env: dict[str, str] | None = None
     control = str(copy.parent / "control.sock")
     log = open(copy.parent / "fnd.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "daemon.cli", "serve", str(copy), "--port", str(port),
+        [sys.executable, "-P", "-m", "fnd.cli", "serve", str(copy), "--port", str(port),
          "--log-format", "json", "--control", control, *args],
         stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})}, cwd=ROOT,
     )

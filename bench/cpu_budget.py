@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import hey
 from bench.peers_systems import PEER_PROJECTS, fnd
-from daemon.cgroups import Cgroups
-from protocol import FrameDecoder, encode
-from protocol import messages as m
-from worker import loop as worker_loop
-from worker import output, sandbox, sandbox_process
-from worker import zygote as _zygote  # noqa: F401 - the zygote's imports, so the same memory
+from fnd.daemon.cgroups import Cgroups
+from fnd.protocol import FrameDecoder, encode
+from fnd.protocol import messages as m
+from fnd.worker import loop as worker_loop
+from fnd.worker import output, sandbox, sandbox_process
+from fnd.worker import zygote as _zygote  # noqa: F401 - the zygote's imports, so the same memory
 
 CORES = os.cpu_count() or 1
 STAGES = ("fork + exit", "+ sandbox", "+ ready", "+ invoke, kill")
@@ -166,7 +166,7 @@ def _measure(project: Path, workers: int, probe: str,
     with tempfile.TemporaryDirectory(prefix="fnd-budget-") as workdir, \
             fnd(project, Path(workdir), workers, probe=probe) as running:
         daemon = psutil.Process(running.pid)
-        zygote = next(c for c in daemon.children() if "worker.zygote" in " ".join(c.cmdline()))
+        zygote = next(c for c in daemon.children() if "fnd.worker.zygote" in " ".join(c.cmdline()))
         first = zygote.children()
         start = (_own_cpu(daemon), *_cpu(zygote), sum(_own_cpu(w) for w in first), _busy())
         requests = load(running.base)

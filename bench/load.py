@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from daemon.control import request as control_request
+from fnd.ctl.client import request as control_request
 
 
 @dataclass
@@ -140,7 +140,7 @@ class Daemon:
     def on_port(cls, port: int) -> Daemon:
         for process in psutil.process_iter(["cmdline"]):
             cmdline = process.info["cmdline"] or []
-            if "daemon.cli" in cmdline and str(port) in cmdline:
+            if "fnd.cli" in cmdline and str(port) in cmdline:
                 control = cmdline[cmdline.index("--control") + 1]
                 return cls(process, control, Path(control).parent / "fnd.log")
         raise RuntimeError(f"no fnd serve on port {port}")

@@ -22,7 +22,7 @@ import psutil
 from bench.common import BENCH, ROOT
 from bench.load import Result, hey
 from bench.peers_systems import PEER_PROJECTS, PeakPss, fnd, http_get, tree, wrk
-from daemon.control import request as control_request
+from fnd.ctl.client import request as control_request
 
 MB = 1e6
 LIMITS = PEER_PROJECTS / "fnd_limits"

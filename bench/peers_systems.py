@@ -230,7 +230,7 @@ def fnd_command(project: Path, port: int, control: str, workers: int | None,
     size; None keeps the default elastic pool (workers_min 2, workers_max 4)."""
     pool = [] if workers is None else ["--workers-min", str(workers),
                                        "--workers-max", str(workers)]
-    return [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), "--port", str(port),
+    return [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project), "--port", str(port),
             "--log-format", "json", "--control", control,
             "--metrics-port", str(free_port()), *pool, *extra]
 

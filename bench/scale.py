@@ -35,7 +35,7 @@ def fnd_on_unix_socket(project: Path, workdir: Path, name: str) -> Iterator[str]
     control = workdir / f"{name}-control.sock"
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), "--unix", str(http),
+        [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project), "--unix", str(http),
          "--control", str(control), "--workers-min", "2", "--workers-max", "2",
          "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
@@ -57,7 +57,7 @@ def fnd_on_unix_socket(project: Path, workdir: Path, name: str) -> Iterator[str]
 
 
 def invocations(control: str) -> int:
-    out = subprocess.run([sys.executable, "-P", "-m", "daemon.cli", "status", "--control", control,
+    out = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "status", "--control", control,
                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=30)
     return int(json.loads(out.stdout)["totals"]["invocations"])
 

@@ -1,6 +1,4 @@
-"""fnd daemon: the aiohttp front-end, pool, supervision, CLI and control API.
+"""fnd's server: the aiohttp front-end, the pool, supervision and the control API.
 
-Nothing in this package imports or runs user code.
+Nothing in this package imports or runs user code. Installed as ``fnd.daemon``.
 """
-
-__version__ = "0.1.0"

@@ -17,18 +17,18 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from daemon import calls
-from daemon.asset_files import AssetFiles, AssetGone
-from daemon.asset_response import AssetResponse
-from daemon.calls import Call, Outcome, text_outcome
-from daemon.config import Config, ConfigError
-from daemon.event import EventError, ParsedBody, build_event, check_request_headers, parse_body
-from daemon.hostname import url_host, valid_host
-from daemon.logs import get_logger
-from daemon.pool import Pool
-from daemon.project import Project, Route
-from daemon.signature_gate import SignatureGate, parse_proxies
-from daemon.stats import Stats
+from fnd.daemon import calls
+from fnd.daemon.asset_files import AssetFiles, AssetGone
+from fnd.daemon.asset_response import AssetResponse
+from fnd.daemon.calls import Call, Outcome, text_outcome
+from fnd.daemon.config import Config, ConfigError
+from fnd.daemon.event import EventError, ParsedBody, build_event, check_request_headers, parse_body
+from fnd.daemon.hostname import url_host, valid_host
+from fnd.daemon.logs import get_logger
+from fnd.daemon.pool import Pool
+from fnd.daemon.project import Project, Route
+from fnd.daemon.signature_gate import SignatureGate, parse_proxies
+from fnd.daemon.stats import Stats
 
 INVOCATION_HEADER = "X-Fnd-Invocation-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what fnd accepts as a forwarded request id

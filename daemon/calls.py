@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import FunctionRef
+from fnd.protocol.messages import FunctionRef
 
 # Outcomes, as counted and logged: every accepted request ends in exactly one
 # (docs/pool.md#one-answer-per-call).

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import worker
-from daemon.calls import Call
-from daemon.config import Config
-from daemon.logs import get_logger
-from daemon.pool import Pool, PoolError
+from fnd import worker
+from fnd.daemon.calls import Call
+from fnd.daemon.config import Config
+from fnd.daemon.logs import get_logger
+from fnd.daemon.pool import Pool, PoolError
 
 _log = get_logger("fnd")
 FUNCTION_FILE = str(Path(worker.__path__[0]) / "canary_function.py")

@@ -17,9 +17,9 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from daemon.hostname import url_host
-from daemon.settings_table import BY_NAME, names
-from protocol.frames import MAX_FRAME
+from fnd.daemon.hostname import url_host
+from fnd.daemon.settings_table import BY_NAME, names
+from fnd.protocol.frames import MAX_FRAME
 
 
 class ConfigError(Exception):

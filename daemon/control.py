@@ -1,7 +1,7 @@
 """The control socket: a 0600 unix socket that answers one JSON request per connection.
 
 Requests are one JSON line, e.g. {"cmd": "status"}; the answer is one JSON document.
-`fnd status`, `fnd reload` and `fnd metrics` are its clients.
+`fnd status`, `fnd reload` and `fnd metrics` are its clients (``fnd.ctl.client``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import socket_claim
+from fnd.daemon import socket_claim
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _MAX_REQUEST = 64 * 1024
@@ -70,18 +70,3 @@ class ControlServer:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-async def request(path: str, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to a control socket and return its answer."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
-    try:
-        writer.write(json.dumps(payload).encode() + b"\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-    finally:
-        writer.close()
-    answer = json.loads(line)
-    if not isinstance(answer, dict):
-        raise ValueError("control socket answered something that is not a JSON object")
-    return answer

@@ -12,8 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import messages as m
-from protocol.http_rules import BAD_VALUE_CHARS, HEADER_NAME, STATUS_MAX, STATUS_MIN, header_bytes
+from fnd.protocol import messages as m
+from fnd.protocol.http_rules import (
+    BAD_VALUE_CHARS,
+    HEADER_NAME,
+    STATUS_MAX,
+    STATUS_MIN,
+    header_bytes,
+)
 
 _MAX_REASON = 4096  # a reason is one line for the log, not a channel for bulk data
 

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from daemon.logs import get_logger
+from fnd.daemon.logs import get_logger
 
 _log = get_logger("fnd")
 

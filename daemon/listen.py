@@ -7,9 +7,9 @@ import socket
 
 from aiohttp import web
 
-from daemon import socket_claim
-from daemon.config import Config
-from daemon.systemd import listen_fds
+from fnd.daemon import socket_claim
+from fnd.daemon.config import Config
+from fnd.daemon.systemd import listen_fds
 
 
 async def start_sites(runner: web.ServerRunner, config: Config) -> str:

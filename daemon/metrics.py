@@ -16,8 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon import __version__, deaths
-from daemon.stats import OUTCOMES, Histogram, Stats
+from fnd import __version__
+from fnd.daemon import deaths
+from fnd.daemon.stats import OUTCOMES, Histogram, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WORKER_STATES = ("starting", "idle", "busy")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from enum import Enum
 
-from protocol.messages import line_cost
+from fnd.protocol.messages import line_cost
 
 # Room above max_output for what an honest worker may add: its own truncation note, and raw
 # fd 1/2 output (C code, subprocesses), which the worker cannot count.

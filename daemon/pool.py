@@ -22,19 +22,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemon import calls, deaths
-from daemon.calls import Call, Outcome, text_outcome
-from daemon.cgroups import CgroupError
-from daemon.config import Config
-from daemon.frame_check import Limits
-from daemon.logs import get_logger
-from daemon.pool_queue import WaitQueue
-from daemon.slot_probe import SlotProbe
-from daemon.stats import Stats
-from daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
-from daemon.zygote_client import ZygoteClient, ZygoteError
-from protocol import messages as m
-from protocol.sandbox_settings import missing_layers
+from fnd.daemon import calls, deaths
+from fnd.daemon.calls import Call, Outcome, text_outcome
+from fnd.daemon.cgroups import CgroupError
+from fnd.daemon.config import Config
+from fnd.daemon.frame_check import Limits
+from fnd.daemon.logs import get_logger
+from fnd.daemon.pool_queue import WaitQueue
+from fnd.daemon.slot_probe import SlotProbe
+from fnd.daemon.stats import Stats
+from fnd.daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
+from fnd.daemon.zygote_client import ZygoteClient, ZygoteError
+from fnd.protocol import messages as m
+from fnd.protocol.sandbox_settings import missing_layers
 
 _log = get_logger("fnd.pool")
 _EXIT_STATUS_WAIT = 2.0  # how long a death report waits for the zygote's exit status

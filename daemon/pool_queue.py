@@ -12,8 +12,8 @@ import asyncio
 import time
 from collections import deque
 
-from daemon import calls
-from daemon.calls import Call, text_outcome
+from fnd.daemon import calls
+from fnd.daemon.calls import Call, text_outcome
 
 SWEEP_INTERVAL = 0.05  # seconds between checks for timed-out calls and departed clients
 CLIENT_GONE = 499  # nginx's "client closed request": logged, never actually sent

@@ -12,13 +12,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from daemon.cgroups import CgroupError, Cgroups
-from daemon.config import Config
-from daemon.privileges import missing_capabilities, unwritable_cgroup_files
-from daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
-from daemon.scratch import ScratchMounts, sweep_stale
-from daemon.slot_probe import SlotProbe
-from protocol.sandbox_settings import SandboxSettings, resolve
+from fnd.daemon.cgroups import CgroupError, Cgroups
+from fnd.daemon.config import Config
+from fnd.daemon.privileges import missing_capabilities, unwritable_cgroup_files
+from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
+from fnd.daemon.scratch import ScratchMounts, sweep_stale
+from fnd.daemon.slot_probe import SlotProbe
+from fnd.protocol.sandbox_settings import SandboxSettings, resolve
 
 
 class SandboxUnavailable(Exception):

@@ -12,23 +12,24 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon import __version__, output_cap, socket_claim
-from daemon.app import FrontEnd
-from daemon.canary import self_check
-from daemon.config import Config, load_config, unknown_environment, unknown_routes
-from daemon.control import ControlServer, default_control_path
-from daemon.http_timeouts import TimeoutServer
-from daemon.listen import start_sites
-from daemon.logs import get_logger
-from daemon.metrics import render_metrics, start_metrics_server
-from daemon.pool import FunctionsBroken, Pool, PoolError
-from daemon.project import Project, ProjectError, route_table_lines, scan_project
-from daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
-from daemon.stats import Stats
-from daemon.systemd import Notifier, socket_activated, watchdog_loop
-from daemon.watch import Watcher
-from protocol import messages as m
-from protocol.sandbox_settings import SandboxSettings
+from fnd import __version__
+from fnd.daemon import output_cap, socket_claim
+from fnd.daemon.app import FrontEnd
+from fnd.daemon.canary import self_check
+from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
+from fnd.daemon.control import ControlServer, default_control_path
+from fnd.daemon.http_timeouts import TimeoutServer
+from fnd.daemon.listen import start_sites
+from fnd.daemon.logs import get_logger
+from fnd.daemon.metrics import render_metrics, start_metrics_server
+from fnd.daemon.pool import FunctionsBroken, Pool, PoolError
+from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
+from fnd.daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
+from fnd.daemon.stats import Stats
+from fnd.daemon.systemd import Notifier, socket_activated, watchdog_loop
+from fnd.daemon.watch import Watcher
+from fnd.protocol import messages as m
+from fnd.protocol.sandbox_settings import SandboxSettings
 
 _log = get_logger("fnd")
 _STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= updates

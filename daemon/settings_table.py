@@ -3,8 +3,8 @@
 One `Setting` per setting gives its name (the `fnd.toml` key), its `FND_*` variable, its
 `fnd serve` flag if it has one, its type, default and one-line help. The config loader's type
 tables, the `fnd serve` flags and the README's settings table are all derived from `SETTINGS`,
-so adding a setting here (and its field in `daemon.config.Config`, which a test keeps in step)
-is the whole job. `python -m daemon.settings_table --readme` rewrites the README's table.
+so adding a setting here (and its field in `fnd.daemon.config.Config`, which a test keeps in step)
+is the whole job. `python -m fnd.daemon.settings_table --readme` rewrites the README's table.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def rewrite_readme(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.settings_table",
+    parser = argparse.ArgumentParser(prog="python -m fnd.daemon.settings_table",
                                      description="Print or write the README's settings table.")
     parser.add_argument("--readme", nargs="?", const="README.md", metavar="PATH",
                         help="rewrite the table in this README (default: README.md)")

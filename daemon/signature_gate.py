@@ -1,6 +1,6 @@
 """The door of protected functions and assets: may this request go in?
 
-``daemon.signature`` knows how to check an ``X-Twilio-Signature``; this module decides what
+``fnd.daemon.signature`` knows how to check an ``X-Twilio-Signature``; this module decides what
 the client gets when the check fails, so that the front-end only asks one question. Public
 routes never get here: the front-end tests ``route.visibility`` first, so they pay nothing.
 
@@ -18,17 +18,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from daemon import calls
-from daemon.calls import Outcome, text_outcome
-from daemon.config import Config, ConfigError
-from daemon.event import ParsedBody, body_kind
-from daemon.logs import get_logger
-from daemon.signature import TrustedProxies, check_signature, url_for_request
+from fnd.daemon import calls
+from fnd.daemon.calls import Outcome, text_outcome
+from fnd.daemon.config import Config, ConfigError
+from fnd.daemon.event import ParsedBody, body_kind
+from fnd.daemon.logs import get_logger
+from fnd.daemon.signature import TrustedProxies, check_signature, url_for_request
 
 if TYPE_CHECKING:
     from aiohttp.web import BaseRequest
 
-    from daemon.project import Route
+    from fnd.daemon.project import Route
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 NO_TOKEN = "protected function needs AUTH_TOKEN"

@@ -58,6 +58,6 @@ def _describe(pid: int) -> str:
             command = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
         return f"process (pid {pid})"
-    if "daemon.cli" in command or "fnd " in command or command.startswith("fnd"):
+    if "fnd.cli" in command or "fnd " in command or command.startswith("fnd"):
         return f"fnd (pid {pid})"
     return f"process (pid {pid}, {command.strip()[:60]})"

@@ -12,8 +12,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon import calls, deaths
-from daemon.logs import get_logger
+from fnd.daemon import calls, deaths
+from fnd.daemon.logs import get_logger
 
 # Upper bounds (seconds) of the latency histograms; +Inf is implied. Hello-world through the
 # worker hop is ~0.2 ms and the default time limit is 5 s, so this spans both ends.
@@ -23,7 +23,7 @@ BUCKETS: tuple[float, ...] = (
 NO_FUNCTION = "-"  # the function label for requests that matched no function (404s, assets)
 OUTCOMES = (calls.OK, calls.ERROR, calls.TIMEOUT, calls.CRASH, calls.OVERLOAD, calls.REJECTED)
 # Worker restarts that mean a worker died under us, as opposed to a planned recycle/reload or
-# a kill we decided (timeout, unclean); names from daemon.deaths. Many of them in a short
+# a kill we decided (timeout, unclean); names from fnd.daemon.deaths. Many of them in a short
 # time is a "crash storm".
 CRASH_REASONS = deaths.UNPLANNED  # one vocabulary: daemon/deaths.py
 CRASH_WINDOW = 60.0  # seconds that recent_crashes() looks back

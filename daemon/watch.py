@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from daemon.logs import get_logger
+from fnd.daemon.logs import get_logger
 
 _log = get_logger("fnd.watch")
 INTERVAL = 0.5

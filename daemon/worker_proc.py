@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon import calls, deaths, frame_check, output_cap
-from daemon.calls import Call, Outcome, text_outcome
-from daemon.frame_check import FrameError
-from daemon.logs import get_logger
-from daemon.zygote_client import SpawnedPipes
-from protocol import AsyncFrameReader, ProtocolError, encode
-from protocol import messages as m
+from fnd.daemon import calls, deaths, frame_check, output_cap
+from fnd.daemon.calls import Call, Outcome, text_outcome
+from fnd.daemon.frame_check import FrameError
+from fnd.daemon.logs import get_logger
+from fnd.daemon.zygote_client import SpawnedPipes
+from fnd.protocol import AsyncFrameReader, ProtocolError, encode
+from fnd.protocol import messages as m
 
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
 _log = get_logger("fnd.worker")

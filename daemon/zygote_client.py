@@ -11,13 +11,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon.deaths import describe_returncode
-from daemon.logs import get_logger
-from protocol import FrameDecoder, ProtocolError, encode
-from protocol import messages as m
+from fnd.daemon.deaths import describe_returncode
+from fnd.daemon.logs import get_logger
+from fnd.protocol import FrameDecoder, ProtocolError, encode
+from fnd.protocol import messages as m
 
 _log = get_logger("fnd.zygote")
-ZYGOTE_MODULE = "worker.zygote"  # run as `python -m ZYGOTE_MODULE FD DAEMON_PID`
+ZYGOTE_MODULE = "fnd.worker.zygote"  # run as `python -m ZYGOTE_MODULE FD DAEMON_PID`
 _STDERR_TAIL = 5  # lines of the zygote's stderr kept to explain why it died
 _EXIT_WAIT = 1.0  # how long a lost channel waits for the zygote's exit status
 

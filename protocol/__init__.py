@@ -5,7 +5,7 @@ pipe fds, never on a worker's stdout/stderr. A frame that is truncated, oversize
 msgpack map raises :class:`ProtocolError`; the daemon answers that by killing the worker.
 """
 
-from protocol.frames import (
+from fnd.protocol.frames import (
     MAX_FRAME,
     AsyncFrameReader,
     BlockingFrameReader,

@@ -21,8 +21,8 @@ from typing import Any
 
 import requests
 
-from daemon.control import request as control_request
-from daemon.launcher import Line, LogTail
+from fnd.author.launcher import Line, LogTail
+from fnd.ctl.client import request as control_request
 
 FIXTURES = Path(__file__).parent / "e2e" / "fixtures"
 
@@ -54,7 +54,7 @@ class FndServer:
         where = [] if "--unix" in args else ["--port", "0"]
         # -P: run the installed fnd (what scripts/test just installed), as a user's `fnd` does;
         # the checkout may not be readable by the sandboxed workers' uids.
-        command = [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), *where,
+        command = [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project), *where,
                    "--log-format", "json", "--control", self.control, *args]
         full_env = {**os.environ, **(env or {})}
         self.process = subprocess.Popen(

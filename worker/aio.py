@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
-    from worker.invoke import Invocation
+    from fnd.worker.invoke import Invocation
 
 # ThreadPoolExecutor's default, computed once: os.cpu_count() reads /sys on every call.
 _POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)

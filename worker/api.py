@@ -3,7 +3,7 @@
 Inside a function module ``Twilio`` and ``Runtime`` exist without import, as in Twilio's
 runtime. Importing them from here gives the very same objects, plus types for annotations::
 
-    from worker.api import Callback, Context, Event, Runtime, Twilio
+    from fnd import Callback, Context, Event, Runtime, Twilio
 
     def handler(context: Context, event: Event, callback: Callback) -> None:
         twiml = Twilio.twiml.MessagingResponse()
@@ -35,11 +35,11 @@ from __future__ import annotations
 
 from typing import Any, NoReturn, Protocol
 
-from worker.context import Context
-from worker.response import Response
-from worker.runtime import Asset, Runtime, RuntimeAPI
-from worker.twilio_api import Twilio
-from worker.twilio_client import CredentialsError
+from fnd.worker.context import Context
+from fnd.worker.response import Response
+from fnd.worker.runtime import Asset, Runtime, RuntimeAPI
+from fnd.worker.twilio_api import Twilio
+from fnd.worker.twilio_client import CredentialsError
 
 Event = dict[str, Any]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from worker.twilio_client import make_client
+from fnd.worker.twilio_client import make_client
 
 # Always present, None when not configured, so `context.SERVICE_SID` never raises.
 STANDARD = ("ACCOUNT_SID", "AUTH_TOKEN", "DOMAIN_NAME", "PATH", "SERVICE_SID", "ENVIRONMENT_SID")
@@ -55,7 +55,7 @@ class Context(Mapping[str, Any]):
     def get_twilio_client(self, **options: Any) -> Any:
         """A ``twilio.rest.Client`` for ACCOUNT_SID/AUTH_TOKEN; ``options`` go to Client().
 
-        Raises ``worker.api.CredentialsError`` naming the missing or malformed variable.
+        Raises ``fnd.worker.api.CredentialsError`` naming the missing or malformed variable.
         """
         return make_client(
             self._values["ACCOUNT_SID"], self._values["AUTH_TOKEN"], self._api_base_url, **options

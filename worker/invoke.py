@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from protocol.messages import DONE, RESULT
-from worker import environ
-from worker.aio import AsyncRun, CallbackDone
-from worker.context import Context
-from worker.leftovers import leftover_reason
-from worker.loader import FunctionError, Loader, Style
-from worker.output import Channel, Output
-from worker.runtime import RuntimeAPI
-from worker.serialize import (
+from fnd.protocol.messages import DONE, RESULT
+from fnd.worker import environ
+from fnd.worker.aio import AsyncRun, CallbackDone
+from fnd.worker.context import Context
+from fnd.worker.leftovers import leftover_reason
+from fnd.worker.loader import FunctionError, Loader, Style
+from fnd.worker.output import Channel, Output
+from fnd.worker.runtime import RuntimeAPI
+from fnd.worker.serialize import (
     Reply,
     describe,
     error_reply,
@@ -35,7 +35,7 @@ from worker.serialize import (
     reply_for,
     text_reply,
 )
-from worker.settings import Settings
+from fnd.worker.settings import Settings
 
 
 @dataclass(frozen=True)

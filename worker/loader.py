@@ -18,8 +18,8 @@ from collections.abc import Callable
 from types import FunctionType, ModuleType
 from typing import Any
 
-from worker.serialize import describe
-from worker.settings import Settings
+from fnd.worker.serialize import describe
+from fnd.worker.settings import Settings
 
 
 class Style(enum.Enum):

@@ -20,17 +20,17 @@ import threading
 import traceback
 from typing import Any, NoReturn
 
-from protocol.frames import BlockingFrameReader, ProtocolError
-from protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Message, WorkerConfig
-from worker import environ
-from worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
-from worker.leftovers import become_subreaper
-from worker.loader import FunctionError, Loader
-from worker.output import Channel, Output, write_plain
-from worker.runtime import Runtime
-from worker.serialize import describe
-from worker.settings import Settings
-from worker.twilio_api import Twilio
+from fnd.protocol.frames import BlockingFrameReader, ProtocolError
+from fnd.protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Message, WorkerConfig
+from fnd.worker import environ
+from fnd.worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
+from fnd.worker.leftovers import become_subreaper
+from fnd.worker.loader import FunctionError, Loader
+from fnd.worker.output import Channel, Output, write_plain
+from fnd.worker.runtime import Runtime
+from fnd.worker.serialize import describe
+from fnd.worker.settings import Settings
+from fnd.worker.twilio_api import Twilio
 
 EXIT_EOF = 0
 EXIT_PROTOCOL = 2

@@ -16,8 +16,8 @@ import sys
 import threading
 from typing import Any
 
-from protocol.frames import write_frame
-from protocol.messages import LOG, Message, describe_limit, line_cost
+from fnd.protocol.frames import write_frame
+from fnd.protocol.messages import LOG, Message, describe_limit, line_cost
 
 # A line without a newline is cut into LOG frames of this size, so one runaway write can
 # neither grow the worker's memory without bound nor exceed the frame limit.

@@ -2,7 +2,7 @@
 
 Setters only record what the function asked for and return the response, as in Twilio's
 runtime; validation (header syntax, cookie rules, limits) happens once, when the response is
-serialised in ``worker.serialize``, so a bad value becomes a 500 that names it instead of an
+serialised in ``fnd.worker.serialize``, so a bad value becomes a 500 that names it instead of an
 exception at some unrelated line.
 """
 

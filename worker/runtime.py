@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import twilio.rest.sync  # noqa: F401
 
 if TYPE_CHECKING:
-    from worker.context import Context
-    from worker.loader import Loader
+    from fnd.worker.context import Context
+    from fnd.worker.loader import Loader
 
 
 class Asset:

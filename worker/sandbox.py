@@ -38,13 +38,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.sandbox_settings import ResolvedSettings, resolve
-from worker import sandbox_identity as identity
-from worker import sandbox_landlock as landlock
-from worker import sandbox_limits as limits
-from worker import sandbox_paths as paths
-from worker import sandbox_process as process
-from worker import sandbox_seccomp as seccomp
+from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
+from fnd.worker import sandbox_identity as identity
+from fnd.worker import sandbox_landlock as landlock
+from fnd.worker import sandbox_limits as limits
+from fnd.worker import sandbox_paths as paths
+from fnd.worker import sandbox_process as process
+from fnd.worker import sandbox_seccomp as seccomp
 
 # Settings that change what prepare() builds; the others are read by apply() itself.
 _PREPARE_KEYS = (

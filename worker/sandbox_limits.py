@@ -5,8 +5,8 @@ from __future__ import annotations
 import resource
 import threading
 
-from protocol.sandbox_settings import ResolvedSettings
-from worker.sandbox_libc import M_ARENA_MAX, mallopt
+from fnd.protocol.sandbox_settings import ResolvedSettings
+from fnd.worker.sandbox_libc import M_ARENA_MAX, mallopt
 
 
 def shrink_memory_reservations(arena_max: int, stack_bytes: int) -> str:

@@ -11,8 +11,7 @@ import os
 import site
 import sys
 
-import protocol
-import worker
+from fnd import protocol, worker
 
 SYSTEM_READ_ONLY = ("/usr", "/etc", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 DEVICES_READ_ONLY = ("/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")

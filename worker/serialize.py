@@ -21,15 +21,15 @@ from typing import Any
 
 from twilio.twiml import TwiML
 
-from protocol.http_rules import (
+from fnd.protocol.http_rules import (
     BAD_VALUE_CHARS,
     HEADER_NAME,
     STATUS_MAX,
     STATUS_MIN,
     header_bytes,
 )
-from worker.response import SET_COOKIE, Response, cookie_name
-from worker.settings import Settings
+from fnd.worker.response import SET_COOKIE, Response, cookie_name
+from fnd.worker.settings import Settings
 
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol.frames import MAX_FRAME
-from protocol.messages import WorkerConfig
+from fnd.protocol.frames import MAX_FRAME
+from fnd.protocol.messages import WorkerConfig
 
 # Room for the rest of a RESULT frame (headers, ids) next to the largest body.
 _FRAME_HEADROOM = 64 * 1024

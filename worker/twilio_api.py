@@ -8,7 +8,7 @@ from twilio.twiml.fax_response import FaxResponse as _FaxResponse
 from twilio.twiml.messaging_response import MessagingResponse as _MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse as _VoiceResponse
 
-from worker.response import Response as _Response
+from fnd.worker.response import Response as _Response
 
 
 class _TwiML:

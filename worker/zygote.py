@@ -19,13 +19,13 @@ import sys
 from collections import deque
 from typing import Any, NoReturn
 
-from protocol import FrameDecoder, ProtocolError, encode, write_frame
-from protocol import messages as m
+from fnd.protocol import FrameDecoder, ProtocolError, encode, write_frame
+from fnd.protocol import messages as m
 
 # Imported here, before any fork, so every worker starts with the runtime already loaded.
-from worker import loop as worker_loop
-from worker import output, sandbox, sandbox_process
-from worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
+from fnd.worker import loop as worker_loop
+from fnd.worker import output, sandbox, sandbox_process
+from fnd.worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
 
 _FDS_PER_SPAWN = 3
 

@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon.asset_files import AssetFiles
-from daemon.asset_response import AssetResponse
-from daemon.project import scan_project
+from fnd.daemon.asset_files import AssetFiles
+from fnd.daemon.asset_response import AssetResponse
+from fnd.daemon.project import scan_project
 
 BIG = "".join(f"{i:08d}\n" for i in range(100_000))  # 900 kB: several chunks
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from daemon import canary
-from daemon.calls import Call, Outcome
-from daemon.config import Config
+from fnd.daemon import canary
+from fnd.daemon.calls import Call, Outcome
+from fnd.daemon.config import Config
 
 REFUSED = {
     "list project root": "EACCES",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import (
+from fnd.daemon.config import (
     Config,
     ConfigError,
     load_config,

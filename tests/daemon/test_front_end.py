@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from daemon import logs
-from daemon.app import FrontEnd
-from daemon.calls import Call, Outcome
-from daemon.config import load_config
-from daemon.project import scan_project
-from daemon.stats import Stats
+from fnd.daemon import logs
+from fnd.daemon.app import FrontEnd
+from fnd.daemon.calls import Call, Outcome
+from fnd.daemon.config import load_config
+from fnd.daemon.project import scan_project
+from fnd.daemon.stats import Stats
 
 
 class _BrokenPool:

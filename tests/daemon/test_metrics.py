@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon import calls
-from daemon.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
-from daemon.stats import BUCKETS, Histogram, Stats
+from fnd.daemon import calls
+from fnd.daemon.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
+from fnd.daemon.stats import BUCKETS, Histogram, Stats
 
 # -- a strict parser ------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.privileges import missing_capabilities
+from fnd.daemon.privileges import missing_capabilities
 
 _ALL = "000001ffffffffff"
 

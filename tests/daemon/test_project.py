@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.project import Project, ProjectError, Route, route_table_lines, scan_project
+from fnd.daemon.project import Project, ProjectError, Route, route_table_lines, scan_project
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import safe_open
-from daemon.asset_files import AssetFiles, AssetGone
-from daemon.project import scan_project
-from daemon.safe_open import open_beneath, open_directory
+from fnd.daemon import safe_open
+from fnd.daemon.asset_files import AssetFiles, AssetGone
+from fnd.daemon.project import scan_project
+from fnd.daemon.safe_open import open_beneath, open_directory
 
 
 @pytest.fixture(params=["openat2", "walk"])

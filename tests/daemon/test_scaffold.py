@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
-from daemon.project import scan_project
-from daemon.scaffold import ScaffoldError, create_project
+from fnd.author.scaffold import ScaffoldError, create_project
+from fnd.cli import main
+from fnd.daemon.project import scan_project
 
 EXPECTED = [
     ".env.example", ".gitignore", "README.md", "assets/index.html", "fnd.toml",

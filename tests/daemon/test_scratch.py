@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.output_cap import SLACK, OutputCap, Verdict
-from daemon.scratch import ScratchMounts, mount_points, sweep_stale
+from fnd.daemon.output_cap import SLACK, OutputCap, Verdict
+from fnd.daemon.scratch import ScratchMounts, mount_points, sweep_stale
 
 MiB = 1024 * 1024
 

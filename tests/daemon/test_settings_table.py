@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import _parser
-from daemon.config import Config, load_config
-from daemon.settings_table import (
+from fnd.cli import _parser
+from fnd.daemon.config import Config, load_config
+from fnd.daemon.settings_table import (
     README_END,
     README_START,
     SETTINGS,
@@ -54,7 +54,7 @@ def test_readme_table_is_the_declared_one() -> None:
     assert text.count(README_START) == 1 and text.count(README_END) == 1
     start, end = readme_block(text)
     assert text[start:end] == markdown_table(), (
-        "README settings table drifted: run `python -m daemon.settings_table --readme`")
+        "README settings table drifted: run `python -m fnd.daemon.settings_table --readme`")
 
 
 def test_rewrite_readme_replaces_only_the_block(tmp_path: Path) -> None:

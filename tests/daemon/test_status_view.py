@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.stats import CRASH_WINDOW, Stats
-from daemon.status_view import (
+from fnd.ctl.status_view import (
     CRASH_STORM,
     EXIT_DEGRADED,
     EXIT_HEALTHY,
@@ -19,6 +18,7 @@ from daemon.status_view import (
     health_problems,
     render_status,
 )
+from fnd.daemon.stats import CRASH_WINDOW, Stats
 
 LAYERS = {"cgroup": "v1", "uid": "61001", "landlock": "abi 7", "seccomp": "on",
           "network": "allowed"}
@@ -168,7 +168,7 @@ def test_stats_count_recent_crashes_for_the_storm_rule() -> None:
 
 def test_old_crashes_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("daemon.stats.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("fnd.daemon.stats.time.monotonic", lambda: clock[0])
     stats = Stats()
     for _ in range(CRASH_STORM):
         stats.worker_restart("crash")

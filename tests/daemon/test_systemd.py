@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon import systemd
-from daemon.systemd import Notifier, listen_fds, watchdog_loop
+from fnd.daemon import systemd
+from fnd.daemon.systemd import Notifier, listen_fds, watchdog_loop
 
 DEADLINE = 5.0  # generous upper bound for anything that should happen "now"
 
@@ -231,7 +231,7 @@ os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
 
 CHILD = """
 import fcntl, json, os, socket
-from daemon.systemd import listen_fds
+from fnd.daemon.systemd import listen_fds
 socks = listen_fds()
 report = {
     "env": sorted(k for k in os.environ if k.startswith("LISTEN_")),

@@ -7,8 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-from daemon import deaths, logs
-from daemon.watch import Watcher, changes, snapshot
+from fnd.daemon import deaths, logs
+from fnd.daemon.watch import Watcher, changes, snapshot
 
 
 def _project(tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.control import request as control_request
+from fnd.ctl.client import request as control_request
 from tests.fndserver import FndServer, running
 
 SECRET = "swapped-in-secret-7d1e0c"

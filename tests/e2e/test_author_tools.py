@@ -1,4 +1,4 @@
-"""The function author's tools against the real daemon: `fnd invoke` and ``daemon.testing``."""
+"""The function author's tools against the real daemon: `fnd invoke` and ``fnd.testing``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.testing import FndClient, LaunchError, fnd_client
+from fnd.testing import FndClient, LaunchError, fnd_client
 from tests.fndserver import FIXTURES, world_readable_copy
 
 
@@ -24,7 +24,7 @@ def project() -> Iterator[Path]:
 
 def invoke(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-P", "-m", "daemon.cli", "invoke", *args, "--project", str(project)],
+        [sys.executable, "-P", "-m", "fnd.cli", "invoke", *args, "--project", str(project)],
         capture_output=True, text=True, timeout=120,
     )
 

@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from daemon.control import request as control_request
-from daemon.output_cap import SLACK
-from protocol.sandbox_settings import MiB
+from fnd.ctl.client import request as control_request
+from fnd.daemon.output_cap import SLACK
+from fnd.protocol.sandbox_settings import MiB
 from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts

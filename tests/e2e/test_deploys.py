@@ -17,7 +17,7 @@ NO_HANDLER = "def handle(context, event, callback):\n    callback(None, 'x')\n"
 
 
 def _fnd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-P", "-m", "daemon.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "fnd.cli", *args], capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 

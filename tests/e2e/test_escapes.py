@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
 from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server
 from tests.twilio_fake import TwilioFake, twilio_fake

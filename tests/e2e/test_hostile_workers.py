@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from daemon.config import load_config
+from fnd.daemon.config import load_config
 from tests.e2e.hostile import (
     FIXTURE,
     SLACK,

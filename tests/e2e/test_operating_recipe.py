@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 from twilio.request_validator import RequestValidator
 
-from daemon.launcher import LogTail
+from fnd.author.launcher import LogTail
 from tests.fndserver import FIXTURES
 from tests.nginx import running_nginx
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fnd_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-P", "-m", "daemon.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "fnd.cli", *args], capture_output=True,
                           text=True, timeout=60, cwd=ROOT)
 
 

@@ -50,7 +50,7 @@ def _namespace_zombies(init: psutil.Process) -> list[int]:
 def _zygote(init: psutil.Process) -> psutil.Process:
     for child in init.children(recursive=True):
         try:
-            if "worker.zygote" in " ".join(child.cmdline()):
+            if "fnd.worker.zygote" in " ".join(child.cmdline()):
                 return child
         except psutil.NoSuchProcess:
             continue

@@ -17,7 +17,7 @@ from tests.fndserver import running
 
 def _second_serve(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project), "--log-format", "json",
+        [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project), "--log-format", "json",
          *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psutil
 import requests
 
-from daemon.control import request as control_request
+from fnd.ctl.client import request as control_request
 from tests.fndserver import FIXTURES, FndServer, Line, running, until, world_readable_copy
 
 FIXTURE = "supervision"
@@ -56,7 +56,7 @@ def _background(fnd: FndServer, path: str, results: list[requests.Response]) -> 
 
 def _zygote_pid(fnd: FndServer) -> int:
     for child in psutil.Process(fnd.process.pid).children():
-        if "worker.zygote" in " ".join(child.cmdline()):
+        if "fnd.worker.zygote" in " ".join(child.cmdline()):
             return child.pid
     raise AssertionError("no zygote among the daemon's children")
 
@@ -163,8 +163,9 @@ def test_killed_zygote_is_restarted_and_requests_keep_flowing() -> None:
 def test_zygote_that_cannot_start_stops_serve_with_the_reason() -> None:
     project = world_readable_copy(FIXTURES / FIXTURE)
     # The real CLI, with the zygote's module name pointing at nothing.
-    script = ("import sys, daemon.zygote_client as z; z.ZYGOTE_MODULE = 'worker.no_such_zygote';"
-              "from daemon.cli import main; sys.exit(main(sys.argv[1:]))")
+    script = ("import sys, fnd.daemon.zygote_client as z;"
+              "z.ZYGOTE_MODULE = 'fnd.worker.no_such_zygote';"
+              "from fnd.cli import main; sys.exit(main(sys.argv[1:]))")
     process = subprocess.run(
         [sys.executable, "-c", script, "serve", str(project), "--port", "0",
          "--log-format", "json", "--control", str(project.parent / "control.sock")],

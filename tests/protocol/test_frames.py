@@ -9,7 +9,7 @@ import struct
 import msgpack
 import pytest
 
-from protocol import (
+from fnd.protocol import (
     MAX_FRAME,
     AsyncFrameReader,
     BlockingFrameReader,

@@ -2,7 +2,7 @@
 
 The child gets the same fds a zygote-made worker has (command pipe, result pipe, fds 1 and
 2 on a capture pipe), its own process group (teardown kills everything it started), and
-calls ``worker.loop.serve``. Reads wait on ``select`` with a generous deadline that only
+calls ``fnd.worker.loop.serve``. Reads wait on ``select`` with a generous deadline that only
 bounds a failure; nothing here sleeps to synchronise.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.frames import FrameDecoder, write_frame
-from protocol.messages import WorkerConfig
-from worker.loop import serve
+from fnd.protocol.frames import FrameDecoder, write_frame
+from fnd.protocol.messages import WorkerConfig
+from fnd.worker.loop import serve
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEADLINE = 15.0

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from fnd.worker.api import Context, Response, RuntimeAPI
 from tests.worker.harness import ACCOUNT_SID, AUTH_TOKEN, FIXTURES, Worker, base_context
-from worker.api import Context, Response, RuntimeAPI
 
 
 def test_context_access(worker: Worker) -> None:

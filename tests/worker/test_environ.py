@@ -1,4 +1,4 @@
-"""worker.environ: the base a worker starts from, and the project's variables per invocation."""
+"""fnd.worker.environ: the base a worker starts from, and the project's variables per invocation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import environ
+from fnd.worker import environ
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.loader import _positional_parameters
+from fnd.worker.loader import _positional_parameters
 
 
 def _by_inspect(handler: Callable[..., Any]) -> tuple[int, bool]:

@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
-from daemon.cgroups import Cgroups
-from protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from fnd.daemon.cgroups import Cgroups
+from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from fnd.worker import sandbox
+from fnd.worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 from tests.processes import reap
-from worker import sandbox
-from worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
 

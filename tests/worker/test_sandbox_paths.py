@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import sandbox_paths
-from worker.sandbox_paths import readable
+from fnd.worker import sandbox_paths
+from fnd.worker.sandbox_paths import readable
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from daemon import client
-from daemon.config import Config, ConfigError, load_config
-from daemon.launcher import LaunchError, ServeProcess
-from daemon.project import scan_project
+from fnd.author import client
+from fnd.author.launcher import LaunchError, ServeProcess
+from fnd.daemon.config import Config, ConfigError, load_config
+from fnd.daemon.project import scan_project
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -10,7 +10,7 @@ second)::
     from pathlib import Path
 
     import pytest
-    from daemon.testing import FndClient, fnd_client
+    from fnd.testing import FndClient, fnd_client
 
     PROJECT = Path(__file__).resolve().parent.parent
 
@@ -46,10 +46,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from daemon import client
-from daemon.client import Pairs, Reply
-from daemon.config import load_config
-from daemon.launcher import LaunchError, Line, ServeProcess
+from fnd.author import client
+from fnd.author.client import Pairs, Reply
+from fnd.author.launcher import LaunchError, Line, ServeProcess
+from fnd.daemon.config import load_config
 
 __all__ = ["FndClient", "LaunchError", "Reply", "fnd_client"]
 

@@ -1,4 +1,4 @@
-"""`fnd init DIR`: a new function project from the templates in ``daemon/templates/project``.
+"""`fnd init DIR`: a new function project from the templates in ``fnd/author/templates/project``.
 
 Template files are stored as ``<name>.tmpl`` so that the example functions are not linted
 or type-checked as part of fnd itself, and a leading ``_`` stands for a leading dot (package
@@ -11,6 +11,7 @@ users and must be able to read ``functions/`` and ``assets/``.
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -33,7 +34,7 @@ def create_project(target: Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     target.chmod(0o755)
     written: list[Path] = []
-    _copy(resources.files("daemon") / "templates" / "project", target, target.name, written)
+    _copy(resources.files("fnd.author") / "templates" / "project", target, target.name, written)
     return sorted(written)
 
 
@@ -49,6 +50,7 @@ def _copy(source: Traversable, target: Path, project: str, written: list[Path]) 
             if name.startswith("_"):
                 name = "." + name[1:]
             path = target / name
-            path.write_text(entry.read_text("utf-8").replace("{{project}}", project), "utf-8")
+            text = entry.read_text("utf-8").replace("{{project}}", project)
+            path.write_text(text.replace("{{python}}", sys.executable), "utf-8")
             path.chmod(0o644)
             written.append(path)

@@ -1,4 +1,4 @@
-"""A small HTTP client for fnd's own tools (`fnd invoke`, ``daemon.testing``).
+"""A small HTTP client for fnd's own tools (`fnd invoke`, ``fnd.testing``).
 
 It builds requests the way Twilio sends webhooks (form or JSON bodies, optionally signed with
 ``X-Twilio-Signature`` exactly as Twilio computes it) and sends them over TCP or a unix

@@ -1,6 +1,6 @@
 """Run `fnd serve` in a child process for fnd's own tools and wait until it is ready.
 
-`fnd invoke` and ``daemon.testing`` use the real daemon (zygote, sandboxed workers, time
+`fnd invoke` and ``fnd.testing`` use the real daemon (zygote, sandboxed workers, time
 limits, HTTP handling) rather than a look-alike, so a function behaves in a test exactly as
 in production. The child logs JSON lines on stderr; they are read on a thread and kept, and
 "ready" (with the listen address) or "cannot start" (with the reason) ends the wait.
@@ -85,7 +85,7 @@ class ServeProcess:
         where = ["--unix", str(self.folder / "http.sock")] if unix else []
         # -P: never import fnd from the current folder (a checkout); daemon and workers must
         # run the same installed code, which the sandboxed workers are allowed to read.
-        command = [sys.executable, "-P", "-m", "daemon.cli", "serve", str(project),
+        command = [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project),
                    "--log-format", "json", "--control", str(self.folder / "control.sock"),
                    *where, *args]
         self.process = subprocess.Popen(

@@ -9,10 +9,10 @@ import json
 import sys
 from typing import Any
 
-from daemon import __version__
-from daemon.config import ConfigError
-from daemon.logs import configure_logging, get_logger
-from daemon.settings_table import add_flags, flag_values
+from fnd import __version__
+from fnd.daemon.config import ConfigError
+from fnd.daemon.logs import configure_logging, get_logger
+from fnd.daemon.settings_table import add_flags, flag_values
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def _init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from daemon.scaffold import ScaffoldError, create_project
+    from fnd.author.scaffold import ScaffoldError, create_project
 
     target = Path(args.dir)
     try:
@@ -114,7 +114,7 @@ def _init(args: argparse.Namespace) -> int:
 def _invoke(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from daemon.invoke_once import InvokeArgs, invoke
+    from fnd.author.invoke_once import InvokeArgs, invoke
 
     return invoke(InvokeArgs(
         project=Path(args.project), path=args.path, data=args.data, json_body=args.json,
@@ -123,10 +123,10 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from daemon.pid1 import become_init_if_pid1
+    from fnd.daemon.pid1 import become_init_if_pid1
 
     become_init_if_pid1()  # first: as PID 1, this process stays the init, the child serves
-    from daemon.server import StartupError, serve
+    from fnd.daemon.server import StartupError, serve
 
     flags = flag_values(args)
     log_format = args.log_format or ("console" if args.dev else None)
@@ -142,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _control_request(path: str | None, payload: dict[str, Any]) -> dict[str, Any] | None:
-    from daemon.control import default_control_path, request
+    from fnd.ctl.client import request
+    from fnd.daemon.control import default_control_path
 
     try:
         return asyncio.run(request(path or default_control_path(), payload))
@@ -153,7 +154,7 @@ def _control_request(path: str | None, payload: dict[str, Any]) -> dict[str, Any
 
 
 def _status(args: argparse.Namespace) -> int:
-    from daemon.status_view import (
+    from fnd.ctl.status_view import (
         collect_process_figures,
         health_exit_code,
         health_problems,

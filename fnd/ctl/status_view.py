@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from daemon.stats import CRASH_WINDOW
+from fnd.daemon.stats import CRASH_WINDOW
 
 EXIT_HEALTHY = 0
 EXIT_DEGRADED = 3

@@ -1,0 +1,8 @@
+"""Test your functions with production semantics: ``fnd_client(project_dir)``.
+
+The public name of :mod:`fnd.author.testing`; see it for the details.
+"""
+
+from fnd.author.testing import FndClient, fnd_client
+
+__all__ = ["FndClient", "fnd_client"]
