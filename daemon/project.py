@@ -83,6 +83,9 @@ class Project:
     functions: Mapping[str, Route]  # every function, private included, by path
     assets: Mapping[str, Route]  # every asset, private included, by path
     problems: tuple[str, ...]
+    # Where workers import the project's own packages from (.fnd/deps/<hash>); None when the
+    # project has no requirements.txt. Filled in by the daemon, which refuses a mismatch.
+    deps: Path | None = None
 
     def lookup(self, http_path: str) -> Route | None:
         """The route serving ``http_path``; None for unknown and private paths (→ 404)."""

@@ -19,12 +19,17 @@ import site
 import stat
 import sys
 import time
+from pathlib import Path
+
+from fnd.daemon.deps import DepsMismatch, installed_folder
 
 _INTERPRETER_HINT = (
     "python lives under {dir} which is mode {mode}; build the venv from /usr/bin/python3 in "
     "a world-readable place (e.g. /usr/bin/python3 -m venv /opt/fnd-venv) and run fnd from it"
 )
 _GENERIC_HINT = "make it readable for other users (chmod o+rX on each directory, o+r on files)"
+_DEPS_HINT = ("fnd deps makes its folders readable by every uid; something changed it since: "
+              "run chmod -R a+rX {dir}")
 _HOME_HINT = ("move the project to a world-readable place such as /srv/NAME (the systemd unit "
               "hides /root and /home from fnd anyway)")
 _MAX_FILES = 10000
@@ -38,10 +43,11 @@ def interpreter_paths() -> list[str]:
 
 
 def project_paths(project_dir: str) -> list[str]:
-    """functions/ and assets/ and every file under them."""
+    """functions/, assets/, the installed requirements (.fnd/deps/<hash>) and every file
+    under them."""
     found: list[str] = []
-    for sub in ("functions", "assets"):
-        top = os.path.join(project_dir, sub)
+    for top in [os.path.join(project_dir, sub) for sub in ("functions", "assets")] \
+            + _deps_folder(project_dir):
         if not os.path.isdir(top):
             continue
         found.append(top)
@@ -50,6 +56,14 @@ def project_paths(project_dir: str) -> list[str]:
             if len(found) > _MAX_FILES:
                 return found
     return found
+
+
+def _deps_folder(project_dir: str) -> list[str]:
+    try:
+        folder = installed_folder(Path(project_dir))
+    except DepsMismatch:
+        return []  # not installed at all: the project scan refuses it, with the command
+    return [str(folder)] if folder is not None else []
 
 
 def check_readable_for_uid(
@@ -106,6 +120,9 @@ def _grouped(failures: dict[str, str], uid: int, gid: int) -> list[str]:
         mode = f"{stat.S_IMODE(st.st_mode):04o}"
         hint = _HOME_HINT if where in ("/root", "/home") or where.startswith("/home/") \
             else _GENERIC_HINT
+        deps = _deps_root(paths[0])
+        if deps is not None:
+            hint = _DEPS_HINT.format(dir=deps)
         lines.append(f"{where} is mode {mode} owned by uid {st.st_uid}: worker uid {uid} "
                      f"cannot reach the {len(paths)} files behind it (first: {paths[0]}); "
                      + hint)
@@ -193,4 +210,15 @@ def _explain(path: str, error: str, uid: int, gid: int) -> str:
         if _is_interpreter(path):
             return message + "; " + _INTERPRETER_HINT.format(dir=where, mode=mode)
     hint = _INTERPRETER_HINT.format(dir="a private directory", mode="0700")
+    deps = _deps_root(path)
+    if deps is not None:
+        return message + "; " + _DEPS_HINT.format(dir=deps)
     return message + "; " + (hint if _is_interpreter(path) else _GENERIC_HINT)
+
+
+def _deps_root(path: str) -> str | None:
+    """The .fnd/deps/<hash> folder ``path`` is in, if any."""
+    head, marker, rest = path.partition("/.fnd/deps/")
+    if not marker or not rest:
+        return None
+    return head + marker + rest.split("/", 1)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ from fnd.daemon.app import FrontEnd
 from fnd.daemon.canary import self_check
 from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
 from fnd.daemon.control import ControlServer, default_control_path
+from fnd.daemon.deps import DepsMismatch, installed_folder
 from fnd.daemon.http_timeouts import TimeoutServer
 from fnd.daemon.listen import start_sites
 from fnd.daemon.logs import get_logger
@@ -43,8 +45,12 @@ def worker_config(
     config: Config, project: Project, sandbox: SandboxSettings
 ) -> m.WorkerConfig:
     """The non-secret part of the configuration that workers get at birth via the zygote."""
+    deps = str(project.deps) if project.deps is not None else ""
+    if deps:  # read-only, carved out of the hidden project root like functions/ and assets/
+        sandbox = sandbox | {"readable_paths": [*sandbox.get("readable_paths", []), deps]}
     return {
         "project_dir": str(config.project_dir),
+        "deps_dir": deps,
         "functions": {path: str(route.file) for path, route in project.functions.items()},
         "sources": {str(route.file): route.code for route in project.functions.values()
                     if route.code is not None},
@@ -66,6 +72,11 @@ def load_project(config: Config) -> Project:
     try:
         project = scan_project(config.project_dir)
     except ProjectError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        # Not a problem that --allow-broken may serve past: every function could need them.
+        project = dataclasses.replace(project, deps=installed_folder(project.root))
+    except DepsMismatch as exc:
         raise StartupError(str(exc)) from None
     if project.problems:
         for problem in project.problems:

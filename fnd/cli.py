@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     metrics = commands.add_parser("metrics", help="print Prometheus metrics of a running daemon")
     metrics.add_argument("--control", metavar="PATH", help="control socket path")
 
+    deps = commands.add_parser(
+        "deps", help="install the project's requirements.txt for its workers (pip)")
+    deps.add_argument("project", nargs="?", default=".", help="project folder (default: .)")
+    deps.add_argument("--prune", action="store_true",
+                      help="remove installed folders the current requirements.txt does not use")
+
     init = commands.add_parser("init", help="create a new function project in DIR")
     init.add_argument("dir", help="folder to create (must be new or empty)")
 
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return _metrics(args)
     if args.command == "init":
         return _init(args)
+    if args.command == "deps":
+        return _deps(args)
     if args.command == "invoke":
         return _invoke(args)
     return EXIT_USAGE
@@ -108,6 +116,23 @@ def _init(args: argparse.Namespace) -> int:
     for file in files:
         print(f"created {file}")
     print(f"\nNext: cd {target} && cp .env.example .env && fnd serve --dev   (tests: pytest)")
+    return EXIT_OK
+
+
+def _deps(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fnd.ctl.deps import DepsError, install, prune
+
+    try:
+        (prune if args.prune else install)(Path(args.project))
+    except (DepsError, OSError) as exc:
+        message = str(exc) if isinstance(exc, DepsError) else f"{exc.strerror}: {exc.filename}"
+        first, _, details = message.partition("\n")
+        if details:  # pip's own words first, the verdict last where the eye lands
+            print(details, file=sys.stderr)
+        print(f"fnd deps: {first}", file=sys.stderr)
+        return 1
     return EXIT_OK
 
 

@@ -57,6 +57,7 @@ class WorkerConfig(TypedDict, total=False):
     """Non-secret settings a worker needs from birth; passed through the zygote."""
 
     project_dir: str
+    deps_dir: str  # the project's installed requirements (.fnd/deps/<hash>); "" when none
     functions: dict[str, str]  # function name -> absolute file, private ones included
     sources: dict[str, bytes]  # absolute file -> its code as the daemon read it (immutable)
     assets: dict[str, str]  # private asset path -> absolute file

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import inspect
+import site
 import sys
 import threading
 from collections.abc import Callable
@@ -20,6 +21,20 @@ from typing import Any
 
 from fnd.worker.serialize import describe
 from fnd.worker.settings import Settings
+
+
+def use_deps(folder: str) -> None:
+    """Put the project's own packages (``fnd deps``) first on this worker's import path.
+
+    As a site dir, so that their .pth files work; called after the fork, so the zygote (and
+    the next generation's workers) never see this generation's folder.
+    """
+    if not folder:
+        return
+    before = list(sys.path)
+    site.addsitedir(folder)
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + before
 
 
 class Style(enum.Enum):

@@ -25,7 +25,7 @@ from fnd.protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Me
 from fnd.worker import environ
 from fnd.worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
 from fnd.worker.leftovers import become_subreaper
-from fnd.worker.loader import FunctionError, Loader
+from fnd.worker.loader import FunctionError, Loader, use_deps
 from fnd.worker.output import Channel, Output, write_plain
 from fnd.worker.runtime import Runtime
 from fnd.worker.serialize import describe
@@ -47,6 +47,7 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
     environ.reset()  # nothing inherited from the zygote; the project's variables come per call
     settings = Settings.from_config(config)
+    use_deps(settings.deps_dir)
     channel = Channel(res_fd, settings.max_output)
     output = Output(channel)
     output.install((cmd_fd, res_fd))

@@ -14,6 +14,7 @@ _FRAME_HEADROOM = 64 * 1024
 @dataclass(frozen=True)
 class Settings:
     project_dir: str = ""
+    deps_dir: str = ""
     functions: dict[str, str] = field(default_factory=dict)
     sources: dict[str, bytes] = field(default_factory=dict)
     assets: dict[str, str] = field(default_factory=dict)
@@ -31,6 +32,7 @@ class Settings:
         max_body = config.get("max_body", base.max_body)
         return cls(
             project_dir=config.get("project_dir", ""),
+            deps_dir=config.get("deps_dir", ""),
             functions=dict(config.get("functions", {})),
             sources=dict(config.get("sources", {})),
             assets=dict(config.get("assets", {})),
