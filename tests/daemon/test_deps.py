@@ -1,0 +1,190 @@
+"""`fnd deps` against real pip: the folder's name, idempotence, modes under umask 077, pruning,
+and the refusal of another version of one of fnd's own packages; the daemon's side check."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from fnd.ctl.deps import DepsError, install, prune
+from fnd.daemon.deps import (
+    DEPS_DIR,
+    MANIFEST,
+    DepsMismatch,
+    deps_hash,
+    installed_folder,
+    interpreter_tag,
+    wanted_folder,
+)
+from fnd.daemon.sandbox_check import check_readable_for_uid
+
+# six: tiny and not one of fnd's; python-dotenv: one of fnd's, so it must be left to fnd's copy.
+REQUIREMENTS = "six\npython-dotenv\n"
+
+
+def _project() -> Path:
+    top = Path(tempfile.mkdtemp(prefix="fnd-deps-test-", dir="/tmp"))
+    top.chmod(0o755)
+    project = top / "project"
+    (project / "functions").mkdir(parents=True)
+    (project / "requirements.txt").write_text(REQUIREMENTS)
+    for path in (project, project / "functions"):
+        path.chmod(0o755)
+    (project / "requirements.txt").chmod(0o644)
+    return project
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[tuple[Path, list[str]]]:
+    """A project after one `fnd deps` run under umask 077, and what it said."""
+    project = _project()
+    said: list[str] = []
+    old = os.umask(0o077)
+    try:
+        install(project, said.append)
+    finally:
+        os.umask(old)
+    yield project, said
+    shutil.rmtree(project.parent, ignore_errors=True)
+
+
+def _folder(project: Path) -> Path:
+    folder = wanted_folder(project)
+    assert folder is not None
+    return folder
+
+
+def test_the_folder_is_named_by_the_requirements_and_the_interpreter() -> None:
+    data = REQUIREMENTS.encode()
+    assert deps_hash(data) == deps_hash(data)
+    assert deps_hash(data) != deps_hash(data + b"humanize\n")
+    assert sys.implementation.name in interpreter_tag()
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in interpreter_tag()
+
+
+def test_install_puts_the_project_packages_there_and_leaves_fnd_packages_to_fnd(
+    installed: tuple[Path, list[str]],
+) -> None:
+    project, said = installed
+    folder = _folder(project)
+    assert folder.name == deps_hash(REQUIREMENTS.encode())
+    assert said[-2].startswith(f"installed: {DEPS_DIR}/{folder.name} (six ")
+    assert said[-1] == f"  served by fnd's own copy: python-dotenv {version('python-dotenv')}"
+    assert (folder / "six.py").is_file()
+    assert not (folder / "dotenv").exists() and not list(folder.glob("python_dotenv*"))
+    assert not (folder / "bin" / "dotenv").exists()  # its script went with it
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["shared"] == {"python-dotenv": version("python-dotenv")}
+    assert set(manifest["installed"]) == {"six"}
+    assert installed_folder(project) == folder
+    assert [p.name for p in (project / DEPS_DIR).iterdir()] == [folder.name]  # no leftovers
+
+
+def test_a_second_run_installs_nothing_and_says_so(installed: tuple[Path, list[str]]) -> None:
+    project, _ = installed
+    folder = _folder(project)
+    before = folder.stat()
+    said: list[str] = []
+    install(project, said.append)
+    assert said == [f"up to date: {DEPS_DIR}/{folder.name}"]
+    after = folder.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == \
+        (before.st_ino, before.st_mtime_ns, before.st_ctime_ns)
+
+
+def test_under_umask_077_everything_is_readable_by_another_uid(
+    installed: tuple[Path, list[str]],
+) -> None:
+    project, _ = installed
+    folder = _folder(project)
+    paths = [project / ".fnd", project / DEPS_DIR, folder, *folder.rglob("*")]
+    for path in paths:
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            assert mode & 0o555 == 0o555, f"{path}: {stat.filemode(mode)}"
+        elif stat.S_ISREG(mode):
+            assert mode & 0o444 == 0o444, f"{path}: {stat.filemode(mode)}"
+    if os.geteuid() == 0:  # and the kernel agrees, as a worker uid
+        assert check_readable_for_uid(61000, 61000, [str(p) for p in paths]) == []
+
+
+def test_prune_removes_what_the_current_requirements_do_not_use(
+    installed: tuple[Path, list[str]],
+) -> None:
+    project, _ = installed
+    top = project / DEPS_DIR
+    stale = top / deps_hash(b"humanize\n")
+    (stale / "humanize").mkdir(parents=True)
+    (top / ".tmp-0123456789ab-xyz").mkdir()  # an interrupted run's leftover
+    said: list[str] = []
+    prune(project, said.append)
+    assert sorted(said) == [f"removed: {DEPS_DIR}/.tmp-0123456789ab-xyz",
+                            f"removed: {DEPS_DIR}/{stale.name}"]
+    assert [p.name for p in top.iterdir()] == [_folder(project).name]
+    said.clear()
+    prune(project, said.append)
+    assert said == ["nothing to prune"]
+
+
+def test_a_changed_requirements_file_is_a_mismatch_naming_the_command(
+    installed: tuple[Path, list[str]],
+) -> None:
+    project, _ = installed
+    other = _project()
+    try:
+        (other / "requirements.txt").write_text(REQUIREMENTS + "humanize\n")
+        with pytest.raises(DepsMismatch, match=f"; run: fnd deps {other}$"):
+            installed_folder(other)
+        (other / "requirements.txt").unlink()
+        assert installed_folder(other) is None  # no requirements.txt: nothing needed
+    finally:
+        shutil.rmtree(other.parent)
+
+
+def test_another_version_of_fnd_twilio_is_refused_before_any_download() -> None:
+    ours = version("twilio")
+    theirs = "8.0.0" if ours != "8.0.0" else "8.1.0"
+    project = _project()
+    try:
+        (project / "requirements.txt").write_text(f"six\ntwilio=={theirs}  # pinned\n")
+        with pytest.raises(DepsError) as refused:
+            install(project, lambda _line: None)
+        assert f"twilio=={theirs}" in str(refused.value)
+        assert f"fnd itself runs on twilio {ours}" in str(refused.value)
+        assert not (project / ".fnd").exists()  # refused before a build folder, or pip
+        # The command: exit 1 and one line.
+        done = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "deps", str(project)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        [line] = done.stderr.splitlines()
+        assert line.startswith("fnd deps: requirements.txt asks for twilio==")
+    finally:
+        shutil.rmtree(project.parent)
+
+
+def test_a_folder_made_against_other_versions_of_fnd_packages_is_stale_and_rebuilt(
+    installed: tuple[Path, list[str]],
+) -> None:
+    project, _ = installed
+    folder = _folder(project)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["shared"]["python-dotenv"] = "0.0.1"
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    ours = version("python-dotenv")
+    with pytest.raises(DepsMismatch, match=f"python-dotenv 0.0.1 \\(now {ours}\\)"):
+        installed_folder(project)
+    said: list[str] = []
+    install(project, said.append)  # rebuilds in place, under the same name
+    assert said[-2].startswith(f"installed: {DEPS_DIR}/{folder.name}")
+    assert installed_folder(project) == folder
+    assert [p.name for p in (project / DEPS_DIR).iterdir()] == [folder.name]
