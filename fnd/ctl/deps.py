@@ -167,16 +167,19 @@ def _pip(requirements: Path, target: Path, runtime: dict[str, str]) -> None:
         pins.flush()
         command = [sys.executable, "-m", "pip", "install", "--target", str(target),
                    "--requirement", str(requirements), "--constraint", pins.name,
-                   "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
-                   "--quiet"]
+                   "--no-input", "--disable-pip-version-check", "--no-warn-script-location"]
         result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
                                 text=True, check=False)
     if result.returncode != 0:
         lines = [line for line in (result.stdout + result.stderr).splitlines()
                  if line.strip() and "is ignored: it is neither" not in line]
         tail = "\n".join(f"  pip: {line}" for line in lines[-_PIP_TAIL:])
-        raise DepsError(f"pip could not install {REQUIREMENTS} (exit {result.returncode}); "
-                        f"nothing was changed\n{tail}")
+        why = ""
+        if "(constraint)" in result.stdout + result.stderr:
+            why = (": a requirement needs another version of a package fnd itself runs on "
+                   "(pip's '(constraint)' lines are fnd's versions)")
+        raise DepsError(f"pip could not install {REQUIREMENTS} (exit {result.returncode})"
+                        f"{why}; nothing was changed\n{tail}")
 
 
 def _distributions(target: Path) -> Iterator[tuple[Path, str, str]]:

@@ -3,6 +3,8 @@ and the refusal of another version of one of fnd's own packages; the daemon's si
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -188,3 +191,44 @@ def test_a_folder_made_against_other_versions_of_fnd_packages_is_stale_and_rebui
     assert said[-2].startswith(f"installed: {DEPS_DIR}/{folder.name}")
     assert installed_folder(project) == folder
     assert [p.name for p in (project / DEPS_DIR).iterdir()] == [folder.name]
+
+
+def _wheel(folder: Path, name: str, requires: str) -> Path:
+    """A minimal pure-Python wheel of ``name`` 1.0 that depends on ``requires``."""
+    files = {
+        f"{name}.py": "X = 1\n",
+        f"{name}-1.0.dist-info/METADATA":
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\nRequires-Dist: {requires}\n",
+        f"{name}-1.0.dist-info/WHEEL":
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def digest(text: str) -> str:
+        raw = hashlib.sha256(text.encode()).digest()
+        return "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    record = "".join(f"{n},{digest(c)},{len(c.encode())}\n" for n, c in files.items())
+    record += f"{name}-1.0.dist-info/RECORD,,\n"
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+        archive.writestr(f"{name}-1.0.dist-info/RECORD", record)
+    return wheel
+
+
+def test_a_dependency_needing_another_version_of_an_fnd_package_fails_in_pip_and_says_why(
+) -> None:
+    project = _project()
+    try:
+        # Not pinned in requirements.txt itself: only pip's resolution meets fnd's version.
+        wheel = _wheel(project.parent, "fnd_test_needs_old_msgpack", "msgpack<1")
+        (project / "requirements.txt").write_text(f"{wheel}\n")
+        with pytest.raises(DepsError) as refused:
+            install(project, lambda _line: None)
+        message = str(refused.value)
+        assert "a requirement needs another version of a package fnd itself runs on" in message
+        assert f"(constraint) msgpack=={version('msgpack')}" in message  # pip's words, shown
+        assert [p.name for p in (project / DEPS_DIR).iterdir()] == []  # nothing left behind
+    finally:
+        shutil.rmtree(project.parent)
