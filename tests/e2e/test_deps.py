@@ -22,9 +22,9 @@ def _fnd(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
-def _refused(project: Path) -> str:
+def _refused(project: Path, *args: str) -> str:
     """`fnd serve` on the project: it must not start; returns its reason."""
-    server = FndServer(project, [])
+    server = FndServer(project, list(args))
     try:
         line = server.wait_for(lambda entry: entry.get("event") in ("cannot start", "ready"))
         assert line["event"] == "cannot start", "fnd served a project it should refuse"
@@ -40,6 +40,8 @@ def test_deps_are_installed_served_and_a_mismatch_is_refused_at_serve_and_reload
         reason = _refused(project)
         assert f"fnd deps {project}" in reason, reason
         assert "requirements.txt is not installed" in reason
+        # Not one broken function that --allow-broken may serve past: a deploy error.
+        assert f"fnd deps {project}" in _refused(project, "--allow-broken")
 
         done = _fnd("deps", str(project))
         assert done.returncode == 0, done.stderr
@@ -71,6 +73,7 @@ def test_deps_are_installed_served_and_a_mismatch_is_refused_at_serve_and_reload
             assert pruned.returncode == 0
             assert pruned.stdout.strip() == f"removed: {DEPS_DIR}/{first.name}"
             assert not first.exists()
+            assert fnd.get("/size").text == "1.0 MB from deps"  # the new folder serves
         finally:
             fnd.stop()
     finally:
