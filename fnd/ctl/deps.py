@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -74,6 +75,9 @@ def install(project: Path, say: Say = print) -> None:
     if manifest is not None and not stale_shared(manifest, runtime):
         say(f"up to date: {shown}")
         return
+    if importlib.util.find_spec("pip") is None:
+        raise DepsError(f"pip is not installed for {sys.executable}, and fnd deps installs with "
+                        f"it: {sys.executable} -m ensurepip adds it")
     _refuse_pinned_conflicts(requirements, runtime)
     _make_traversable(root, top)
     build = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=top))
