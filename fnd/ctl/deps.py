@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -21,7 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email.parser import HeaderParser
 from pathlib import Path
 
@@ -214,7 +215,42 @@ def _drop_fnd_packages(
             shared[key] = version
         else:
             raise DepsError(_conflict(key, f" {version} (as pip resolved it)", ours))
+    _refuse_shadowing(target, runtime)
     return kept, shared
+
+
+def top_level_names(paths: Iterable[str]) -> set[str]:
+    """The importable top-level names among a distribution's files (paths as in RECORD)."""
+    names: set[str] = set()
+    for path in paths:
+        first, slash, _ = path.partition("/")
+        if first.startswith(".") or first.endswith((".dist-info", ".data")) \
+                or first == "__pycache__":
+            continue  # scripts (../../bin), metadata, caches
+        if slash:
+            names.add(first)
+        elif first.endswith(".py"):
+            names.add(first.removesuffix(".py"))
+        elif first.endswith(".so"):
+            names.add(first.split(".", 1)[0])
+    return names
+
+
+def _refuse_shadowing(target: Path, runtime: dict[str, str]) -> None:
+    """Refuse a project package under another name that brings a module of one of fnd's
+    (PyPI's `dotenv` and fnd's `python-dotenv` are both `import dotenv`): first on the path,
+    it would replace fnd's for every import not done yet in the worker."""
+    ours: dict[str, str] = {}
+    for name in runtime:
+        files = importlib.metadata.files(name) or []
+        ours.update((module, name) for module in top_level_names(str(f) for f in files))
+    for info, name, version in _distributions(target):
+        with open(info / "RECORD", newline="") as record:
+            modules = top_level_names(row[0] for row in csv.reader(record) if row)
+        for module in sorted(modules & set(ours)):
+            raise DepsError(f"{name} {version} provides the module `{module}`, which is fnd's "
+                            f"own (from {ours[module]} {runtime[ours[module]]}): a project "
+                            "cannot replace it; use another package")
 
 
 def _uninstall(target: Path, info: Path) -> None:

@@ -193,12 +193,14 @@ def test_a_folder_made_against_other_versions_of_fnd_packages_is_stale_and_rebui
     assert [p.name for p in (project / DEPS_DIR).iterdir()] == [folder.name]
 
 
-def _wheel(folder: Path, name: str, requires: str) -> Path:
-    """A minimal pure-Python wheel of ``name`` 1.0 that depends on ``requires``."""
+def _wheel(folder: Path, name: str, requires: str = "", module: str = "") -> Path:
+    """A minimal pure-Python wheel of ``name`` 1.0, with the module ``module`` (default: the
+    name) and one dependency ``requires``."""
+    depends = f"Requires-Dist: {requires}\n" if requires else ""
     files = {
-        f"{name}.py": "X = 1\n",
+        f"{module or name}/__init__.py": "X = 1\n",
         f"{name}-1.0.dist-info/METADATA":
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\nRequires-Dist: {requires}\n",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{depends}",
         f"{name}-1.0.dist-info/WHEEL":
             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
@@ -230,5 +232,20 @@ def test_a_dependency_needing_another_version_of_an_fnd_package_fails_in_pip_and
         assert "a requirement needs another version of a package fnd itself runs on" in message
         assert f"(constraint) msgpack=={version('msgpack')}" in message  # pip's words, shown
         assert [p.name for p in (project / DEPS_DIR).iterdir()] == []  # nothing left behind
+    finally:
+        shutil.rmtree(project.parent)
+
+
+def test_a_package_bringing_a_module_of_fnd_under_another_name_is_refused() -> None:
+    project = _project()
+    try:
+        wheel = _wheel(project.parent, "fnd_test_not_dotenv", module="dotenv")
+        (project / "requirements.txt").write_text(f"{wheel}\n")
+        with pytest.raises(DepsError) as refused:
+            install(project, lambda _line: None)
+        assert str(refused.value).startswith(
+            "fnd_test_not_dotenv 1.0 provides the module `dotenv`, which is fnd's own (from "
+            f"python-dotenv {version('python-dotenv')})")
+        assert [p.name for p in (project / DEPS_DIR).iterdir()] == []
     finally:
         shutil.rmtree(project.parent)
