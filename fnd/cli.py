@@ -127,7 +127,9 @@ def _deps(args: argparse.Namespace) -> int:
     try:
         (prune if args.prune else install)(Path(args.project))
     except (DepsError, OSError) as exc:
-        message = str(exc) if isinstance(exc, DepsError) else f"{exc.strerror}: {exc.filename}"
+        message = str(exc)
+        if not isinstance(exc, DepsError) and exc.filename:  # e.g. a project we may not write
+            message = f"{exc.filename}: {exc.strerror or exc}"
         first, _, details = message.partition("\n")
         if details:  # pip's own words first, the verdict last where the eye lands
             print(details, file=sys.stderr)
