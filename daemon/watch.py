@@ -1,4 +1,5 @@
-"""Dev mode (docs/pool.md#dev-mode): notice changes under functions/, assets/ and .env, and reload.
+"""Dev mode (docs/pool.md#dev-mode): notice changes under functions/, assets/, .env and the
+project's requirements (requirements.txt, the .fnd/deps folder), and reload.
 
 A cheap poll, not inotify: every `interval` seconds a snapshot of (mtime, size) per file is
 taken in a thread (a big assets/ folder must not stall the event loop) and compared with the
@@ -18,7 +19,9 @@ from fnd.daemon.logs import get_logger
 _log = get_logger("fnd.watch")
 INTERVAL = 0.5
 WATCHED_DIRS = ("functions", "assets")
-WATCHED_FILES = (".env",)
+# .fnd/deps is the folder itself: its mtime moves when `fnd deps` renames a new install in,
+# so a dev server retries the reload that requirements.txt's change made fail.
+WATCHED_FILES = (".env", "requirements.txt", ".fnd/deps")
 Snapshot = dict[str, tuple[int, int]]
 
 

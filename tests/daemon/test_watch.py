@@ -32,6 +32,17 @@ def test_snapshot_covers_functions_assets_and_env_only(tmp_path: Path) -> None:
     ]
 
 
+def test_requirements_and_a_new_deps_folder_are_changes(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / ".fnd" / "deps").mkdir(parents=True)
+    before = snapshot(project)
+    (project / "requirements.txt").write_text("humanize\n")
+    assert changes(before, snapshot(project)) == ["requirements.txt"]
+    before = snapshot(project)
+    os.utime(project / ".fnd" / "deps", ns=(0, 0))  # as after `fnd deps` renamed a folder in
+    assert changes(before, snapshot(project)) == [".fnd/deps"]
+
+
 def test_changes_lists_new_changed_and_deleted(tmp_path: Path) -> None:
     project = _project(tmp_path)
     before = snapshot(project)
