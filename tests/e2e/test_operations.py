@@ -173,12 +173,13 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # The unit names /opt/fnd-venv, which verify checks exists: point it at the fnd under
     # test, wherever FND_VENV put it.
     fnd = str(Path(sys.executable).parent / "fnd")
-    for name in ("fnd.service", "fnd.socket"):
+    for name in ("fnd.service", "fnd.socket", "fnd@.service", "fnd@.socket"):
         text = (ROOT / "systemd" / name).read_text().replace("/opt/fnd-venv/bin/fnd", fnd)
         (tmp_path / name).write_text(text)
+    # The templates are checked as an instance: verify loads fnd@.service for fnd@shop.service.
+    units = ["fnd.service", "fnd.socket", "fnd@shop.service", "fnd@shop.socket"]
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / "fnd.service"),
-         str(tmp_path / "fnd.socket")],
+        ["systemd-analyze", "verify", *[str(tmp_path / unit) for unit in units]],
         capture_output=True, text=True, timeout=60,
     )
     # verify only warns on unknown keys and still exits 0: no output at all is the bar.
