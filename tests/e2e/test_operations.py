@@ -219,6 +219,34 @@ def test_status_exit_codes_unreachable_and_degraded() -> None:
         assert degraded.returncode == 3, degraded.stdout
 
 
+def test_status_and_reload_find_an_instance_by_name() -> None:
+    # fnd@NAME.service keeps its control socket at /run/fnd/NAME/control.sock.
+    name = f"ops-test-{os.getpid()}"
+    control = f"/run/fnd/{name}/control.sock"
+    try:
+        with running("ops", "--control", control) as fnd:
+            fnd.control = control
+            status = _fnd_cli("status", name, "--json")
+            assert status.returncode == 0, status.stdout + status.stderr
+            assert json.loads(status.stdout)["pid"] == fnd.status()["pid"]
+            table = _fnd_cli("status", name)
+            assert re.search(r"^uids +\d+-\d+", table.stdout, re.M), table.stdout
+            reload = _fnd_cli("reload", name)
+            assert reload.returncode == 0 and "reloaded (generation 1)" in reload.stdout
+            assert _fnd_cli("metrics", name).stdout.startswith("# HELP")
+            # The path form still works, and naming both is a usage error.
+            assert _fnd_cli("status", "--control", control).returncode == 0
+            assert _fnd_cli("status", name, "--control", control).returncode == 2
+            default = _fnd_cli("status")
+            if default.returncode == 4:  # nothing at the default path: the instances are named
+                assert name in default.stderr, default.stderr
+        missing = _fnd_cli("reload", name)
+        assert missing.returncode == 4
+        assert f"/run/fnd/{name}/control.sock not reachable" in missing.stderr
+    finally:
+        shutil.rmtree(f"/run/fnd/{name}", ignore_errors=True)
+
+
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
                      r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)?\})? '
                      r'(-?[0-9.]+(?:[eE][+-]?[0-9]+)?|NaN|[+-]Inf)$')
