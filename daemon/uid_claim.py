@@ -74,11 +74,12 @@ class UidClaim:
     def status(self) -> dict[str, object]:
         return {"first": self.first, "last": self.last, "automatic": self.automatic}
 
-    def grow(self, count: int, lock_dir: str = LOCK_DIR) -> None:
+    def grow(self, count: int) -> None:
         """Hold `count` uids from the same first one (a reload raised workers_max), or raise
         UidRangeTaken naming the daemon in the way; the range held so far stays held."""
         if count <= self.count:
             return
+        lock_dir = os.path.dirname(self._path)
         with _locked(lock_dir):
             _refuse_overlap(lock_dir, self.first, count, own=self._path)
             fd, path = _hold(lock_dir, self.first, count, self._info)
