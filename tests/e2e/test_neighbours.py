@@ -62,10 +62,14 @@ def _reach(a: FndServer, **attempts: str) -> dict[str, Any]:
 def test_two_default_daemons_hold_disjoint_worker_uid_ranges(
         pair: tuple[FndServer, FndServer]) -> None:
     a, b = pair
+    # The kernel's view first: no uid runs workers of both daemons.
+    running_a = {_real_uid(pid) for pid in _worker_pids(a)}
+    running_b = {_real_uid(pid) for pid in _worker_pids(b)}
+    assert running_a and running_b and not running_a & running_b, (running_a, running_b)
     range_a, range_b = _uids(a), _uids(b)
     assert not set(range_a) & set(range_b), (range_a, range_b)
     assert a.status()["uids"]["automatic"] and b.status()["uids"]["automatic"]
-    # The kernel's view: every worker runs as a uid of its own daemon's range.
+    # Every worker runs as a uid of its own daemon's range.
     for server, own in ((a, range_a), (b, range_b)):
         pids = _worker_pids(server)
         assert pids

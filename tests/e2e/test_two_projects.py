@@ -63,12 +63,14 @@ def test_each_domain_reaches_its_own_project(host: tuple[FndServer, FndServer, s
 def test_the_two_projects_workers_run_under_separate_uids(
         host: tuple[FndServer, FndServer, str]) -> None:
     a, b, base = host
+    uid_a = _get(base, SHOP, "/who").json()["uid"]
+    uid_b = _get(base, SUPPORT, "/who").json()["uid"]
+    assert uid_a != uid_b
     held_a, held_b = a.status()["uids"], b.status()["uids"]
     range_a = range(held_a["first"], held_a["last"] + 1)
     range_b = range(held_b["first"], held_b["last"] + 1)
     assert not set(range_a) & set(range_b)
-    assert _get(base, SHOP, "/who").json()["uid"] in range_a
-    assert _get(base, SUPPORT, "/who").json()["uid"] in range_b
+    assert uid_a in range_a and uid_b in range_b
 
 
 def test_project_a_cannot_read_project_bs_files(host: tuple[FndServer, FndServer, str]) -> None:
