@@ -107,6 +107,19 @@ def test_a_worker_cannot_connect_to_the_other_daemons_control_socket(
     assert b.status()["ok"] is True  # root still can
 
 
+def test_a_fork_bomb_in_one_project_leaves_the_other_able_to_start_processes() -> None:
+    # One worker each, so both serve from slot 0: with a shared uid base they would be the
+    # same uid, and A's children would count against B's RLIMIT_NPROC.
+    one = {"FND_WORKERS_MIN": "1", "FND_WORKERS_MAX": "1"}
+    with running("project_a", env=one) as a, running("project_b", env=one) as b:
+        answer = a.get("/crowd", params={"url": b.url + "/spawn"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert result["refused"] == "EAGAIN" and result["children"] > 0, result
+        assert result["other"] == "ok", result  # B started a process while A was full
+        assert b.get("/who").status_code == 200
+
+
 def test_a_configured_uid_base_overlapping_a_live_daemon_is_refused(
         pair: tuple[FndServer, FndServer]) -> None:
     a, _ = pair
@@ -125,20 +138,18 @@ def test_a_configured_uid_base_overlapping_a_live_daemon_is_refused(
         shutil.rmtree(project.parent, ignore_errors=True)
 
 
-def test_a_reload_cannot_grow_into_another_daemons_range(
-        pair: tuple[FndServer, FndServer]) -> None:
-    a, _ = pair
-    held = a.status()["uids"]
-    # Four uids (workers_max 2) just below A's range: the daemon starts; a reload asking for
-    # more workers would reach into A's uids, and is refused with A named.
-    first = held["first"] - 4
-    with running("project_b", env={"FND_UID_BASE": str(first)},
-                 files={"fnd.toml": "workers_min = 1\nworkers_max = 2\n"}) as c:
+def test_a_reload_cannot_grow_into_another_daemons_range() -> None:
+    # C holds four uids (workers_max 2), D the next four. A reload raising C's workers_max
+    # would reach into D's uids: refused, naming D, and C's old code keeps serving.
+    first = 300000 + os.getpid() % 1000 * 8  # a span nothing else on this host uses
+    small = {"fnd.toml": "workers_min = 1\nworkers_max = 2\n"}
+    with running("project_b", env={"FND_UID_BASE": str(first)}, files=small) as c, \
+            running("project_b", env={"FND_UID_BASE": str(first + 4)}, files=small) as d:
         assert c.status()["uids"] == {"first": first, "last": first + 3, "automatic": False}
         (c.project / "fnd.toml").write_text("workers_min = 1\nworkers_max = 4\n")
         answer = asyncio.run(control_request(c.control, {"cmd": "reload"}))
         assert answer["ok"] is False
-        assert f"fnd pid {a.status()['pid']}" in answer["error"], answer
+        assert f"fnd pid {d.status()['pid']}" in answer["error"], answer
         assert c.get("/who").status_code == 200  # the old generation keeps serving
         assert c.status()["uids"]["last"] == first + 3
 
