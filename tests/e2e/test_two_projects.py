@@ -1,24 +1,30 @@
 """Two projects on one host behind one real nginx, as docs/operating.md sets them up.
 
-The shipped site (systemd/nginx-fnd.conf) has one `server` per domain, each proxying to its
-own fnd instance's unix socket; each project runs under its own `fnd serve` with default
-settings. nginx routes by the Host header, each project answers for its own domain only,
-their workers run under uids that do not overlap, and project A's code cannot read B's.
+Each project runs as an instance of the template unit: the daemon is started with
+systemd/fnd@.service's own `ExecStart=` (no systemd here; its RuntimeDirectory made by hand),
+with default settings. The shipped site (systemd/nginx-fnd.conf) has one `server` per domain,
+each proxying to its instance's unix socket. nginx routes by the Host header, each project
+answers for its own domain only, `fnd status NAME` finds each instance, their workers run
+under uids that do not overlap, and project A's code cannot read B's.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.fndserver import FndServer, running
+from tests.fndserver import FIXTURES, FndServer, world_readable_copy
 from tests.nginx import INSTANCES, running_nginx
 
 pytestmark = pytest.mark.root_only  # worker uids
@@ -27,19 +33,55 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOP, SUPPORT = INSTANCES["shop"], INSTANCES["support"]  # A answers for shop, B for support
 
 
+UNIT = (ROOT / "systemd" / "fnd@.service").read_text()
+
+
+def _exec_start(instance: str, project: Path) -> list[str]:
+    """The unit's ExecStart= for `fnd@instance`, with /srv/fnd/%i moved to `project`."""
+    match = re.search(r"^ExecStart=(.+)$", UNIT, re.M)
+    assert match is not None
+    argv = match.group(1).replace("/srv/fnd/%i", str(project)).replace("%i", instance).split()
+    assert argv[0] == "/opt/fnd-venv/bin/fnd", argv
+    return [sys.executable, "-P", "-m", "fnd.cli", *argv[1:], "--log-format", "json"]
+
+
+@contextmanager
+def _instance(instance: str, fixture: str) -> Iterator[FndServer]:
+    project = world_readable_copy(FIXTURES / fixture)
+    run_dir = Path("/run/fnd") / instance
+    run_dir.mkdir(parents=True, mode=0o750)  # RuntimeDirectory=fnd/%i
+    server = FndServer(project, [], wrap=lambda _: _exec_start(instance, project))
+    server.control = str(run_dir / "control.sock")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(project.parent, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# Instance names of this run: unique, so that a run beside another never meets its sockets.
+NAMES = {"shop": f"shop-t{os.getpid()}", "support": f"support-t{os.getpid()}"}
+
+
 @pytest.fixture(scope="module")
 def host() -> Iterator[tuple[FndServer, FndServer, str]]:
-    with running("project_a", "--unix", "{dir}/http.sock") as a, \
-            running("project_b", "--unix", "{dir}/http.sock") as b:
+    with _instance(NAMES["shop"], "project_a") as a, \
+            _instance(NAMES["support"], "project_b") as b:
         (b.project / ".env").chmod(0o600)  # as docs/operating.md installs it
         workdir = Path(tempfile.mkdtemp(prefix="fnd-two-", dir="/tmp"))
-        sockets = {"shop": str(a.project.parent / "http.sock"),
-                   "support": str(b.project.parent / "http.sock")}
+        sockets = {key: f"/run/fnd/{name}/http.sock" for key, name in NAMES.items()}
         try:
             with running_nginx(sockets, workdir) as base:
                 yield a, b, base
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fnd_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-P", "-m", "fnd.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
 
 
 def _get(base: str, domain: str, path: str, **params: str) -> requests.Response:
@@ -55,9 +97,14 @@ def test_each_domain_reaches_its_own_project(host: tuple[FndServer, FndServer, s
     for server, response in ((a, shop), (b, support)):
         line = server.invocation(response.headers["X-Fnd-Invocation-Id"])
         assert line["function"] == "/who"
-    # A route only B has is not found through A's domain.
+    # A route only A has is not found through B's domain.
     assert _get(base, SHOP, "/reach").status_code == 200
     assert _get(base, SUPPORT, "/reach").status_code == 404
+    # The operator finds each instance by its name.
+    for server, name in ((a, NAMES["shop"]), (b, NAMES["support"])):
+        status = _fnd_cli("status", name, "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["pid"] == server.process.pid
 
 
 def test_the_two_projects_workers_run_under_separate_uids(
@@ -81,9 +128,7 @@ def test_project_a_cannot_read_project_bs_files(host: tuple[FndServer, FndServer
 
 
 def _has_deps_command() -> bool:
-    done = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "deps", "--help"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-    return done.returncode == 0
+    return _fnd_cli("deps", "--help").returncode == 0
 
 
 # ---- A project's own dependencies ------------------------------------------------------
@@ -101,8 +146,7 @@ def test_project_a_uses_its_own_dependency_through_nginx(
     done = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "deps", str(a.project)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    reload = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "reload", "--control",
-                             a.control], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    reload = _fnd_cli("reload", NAMES["shop"])  # as `systemctl reload fnd@shop` does
     assert reload.returncode == 0, reload.stdout + reload.stderr
     answer = _get(base, SHOP, "/e164", n="(202) 555-0143")
     assert answer.status_code == 200 and answer.text == "+12025550143", answer.text
