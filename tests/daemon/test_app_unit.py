@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -332,7 +333,6 @@ def test_malformed_json_to_a_protected_function_is_401_unsigned_and_400_signed(
         headers = {"Host": HOST, "Content-Type": "application/json"}
         response = await env.client.post("/sms", data=body, headers=headers)
         assert response.status == 401
-        import hashlib
         digest = hashlib.sha256(body).hexdigest()
         url = f"http://{HOST}/sms?bodySHA256={digest}"
         headers["X-Twilio-Signature"] = _signature(url)
@@ -454,10 +454,3 @@ def test_invocation_ids_are_unique(tmp_path: Path) -> None:
 
     run(tmp_path, scenario)
 
-
-def test_log_lines_are_json_ready(tmp_path: Path) -> None:
-    async def scenario(env: Env) -> None:
-        await env.client.get("/hello")
-        json.dumps(env.line())
-
-    run(tmp_path, scenario)
