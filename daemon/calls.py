@@ -62,7 +62,7 @@ class Invocation:
         self.route = route  # the function's route; None: no function (404, an asset)
         self.logged = False
 
-    def end(self, status: int, outcome: str, reason: str | None = None, *,
+    def end(self, status: int, outcome: str, reason: str | None = None,
             queue_wait: float = 0.0, cpu: float | None = None, rss: int | None = None,
             worker_pid: int | None = None) -> None:
         """Count the request and write its log line, unless that is already done."""
@@ -119,6 +119,6 @@ class Call:
             return
         outcome = result.result()
         waited = (self.started or time.perf_counter()) - self.queued if self.queued else 0.0
+        # Positional: this runs for every call.
         self.invocation.end(outcome.status, outcome.outcome, outcome.reason,
-                            queue_wait=max(0.0, waited), cpu=self.cpu, rss=self.rss,
-                            worker_pid=self.worker_pid)
+                            waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid)
