@@ -436,12 +436,13 @@ def test_a_bug_in_the_front_end_is_a_500_with_one_line(tmp_path: Path) -> None:
 
 def test_a_reload_swaps_the_routes_and_keeps_bad_proxies_out(tmp_path: Path) -> None:
     async def scenario(env: Env) -> None:
+        before = env.front._proxies
         root = env.front.project.root
         (root / "functions" / "new.py").write_text("def handler(c, e, cb):\n    cb()\n")
         config = dataclasses.replace(env.front.config, trusted_proxies=("not an address",))
         env.front.set_project(config, scan_project(root))
         assert (await env.client.get("/new")).status == 200
-        assert env.front.config is config
+        assert env.front.config is config and env.front._proxies is before
 
     run(tmp_path, scenario)
 
