@@ -58,7 +58,7 @@ def worker_config(
         "cookie_secure_default": config.cookie_secure,
         "twilio_api_base_url": config.twilio_api_base_url,
         "max_output": config.max_output,
-        "sandbox": dict(sandbox),
+        "sandbox": sandbox.copy(),
     }
 
 

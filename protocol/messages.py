@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, TypedDict
 
+from fnd.protocol.sandbox_settings import ResolvedSettings
+
 CONFIGURE: Final = "configure"
 ZYGOTE_READY: Final = "zygote_ready"
 SPAWN: Final = "spawn"
@@ -67,7 +69,7 @@ class WorkerConfig(TypedDict, total=False):
     cookie_secure_default: bool
     twilio_api_base_url: str | None
     max_output: int  # function output per invocation in bytes, then one warning; 0: no cap
-    sandbox: dict[str, Any]  # protocol.sandbox_settings, as a dict
+    sandbox: ResolvedSettings
 
 
 # -- the frames, one declaration each (the table above in types) ------------------------
