@@ -31,7 +31,7 @@ from fnd.daemon.stats import Stats
 from fnd.daemon.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.watch import Watcher
 from fnd.protocol import messages as m
-from fnd.protocol.sandbox_settings import SandboxSettings
+from fnd.protocol.sandbox_settings import ResolvedSettings
 
 _log = get_logger("fnd")
 _STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= updates
@@ -42,7 +42,7 @@ class StartupError(Exception):
 
 
 def worker_config(
-    config: Config, project: Project, sandbox: SandboxSettings
+    config: Config, project: Project, sandbox: ResolvedSettings
 ) -> m.WorkerConfig:
     """The non-secret part of the configuration that workers get at birth via the zygote."""
     deps = str(project.deps) if project.deps is not None else ""
@@ -64,7 +64,7 @@ def worker_config(
         "cookie_secure_default": config.cookie_secure,
         "twilio_api_base_url": config.twilio_api_base_url,
         "max_output": config.max_output,
-        "sandbox": dict(sandbox),
+        "sandbox": sandbox.copy(),
     }
 
 
@@ -173,8 +173,10 @@ class Daemon:
         self._install_signals()
         for line in route_table_lines(self.project, self._base_url()):
             _log.info("route", line=line)
+        uids = self.sandbox.uids
         _log.info("ready", version=__version__, listen=self.listen_address,
                   control=self.control.path, workers=self.config.workers_min,
+                  uids=uids.describe() if uids is not None else None,
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
         self.notifier.ready()
         self._background(self._report_status())
@@ -291,6 +293,8 @@ class Daemon:
                     self.front.set_project(config, project)
                     output_cap.set_limit(config.max_output)
 
+                # A raised workers_max needs more worker uids: held first, or no reload.
+                self.sandbox.grow_uids(2 * config.workers_max)
                 # Workers of the new generation may read the (maybe new) project folder.
                 sandbox = self.sandbox.settings | {"project_dir": str(config.project_dir)}
                 problems = await self.pool.reload(
@@ -342,6 +346,7 @@ class Daemon:
             "project": str(self.config.project_dir),
             "sandbox": self.config.sandbox,
             "sandbox_warnings": self.sandbox.warnings,
+            "uids": self.sandbox.uid_status(),
             "workers": pool["workers"],
             "queue": pool["queue"],
             "queue_longest_wait": pool["queue_longest_wait"],
