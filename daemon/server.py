@@ -47,7 +47,7 @@ def worker_config(
     """The non-secret part of the configuration that workers get at birth via the zygote."""
     deps = str(project.deps) if project.deps is not None else ""
     if deps:  # read-only, carved out of the hidden project root like functions/ and assets/
-        sandbox = sandbox | {"readable_paths": [*sandbox.get("readable_paths", []), deps]}
+        sandbox = sandbox | {"readable_paths": [*sandbox["readable_paths"], deps]}
     return {
         "project_dir": str(config.project_dir),
         "deps_dir": deps,

@@ -64,13 +64,14 @@ def test_deps_are_installed_served_and_a_mismatch_is_refused_at_serve_and_reload
             for _ in range(3):  # fresh workers of the old generation still import from it
                 assert fnd.get("/size").text == "1.0 MB from deps"
 
-            assert _fnd("deps", str(project)).returncode == 0
+            done = _fnd("deps", str(project))
+            assert done.returncode == 0, done.stderr
             reload = _fnd("reload", "--control", fnd.control)
             assert reload.returncode == 0, reload.stderr
             assert fnd.get("/size").text == "1.0 MB from deps"
 
             pruned = _fnd("deps", "--prune", str(project))
-            assert pruned.returncode == 0
+            assert pruned.returncode == 0, pruned.stderr
             assert pruned.stdout.strip() == f"removed: {DEPS_DIR}/{first.name}"
             assert not first.exists()
             assert fnd.get("/size").text == "1.0 MB from deps"  # the new folder serves
