@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,22 @@ pytestmark = pytest.mark.root_only  # worker uids
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@contextmanager
+def _project_a(**kwargs: Any) -> Iterator[FndServer]:
+    """project_a without its requirements.txt: nothing here calls /e164, and a project whose
+    requirements are not installed is not served (`fnd deps`: test_two_projects.py)."""
+    copy = world_readable_copy(FIXTURES / "project_a")
+    (copy / "requirements.txt").unlink()
+    try:
+        with running(copy, **kwargs) as a:
+            yield a
+    finally:
+        shutil.rmtree(copy.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[FndServer, FndServer]]:
-    with running("project_a") as a, running("project_b") as b:
+    with _project_a() as a, running("project_b") as b:
         # As docs/operating.md installs it: the variables are the daemon's (root) alone.
         (b.project / ".env").chmod(0o600)
         yield a, b
@@ -111,7 +125,7 @@ def test_a_fork_bomb_in_one_project_leaves_the_other_able_to_start_processes() -
     # One worker each, so both serve from slot 0: with a shared uid base they would be the
     # same uid, and A's children would count against B's RLIMIT_NPROC.
     one = {"FND_WORKERS_MIN": "1", "FND_WORKERS_MAX": "1"}
-    with running("project_a", env=one) as a, running("project_b", env=one) as b:
+    with _project_a(env=one) as a, running("project_b", env=one) as b:
         answer = a.get("/crowd", params={"url": b.url + "/spawn"}, timeout=60)
         assert answer.status_code == 200, answer.text
         result = answer.json()

@@ -48,6 +48,10 @@ def _exec_start(instance: str, project: Path) -> list[str]:
 @contextmanager
 def _instance(instance: str, fixture: str) -> Iterator[FndServer]:
     project = world_readable_copy(FIXTURES / fixture)
+    if (project / "requirements.txt").exists():  # the deploy step before start
+        done = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "deps", str(project)],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
     run_dir = Path("/run/fnd") / instance
     run_dir.mkdir(parents=True, mode=0o750)  # RuntimeDirectory=fnd/%i
     server = FndServer(project, [], wrap=lambda _: _exec_start(instance, project))
@@ -127,25 +131,19 @@ def test_project_a_cannot_read_project_bs_files(host: tuple[FndServer, FndServer
         assert answer.json() == {"open": "PermissionError"}, target
 
 
-def _has_deps_command() -> bool:
-    return _fnd_cli("deps", "--help").returncode == 0
-
-
 # ---- A project's own dependencies ------------------------------------------------------
 # Project A's functions/e164.py imports phonenumbers, which fnd's venv does not have: `fnd
-# deps` installs A's requirements.txt into A/.fnd/deps/, for A's workers alone. That command is
-# being built separately; this test is wired to it once it exists.
+# deps` installed A's requirements.txt into A/.fnd/deps/ before A started (a project whose
+# requirements are not installed is not served), for A's workers alone.
 
 
 def test_project_a_uses_its_own_dependency_through_nginx(
         host: tuple[FndServer, FndServer, str]) -> None:
-    if not _has_deps_command():
-        pytest.skip("`fnd deps` does not exist yet: the per-project dependency step is wired "
-                    "in once it is merged")
     a, b, base = host
     done = subprocess.run([sys.executable, "-P", "-m", "fnd.cli", "deps", str(a.project)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("up to date: .fnd/deps/"), done.stdout  # installs once
     reload = _fnd_cli("reload", NAMES["shop"])  # as `systemctl reload fnd@shop` does
     assert reload.returncode == 0, reload.stdout + reload.stderr
     answer = _get(base, SHOP, "/e164", n="(202) 555-0143")
