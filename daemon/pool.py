@@ -39,6 +39,7 @@ from fnd.protocol.sandbox_settings import missing_layers
 
 _log = get_logger("fnd.pool")
 _ZYGOTE_RESTARTS = 5  # consecutive failed zygote restarts before the daemon gives up
+_ZYGOTE_BACKOFF = 0.1  # seconds before the first retry of a failed zygote restart, doubling
 # Workers failing to start one after another: back off, then give up (like gunicorn's
 # boot-error exit) instead of forking in a tight loop.
 _START_FAILURES = 10
@@ -687,7 +688,8 @@ class Pool:
                     return
                 _log.error("zygote restart failed", reason=str(exc),
                            attempt=self._zygote_failures)
-                await asyncio.sleep(0.1 * 2 ** self._zygote_failures)  # back-off, not a sync
+                # Back off, not a tight loop.
+                await asyncio.sleep(_ZYGOTE_BACKOFF * 2 ** self._zygote_failures)
                 continue
             self._zygote_failures = 0
             self._zygote_up = True
