@@ -142,7 +142,7 @@ class Pool:
         for worker in list(self.workers.values()):
             call = worker.call
             if call is not None:
-                worker.call = None  # answered and logged here, not again when it dies
+                worker.take_call()  # answered and logged here, not again when it dies
                 call.resolve(text_outcome(
                     502, calls.CRASH, f"stopped: the daemon's drain timeout ({limit:g} s) ran out"
                 ))
@@ -416,17 +416,16 @@ class Pool:
             if pending is not None:
                 await pending  # the slot's previous occupants are gone before it is reused
             if worker.state == DEAD:  # killed while it waited: no process to make
-                worker.exit_status.set_result(-1)
-                self._free_slot(worker)
+                self._exited(worker, -1)
                 return
             pipes = await self.spawner.spawn(worker.slot)
             await worker.attach(pipes)
         except (ZygoteError, OSError, CgroupError) as exc:
             worker.failure = f"spawn failed: {exc}"
             worker.kill(f"failed to start: {worker.failure}", deaths.START_FAILED)
-            if worker.pid is None and not worker.exit_status.done():
-                worker.exit_status.set_result(-1)  # no process was made
-            if worker.state == DEAD:
+            if worker.pid is None:
+                self._exited(worker, -1)  # no process was made
+            elif worker.state == DEAD:
                 self._free_slot(worker)
 
     def _due_for_recycling(self, worker: WorkerProc) -> str | None:
@@ -498,7 +497,7 @@ class Pool:
             call.cpu = min(call.cpu, (time.perf_counter() - call.started) * _CORES)
         worker.cpu_total += call.cpu or 0.0
         self._finalize(call)
-        worker.state = IDLE
+        worker.verified_idle()
         if call.isolated:
             worker.kill("served its one invocation", deaths.ISOLATION)
             return
@@ -528,8 +527,7 @@ class Pool:
 
     def worker_gone(self, worker: WorkerProc) -> None:
         self._forget(worker)
-        call = worker.call
-        worker.call = None
+        call = worker.take_call()
         if worker.cause is None:
             self._run(self._report_death(worker, call))  # waits for the exit status
         else:
@@ -622,6 +620,13 @@ class Pool:
             client=call.client,
         )
 
+    def _exited(self, worker: WorkerProc, status: int) -> None:
+        """Its exit status is known (-1: no process, or nobody will report one); once it is
+        also dead its slot is freed."""
+        worker.set_exit_status(status)
+        if worker.state == DEAD:
+            self._free_slot(worker)
+
     def _free_slot(self, worker: WorkerProc) -> None:
         if self.workers.get(worker.slot) is not worker:
             return
@@ -646,8 +651,7 @@ class Pool:
         worker = self.workers.get(slot)
         if worker is not None and worker.pid is None:
             worker.failure = reason
-            if not worker.exit_status.done():
-                worker.exit_status.set_result(-1)
+            worker.set_exit_status(-1)  # first: its death frees the slot at once
             worker.kill(f"failed to start: {reason}", deaths.START_FAILED)
             if worker.state == DEAD:
                 self._free_slot(worker)
@@ -656,10 +660,7 @@ class Pool:
         worker = self._by_pid.get(pid)
         if worker is None:
             return  # an orphan the zygote reaped as subreaper
-        if not worker.exit_status.done():
-            worker.exit_status.set_result(status)
-        if worker.state == DEAD:
-            self._free_slot(worker)
+        self._exited(worker, status)
 
     def on_zygote_lost(self, reason: str) -> None:
         self._zygote_up = False
@@ -670,10 +671,7 @@ class Pool:
         # Its workers die with it (PDEATHSIG); nobody will report their exit statuses.
         for worker in list(self.workers.values()):
             worker.kill("zygote died", deaths.ZYGOTE)
-            if not worker.exit_status.done():
-                worker.exit_status.set_result(-1)
-            if worker.state == DEAD:
-                self._free_slot(worker)
+            self._exited(worker, -1)
         self._run(self._restart_zygote())
 
     async def _restart_zygote(self) -> None:

@@ -163,6 +163,20 @@ class WorkerProc:
         self._cmd.write(frame)
         return self.preflight
 
+    def verified_idle(self) -> None:
+        """The pool checked after DONE that nothing of the call is left: it may take another."""
+        self.state = IDLE
+
+    def take_call(self) -> Call | None:
+        """Hand over the current call (to be answered by whoever takes it), if any."""
+        call, self.call = self.call, None
+        return call
+
+    def set_exit_status(self, status: int) -> None:
+        """Its wait status, once known (-1: no process was made, or nobody will report it)."""
+        if not self.exit_status.done():
+            self.exit_status.set_result(status)
+
     def kill(self, reason: str, cause: str) -> None:
         """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest.
 
