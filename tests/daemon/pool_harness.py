@@ -14,7 +14,8 @@ from fnd.daemon.calls import Call, Outcome
 from fnd.daemon.config import Config
 from fnd.daemon.pool import Pool
 from fnd.daemon.stats import Stats
-from tests.daemon.fake_spawner import FakeSpawner
+from fnd.protocol import messages as m
+from tests.daemon.fake_spawner import FakeSpawner, FakeWorker
 
 _ids = itertools.count(1)
 TEST_LIMIT = 3.0  # one scenario's own deadline: a wedged pool fails, it does not hang
@@ -85,3 +86,10 @@ def run(body: Body, fake: FakeSpawner | None = None, start: bool = True,
 
     asyncio.run(main())
     return scene[0]
+
+
+def holding(fake: FakeSpawner) -> list[tuple[FakeWorker, m.Message]]:
+    """Make every worker hold its calls; the test answers them from the returned list."""
+    held: list[tuple[FakeWorker, m.Message]] = []
+    fake.on_invoke = lambda worker, invoke: held.append((worker, invoke))
+    return held
