@@ -6,7 +6,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# fnd/ holds symlinks to the three rooms: its own files only (ctl, author, cli).
 SOURCES = [p for room in ("daemon", "worker", "protocol") for p in (ROOT / room).rglob("*.py")]
+SOURCES += [p for p in (ROOT / "fnd").rglob("*.py") if not p.is_relative_to(ROOT / "fnd" / "daemon")
+            and not p.is_relative_to(ROOT / "fnd" / "worker")
+            and not p.is_relative_to(ROOT / "fnd" / "protocol")]
 POINTER = re.compile(r"(docs/[a-z_]+\.md)(?:#([a-z0-9-]+))?")
 # Citations of documents or issues outside the repository.
 OUTSIDE = re.compile(r"SPEC [0-9]|SANDBOX\.md|issue [0-9]")

@@ -174,7 +174,7 @@ def test_zygote_that_cannot_start_stops_serve_with_the_reason() -> None:
     assert process.returncode == 1
     assert '"cannot start"' in process.stderr
     assert "zygote exited with code 1" in process.stderr
-    assert "No module named worker.no_such_zygote" in process.stderr
+    assert "No module named fnd.worker.no_such_zygote" in process.stderr
 
 
 # -- signals ---------------------------------------------------------------------------------
