@@ -240,15 +240,16 @@ class Pool:
     async def invoke(self, call: Call) -> Outcome:
         call.queued = time.perf_counter()
         if self._refusing:
-            return text_outcome(503, calls.OVERLOAD, "server is shutting down", Retry_After="1")
-        if self._offer(call):
+            call.resolve(text_outcome(503, calls.OVERLOAD, "server is shutting down",
+                                      Retry_After="1"))
+        elif self._offer(call):
             if not self._idle:
                 self._top_up()  # the last warm worker just went: fork the spare now
         elif len(self._queue) >= self.config.queue_max:
-            return text_outcome(
+            call.resolve(text_outcome(
                 503, calls.OVERLOAD, "all workers are busy and the queue is full",
                 Retry_After="1",
-            )
+            ))
         else:
             self._queue.push(call)
             if call.isolated and self._idle:
@@ -601,24 +602,7 @@ class Pool:
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
-        if not call.result.done() or call.result.cancelled():
-            return
-        outcome = call.result.result()
-        self.stats.record(
-            invocation_id=call.id,
-            method=call.method,
-            path=call.path,
-            function=call.function["name"],
-            status=outcome.status,
-            outcome=outcome.outcome,
-            duration=time.perf_counter() - call.received,
-            queue_wait=call.queue_wait,
-            cpu=call.cpu,
-            rss=call.rss,
-            worker_pid=call.worker_pid,
-            reason=outcome.reason,
-            client=call.client,
-        )
+        call.complete()  # its log line
 
     def _exited(self, worker: WorkerProc, status: int) -> None:
         """Its exit status is known (-1: no process, or nobody will report one); once it is

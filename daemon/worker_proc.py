@@ -133,16 +133,10 @@ class WorkerProc:
         call cannot be put into a frame: the worker stays idle and only that call fails."""
         assert self._cmd is not None and self.state == IDLE
         try:
-            frame = encode(
-                {
-                    "t": m.INVOKE,
-                    "id": call.id,
-                    "function": call.function,
-                    "event": call.event,
-                    "context": call.context,
-                    "timeout": call.timeout,
-                }
-            )
+            invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
+                                "event": call.event, "context": call.context,
+                                "timeout": call.timeout}
+            frame = encode(invoke)
         except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
             raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
         self.state = BUSY
@@ -156,7 +150,8 @@ class WorkerProc:
                         ) -> asyncio.Future[list[tuple[str, str]]]:
         """Ask this idle worker to load every function; the future gets the problems."""
         assert self._cmd is not None and self.state == IDLE
-        frame = encode({"t": m.PREFLIGHT, "functions": checks, "context": context})
+        preflight: m.Preflight = {"t": m.PREFLIGHT, "functions": checks, "context": context}
+        frame = encode(preflight)
         self.state = BUSY
         self.busy_since = time.monotonic()
         self.preflight = asyncio.get_running_loop().create_future()
@@ -274,26 +269,27 @@ class WorkerProc:
             raise FrameError("a second result for one invocation")
         result = frame_check.result(message, self.events.limits)
         self.answered = True
-        if message.get("clean", True) is not True:
+        if not result["clean"]:
             # Something the invocation started is still alive: it must not outlive the answer.
             self.kill("left threads or processes running", deaths.UNCLEAN)
-        outcome = calls.ERROR if result.error else calls.OK
-        call.resolve(Outcome(result.status, result.headers, result.body, outcome, result.error))
+        error = result["error"]
+        outcome = calls.ERROR if error else calls.OK
+        call.resolve(Outcome(result["status"], result["headers"], result["body"], outcome, error))
 
     def _on_done(self, message: m.Message) -> None:
         call = self.call
         frame_check.check_id(message, call.id if call is not None else None)
         assert call is not None
         done = frame_check.done(message)
-        call.cpu, call.rss = done.cpu, done.rss  # the worker's word; the pool may correct it
-        self.rss = done.rss
+        call.cpu, call.rss = done["cpu"], done["rss"]  # the worker's word; the pool may correct it
+        self.rss = done["rss"]
         if not call.result.done():
             call.resolve(text_outcome(500, calls.ERROR, "function finished without a response"))
         self.served += 1
         self.call = None
         # Still BUSY: the pool checks from outside that nothing of the call is left before
         # it counts the worker idle (and until then the call's deadline stays armed).
-        self.events.worker_done(self, call, done.clean, done.reason)
+        self.events.worker_done(self, call, done["clean"], done["reason"])
 
     def _on_output(self, line: str) -> None:
         call = self.call
