@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from typing import cast
 
 from fnd.daemon.spawner import SpawnEvents
 from fnd.daemon.zygote_client import SpawnedPipes, ZygoteError
@@ -47,7 +48,8 @@ class FakeWorker:
 
     # -- what the worker says ------------------------------------------------------------
     def send(self, message: m.Message) -> None:
-        os.write(self._res_w, encode(message))
+        # Untyped on purpose: the tests also send frames no worker may send.
+        os.write(self._res_w, encode(cast(m.Frame, message)))
 
     def ready(self, layers: dict[str, str] | None = None, pid: int | None = None) -> None:
         self.send({"t": m.READY, "pid": pid or self.pid,

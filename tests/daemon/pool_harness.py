@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fnd.daemon.calls import Call, Outcome
+from fnd.daemon.calls import Call, Invocation, Outcome
 from fnd.daemon.config import Config
 from fnd.daemon.pool import Pool
 from fnd.daemon.stats import Stats
@@ -28,11 +28,14 @@ def config(**settings: Any) -> Config:
 
 
 def call(say: str = "hi", timeout: float = 1.0, isolated: bool = False,
-         function: str = "/f", transport: Any = None) -> Call:
+         function: str = "/f", transport: Any = None, stats: Stats | None = None) -> Call:
+    invocation_id = f"inv-{next(_ids)}"
+    invocation = Invocation(stats or Stats(), invocation_id, "GET", function,
+                            time.perf_counter(), None, function)
     return Call(
-        id=f"inv-{next(_ids)}", function={"name": function, "file": "/p/f.py"},
-        event={"say": say}, context={}, timeout=timeout, method="GET", path=function,
-        received=time.perf_counter(), result=asyncio.get_running_loop().create_future(),
+        invocation=invocation, id=invocation_id,
+        function={"name": function, "file": "/p/f.py"}, event={"say": say}, context={},
+        timeout=timeout, result=asyncio.get_running_loop().create_future(),
         isolated=isolated, transport=transport,
     )
 
@@ -54,7 +57,7 @@ class Scene:
     fatal: list[str] = field(default_factory=list)
 
     async def invoke(self, say: str = "hi", **kw: Any) -> Outcome:
-        return await self.pool.invoke(call(say, **kw))
+        return await self.pool.invoke(call(say, stats=self.stats, **kw))
 
     def start(self, **kw: Any) -> asyncio.Task[Outcome]:
         """Invoke in the background (the test answers or watches it)."""
