@@ -27,6 +27,7 @@ from fnd.daemon.metrics import render_metrics, start_metrics_server
 from fnd.daemon.pool import FunctionsBroken, Pool, PoolError
 from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
 from fnd.daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
+from fnd.daemon.spawner import ZygoteSpawner
 from fnd.daemon.stats import Stats
 from fnd.daemon.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.watch import Watcher
@@ -118,9 +119,7 @@ class Daemon:
         self.project = load_project(config)
         output_cap.set_limit(config.max_output)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
-                         self.stats, on_fatal=self._fatal, prepare_slot=sandbox.prepare_slot,
-                         kill_slot=sandbox.kill_slot, slot_empty=sandbox.slot_empty,
-                         oom_killed=sandbox.oom_killed, probe=sandbox.probe())
+                         self.stats, ZygoteSpawner(sandbox), on_fatal=self._fatal)
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
         self.control = ControlServer(config.control or default_control_path(), self._control)
         self._runner: web.ServerRunner | None = None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -37,7 +35,8 @@ class PoolEvents(Protocol):
     @property
     def limits(self) -> frame_check.Limits: ...
     def worker_gone(self, worker: WorkerProc) -> None: ...
-    def kill_cgroup(self, worker: WorkerProc) -> None: ...
+    def kill_worker(self, worker: WorkerProc) -> None: ...  # its process group and cgroup
+    def still_running(self, worker: WorkerProc) -> bool: ...  # its process, not exiting
 
 
 class CallRefused(Exception):
@@ -63,19 +62,6 @@ class _OutputReader(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
             self._on_line(self._partial.decode("utf-8", "replace"))
-
-
-_PF_EXITING = 0x4  # the kernel's flag for a task inside exit(), set before its fds close
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not exiting (a zombie, a missing pid or one in exit() is)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        return fields[0] not in (b"Z", b"X") and not int(fields[6]) & _PF_EXITING
-    except (OSError, IndexError, ValueError):
-        return False
 
 
 def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
@@ -172,6 +158,20 @@ class WorkerProc:
         self._cmd.write(frame)
         return self.preflight
 
+    def verified_idle(self) -> None:
+        """The pool checked after DONE that nothing of the call is left: it may take another."""
+        self.state = IDLE
+
+    def take_call(self) -> Call | None:
+        """Hand over the current call (to be answered by whoever takes it), if any."""
+        call, self.call = self.call, None
+        return call
+
+    def set_exit_status(self, status: int) -> None:
+        """Its wait status, once known (-1: no process was made, or nobody will report it)."""
+        if not self.exit_status.done():
+            self.exit_status.set_result(status)
+
     def kill(self, reason: str, cause: str) -> None:
         """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest.
 
@@ -181,8 +181,7 @@ class WorkerProc:
         if first:
             self._kill_reason = reason
             self.kill_sent_at = time.monotonic()
-        self._signal_group()
-        self.events.kill_cgroup(self)
+        self.events.kill_worker(self)
         if first:
             self._leave(cause)
         if self.state != DEAD and self.pid is None and self._cmd is None:
@@ -325,15 +324,9 @@ class WorkerProc:
         elif self._kill_reason is None and not self.retiring:
             # The result pipe closed on its own: the worker died, or its code closed the pipe
             # and runs on. Either way nothing of it may keep running (docs/security.md).
-            self.closed_early = self.pid is not None and _running(self.pid)
-            self._signal_group()
-            self.events.kill_cgroup(self)
+            self.closed_early = self.pid is not None and self.events.still_running(self)
+            self.events.kill_worker(self)
         self._finish(self._kill_reason)
-
-    def _signal_group(self) -> None:
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
 
     def _finish(self, reason: str | None) -> None:
         if self.state == DEAD:
