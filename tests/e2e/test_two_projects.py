@@ -148,5 +148,11 @@ def test_project_a_uses_its_own_dependency_through_nginx(
     assert reload.returncode == 0, reload.stdout + reload.stderr
     answer = _get(base, SHOP, "/e164", n="(202) 555-0143")
     assert answer.status_code == 200 and answer.text == "+12025550143", answer.text
-    # B has no such dependency: A's install is A's alone.
+    # B has no such dependency: A's install is A's alone. B's copy of the same function
+    # fails on its import, and B's log line for the call names the error.
     assert not (b.project / ".fnd" / "deps").exists()
+    failed = _get(base, SUPPORT, "/e164", n="(202) 555-0143")
+    assert failed.status_code == 500, failed.text
+    line = b.invocation(failed.headers["X-Fnd-Invocation-Id"])
+    assert line["status"] == 500 and line["function"] == "/e164", line
+    assert "No module named 'phonenumbers'" in json.dumps(line), line
