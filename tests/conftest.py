@@ -1,14 +1,19 @@
-"""Suite-wide markers: ``root_only`` tests skip, with the reason, when not run as root.
+"""Suite-wide rules: ``root_only`` tests skip, with the reason, when not run as root; a test
+that leaves a `fnd serve` running or a project copy on disk fails the session, named.
 
-They need what only root has here: per-worker uids, cgroups, mounts. As another user the rest
-of the suite still runs (fnd then serves with a degraded sandbox, as it would for that user).
+Root-only tests need what only root has here: per-worker uids, cgroups, mounts. As another
+user the rest of the suite still runs (fnd then serves with a degraded sandbox, as it would
+for that user).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from tests.fndserver import Ledger
 
 ROOT_ONLY = "root_only"
 
@@ -26,3 +31,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker(ROOT_ONLY) is not None:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    Ledger.current_test = item.nodeid  # what the harness makes now is this test's
+    try:
+        return (yield)
+    finally:
+        Ledger.current_test = ""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = Ledger.left_behind()
+    Ledger.clean_up()
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.section("left behind (now removed)", sep="-", red=True)
+        for test, what in left:
+            reporter.line(f"{test or 'outside any test'}: {what}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
