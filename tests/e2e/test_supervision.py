@@ -175,7 +175,7 @@ def test_zygote_that_cannot_start_stops_serve_with_the_reason() -> None:
         fnd.log.close()  # every line read
         text = "\n".join(json.dumps(line) for line in fnd.lines)
     assert "zygote exited with code 1" in text
-    assert "No module named worker.no_such_zygote" in text
+    assert "No module named fnd.worker.no_such_zygote" in text
 
 
 # -- signals ---------------------------------------------------------------------------------
