@@ -18,7 +18,7 @@ from fnd.daemon.privileges import missing_capabilities, unwritable_cgroup_files
 from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
 from fnd.daemon.scratch import ScratchMounts, sweep_stale
 from fnd.daemon.slot_probe import SlotProbe
-from fnd.protocol.sandbox_settings import SandboxSettings, resolve
+from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
 
 
 class SandboxUnavailable(Exception):
@@ -27,7 +27,7 @@ class SandboxUnavailable(Exception):
 
 @dataclass
 class SandboxSetup:
-    settings: SandboxSettings
+    settings: ResolvedSettings  # sent to the zygote as is, every default filled in
     cgroups: Cgroups | None
     scratch_root: str
     warnings: list[str] = field(default_factory=list)
@@ -88,7 +88,7 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
     strict = config.sandbox == "strict"
     # Per daemon, so that two daemons on one host never share (and wipe) scratch folders.
     scratch_root = os.path.join(tempfile.gettempdir(), f"fnd-{os.getpid()}-scratch")
-    settings: SandboxSettings = {
+    resolved = resolve({
         "mode": "strict" if strict else "permissive",
         "uid_base": config.uid_base,
         "memory_bytes": config.memory_mb * 1024 * 1024,
@@ -96,9 +96,8 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
         "project_dir": str(config.project_dir),
         "scratch_root": scratch_root,
         "scratch_bytes": config.scratch_mb * 1024 * 1024,
-    }
-    resolved = resolve(settings)
-    setup = SandboxSetup(settings, None, scratch_root)
+    })
+    setup = SandboxSetup(resolved, None, scratch_root)
     if os.geteuid() != 0:
         setup.warnings.append(
             "not running as root: workers run as this user, without per-worker uids or cgroups"
@@ -109,7 +108,7 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
     _fail_or_warn(setup, strict, _unreadable(config, resolved["uid_base"]))
     try:
         setup.cgroups = Cgroups.create(resolved["memory_bytes"], resolved["pids_max"])
-        settings["cgroup_dirs"] = setup.cgroups.dir_templates()
+        resolved["cgroup_dirs"] = setup.cgroups.dir_templates()
         # Slot 0's groups made and limited now, as every slot's will be: a cgroup tree that
         # refuses writes is found before any worker, not at its first deadline.
         problems = [f"cgroup: {p}" for p in unwritable_cgroup_files(setup.cgroups.slot_dirs(0))]

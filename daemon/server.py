@@ -29,7 +29,7 @@ from fnd.daemon.stats import Stats
 from fnd.daemon.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.watch import Watcher
 from fnd.protocol import messages as m
-from fnd.protocol.sandbox_settings import SandboxSettings
+from fnd.protocol.sandbox_settings import ResolvedSettings
 
 _log = get_logger("fnd")
 _STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= updates
@@ -40,7 +40,7 @@ class StartupError(Exception):
 
 
 def worker_config(
-    config: Config, project: Project, sandbox: SandboxSettings
+    config: Config, project: Project, sandbox: ResolvedSettings
 ) -> m.WorkerConfig:
     """The non-secret part of the configuration that workers get at birth via the zygote."""
     return {

@@ -3,6 +3,6 @@
 The public name of :mod:`fnd.author.testing`; see it for the details.
 """
 
-from fnd.author.testing import FndClient, LaunchError, fnd_client
+from fnd.author.testing import FndClient, LaunchError, Reply, fnd_client
 
-__all__ = ["FndClient", "LaunchError", "fnd_client"]
+__all__ = ["FndClient", "LaunchError", "Reply", "fnd_client"]

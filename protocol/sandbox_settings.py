@@ -1,7 +1,7 @@
 """Sandbox settings shared by the daemon (which fills them in) and the worker (which applies them).
 
-The daemon puts one :class:`SandboxSettings` map in ``WorkerConfig["sandbox"]``. Every key is
-optional; :func:`resolve` fills in the defaults so both sides agree on them.
+The daemon puts one :class:`ResolvedSettings` map in ``WorkerConfig["sandbox"]``, made by
+:func:`resolve` from the keys it sets; every other key gets its default there, once.
 
 Keys:
   mode                "strict" (a layer that cannot be applied fails the worker) or
@@ -61,27 +61,6 @@ LAYERS = (
     "seccomp",
     "network",
 )
-
-
-class SandboxSettings(TypedDict, total=False):
-    mode: Literal["strict", "permissive"]
-    uid_base: int
-    memory_bytes: int
-    data_bytes: int
-    pids_max: int
-    nofile: int
-    fsize_bytes: int
-    cpu_seconds: int
-    thread_stack_bytes: int
-    malloc_arena_max: int
-    network: bool
-    tcp_bind: bool
-    project_dir: str
-    scratch_root: str
-    scratch_bytes: int
-    readable_paths: list[str]
-    hidden_paths: list[str]
-    cgroup_dirs: list[str]
 
 
 class ResolvedSettings(TypedDict):

@@ -25,6 +25,6 @@ def test_setup_venv_is_quiet_and_leaves_the_checkout_alone() -> None:
     assert done.stderr == "", done.stderr[:2000]  # no setuptools warnings
     assert sorted(path.name for path in ROOT.iterdir()) == before  # no build/, no egg-info
     installed = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    templates = installed / "site-packages" / "daemon" / "templates" / "project"
+    templates = installed / "site-packages" / "fnd" / "author" / "templates" / "project"
     assert (templates / "functions" / "sms" / "reply.py.tmpl").is_file()
-    assert (installed / "site-packages" / "worker" / "py.typed").is_file()
+    assert (installed / "site-packages" / "fnd" / "worker" / "py.typed").is_file()

@@ -82,6 +82,9 @@ def test_cli_init(where: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_scaffolded_tests_pass_against_the_real_daemon(where: Path) -> None:
     target = where / "app"
     create_project(target)
+    # The command the project's README gives, run as given: fnd's own Python, not a bare
+    # `pytest` that may belong to another environment without fnd.
+    assert f"{sys.executable} -m pytest" in (target / "README.md").read_text()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=target, capture_output=True, text=True, timeout=300,

@@ -94,7 +94,7 @@ def test_invoke_usage_errors(project: Path, tmp_path: Path) -> None:
     assert not_project.returncode == 1 and "not a project" in not_project.stderr
 
 
-# --- daemon.testing ---------------------------------------------------------------------------
+# --- fnd.testing ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
