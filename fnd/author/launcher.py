@@ -162,21 +162,21 @@ class ServeProcess:
         # run the same installed code, which the sandboxed workers are allowed to read.
         command = [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project),
                    "--log-format", "json", "--control", self.control, *where, *args]
-        stderr: IO[bytes] | int = subprocess.PIPE
-        if log_file is not None:
-            stderr = open(log_file, "wb")  # noqa: SIM115 - the child holds it; closed below
+        # The child holds its own copy of the file; ours is closed once it has started.
+        log_out = None if log_file is None else open(log_file, "wb")  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
                 wrap(command) if wrap else command, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **(env or {})},
-                pass_fds=pass_fds, cwd=cwd, start_new_session=new_session,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if log_out is None else log_out,
+                env={**os.environ, **(env or {})}, pass_fds=pass_fds, cwd=cwd,
+                start_new_session=new_session,
             )
         except BaseException:
             self._remove_folder()
             raise
         finally:
-            if log_file is not None:
-                stderr.close()  # type: ignore[union-attr]
+            if log_out is not None:
+                log_out.close()
         self.log: Log
         if log_file is not None:
             self.log = FileTail(log_file, lambda: self.process.poll() is None)
