@@ -1,8 +1,9 @@
 """The systems bench/peers.py compares: how each is installed, started on loopback and stopped.
 
 Installs go to a cache folder (default /tmp/fnd-peers-cache, reused between runs) or, with
---fresh, to a temp folder removed at the end. Every server runs in its own session; stopping
-one sends SIGTERM to its root, waits, then SIGKILLs whatever is left of the process tree it
+--fresh, to a temp folder removed at the end. Every server runs in its own session. fnd starts
+through its own launcher (fnd/author/launcher.py: SIGTERM, then SIGKILL after 30 s); stopping
+a peer sends SIGTERM to its root, waits, then SIGKILLs whatever is left of the process tree it
 had (and of its process group), by pid. Also here: the wrk runner with a request timeout and
 the peak-PSS sampler over a server's process tree.
 """
