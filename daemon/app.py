@@ -20,9 +20,9 @@ from multidict import CIMultiDict
 from fnd.daemon import calls
 from fnd.daemon.asset_files import AssetFiles, AssetGone
 from fnd.daemon.asset_response import AssetResponse
-from fnd.daemon.calls import Call, Outcome, text_outcome
+from fnd.daemon.calls import Call, Invocation, Outcome, text_outcome
 from fnd.daemon.config import Config, ConfigError
-from fnd.daemon.event import EventError, ParsedBody, build_event, check_request_headers, parse_body
+from fnd.daemon.event import EventError, build_event, check_request_headers, read_body
 from fnd.daemon.hostname import url_host, valid_host
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool import Pool
@@ -84,55 +84,124 @@ class FrontEnd:
         self._fixed_domain = _fixed_domain(config)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """One request: route → checks → signature gate → pool (or asset) → answer.
+
+        Its log line is written once, by its Invocation (daemon/calls.py): here for an
+        answer the front-end decides, by the call itself once a function call is over.
+        """
         received = time.perf_counter()
-        invocation_id = self._invocation_id(request)
+        invocation = Invocation(self.stats, self._invocation_id(request), request.method,
+                                request.path, received, self._client(request))
         try:
-            response = await self._handle(request, invocation_id, received)
+            response = await self._route(request, invocation)
+        except EventError as exc:  # the request cannot go on: a client's mistake, or ours
+            kind = calls.ERROR if exc.status >= 500 else calls.REJECTED
+            response = self._answer(invocation, text_outcome(exc.status, kind, exc.reason))
         except Exception as exc:  # a bug here fails this one request, never the connection
-            response = self._internal_error(request, exc, invocation_id, received)
+            response = self._internal_error(request, exc, invocation)
         if self.draining:
             response.force_close()  # "Connection: close": the client (nginx) moves on
         return response
 
-    async def _handle(
-        self, request: web.BaseRequest, invocation_id: str, received: float
+    async def _route(
+        self, request: web.BaseRequest, invocation: Invocation
     ) -> web.StreamResponse:
-        config, project, assets = self.config, self.project, self.assets
+        config, project, assets = self.config, self.project, self.assets  # one generation
         path = request.path
         route = project.lookup(path) if path != "/" else project.index()
-        function_name: str | None = None
-        try:
-            domain = self._domain_name(request)
-        except EventError as exc:
-            outcome = text_outcome(exc.status, calls.REJECTED, exc.reason)
-            return self._answer(request, outcome, invocation_id, received, None)
+        domain = self._domain_name(request)  # a bad Host is refused whatever the path
         if route is None:
-            outcome = text_outcome(404, calls.REJECTED, f"no function or asset at {path}")
-        elif request.method == "OPTIONS" and config.cors:
-            outcome = Outcome(204, list(_CORS_HEADERS.items()), b"", calls.REJECTED)
-        elif route.kind == "asset":
-            return await self._asset(request, route, assets, invocation_id, received)
-        else:
-            function_name = route.path
-            try:
-                return await self._function(request, route, invocation_id, received, domain)
-            except EventError as exc:  # a function that cannot run is an error, not a refusal
-                kind = calls.ERROR if exc.status >= 500 else calls.REJECTED
-                outcome = text_outcome(exc.status, kind, exc.reason)
-        return self._answer(request, outcome, invocation_id, received, function_name)
+            return self._answer(invocation, text_outcome(
+                404, calls.REJECTED, f"no function or asset at {path}"))
+        if request.method == "OPTIONS" and config.cors:
+            return self._answer(invocation, Outcome(204, list(_CORS_HEADERS.items()), b"",
+                                                    calls.REJECTED))
+        if route.kind == "asset":
+            return await self._asset(request, route, assets, invocation)
+        invocation.route = route.path
+        return await self._function(request, route, invocation, domain)
+
+    async def _function(
+        self, request: web.BaseRequest, route: Route, invocation: Invocation, domain: str
+    ) -> web.StreamResponse:
+        config = self.config
+        if request.method not in _FUNCTION_METHODS and request.method != "OPTIONS":
+            raise EventError(405, f"method {request.method} is not allowed")
+        check_request_headers(request.raw_headers, config.max_header_bytes,
+                              config.max_header_count)
+        body = await _read_body(request, config.max_request_body)
+        content_type = request.headers.get("Content-Type", "")
+        parsed = read_body(content_type, body)  # the one read; a malformed body keeps its error
+        if route.visibility == "protected":
+            # Before the body's problem: an unsigned client gets 401 whatever it sends.
+            denied = self._gate.check(request, route, invocation.id, body, parsed)
+            if denied is not None:
+                return self._answer(invocation, denied)
+        if parsed.error is not None:
+            raise parsed.error
+        # After the signature check: unsigned clients never see a protected function's problem.
+        if route.error is not None:
+            return self._answer(invocation, _broken(route.error, invocation.id, config.dev))
+        event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
+        context: dict[str, Any] = dict(self._context_defaults)
+        context["DOMAIN_NAME"] = domain
+        # Twilio spreads the project's variables over the defaults: PATH in .env wins.
+        context.setdefault("PATH", request.path)
+        call = Call(
+            invocation=invocation,
+            id=invocation.id,
+            function={"name": route.path, "file": str(route.file)},
+            event=event,
+            context=context,
+            timeout=config.timeout_for(route.path),
+            result=self._loop.create_future(),
+            transport=request.transport,  # lets the pool drop it if the client leaves
+            isolated=config.isolated(route.path),
+        )
+        outcome = await self.pool.invoke(call)  # the call writes its own log line
+        return _response(outcome, invocation.id)
+
+    async def _asset(
+        self, request: web.BaseRequest, route: Route, assets: AssetFiles, invocation: Invocation
+    ) -> web.StreamResponse:
+        if route.visibility == "protected":
+            denied = self._gate.check(request, route, invocation.id)
+            if denied is not None:
+                return self._answer(invocation, denied)
+        if request.method not in ("GET", "HEAD"):
+            return self._answer(invocation, text_outcome(
+                405, calls.REJECTED, f"method {request.method} is not allowed",
+                Allow="GET, HEAD, OPTIONS"))
+        # The one executor hop of an asset: open and fstat (blocking calls).
+        try:
+            opened = await self._loop.run_in_executor(None, assets.open, route)
+        except AssetGone as exc:
+            return self._answer(invocation, text_outcome(404, calls.REJECTED, str(exc)))
+
+        def sent(status: int) -> None:  # once the file is sent (or the client left)
+            invocation.end(status, calls.OK if status < 400 else calls.REJECTED)
+
+        response = AssetResponse(opened, route.file, self._loop, sent)
+        response.headers[INVOCATION_HEADER] = invocation.id
+        return response
+
+    def _answer(self, invocation: Invocation, outcome: Outcome) -> web.Response:
+        """A response decided by the daemon itself: log it and send it."""
+        invocation.answer(outcome)
+        return _response(outcome, invocation.id)
 
     def _internal_error(
-        self, request: web.BaseRequest, exc: Exception, invocation_id: str, received: float
+        self, request: web.BaseRequest, exc: Exception, invocation: Invocation
     ) -> web.Response:
         """500 with a one-line reason; the traceback goes to the log, as one line."""
         name = type(exc).__name__
-        _log.error("internal error", invocation_id=invocation_id, path=request.path,
+        _log.error("internal error", invocation_id=invocation.id, path=request.path,
                    error=f"{name}: {exc}", traceback="".join(traceback.format_exception(exc)))
         outcome = text_outcome(500, calls.ERROR, f"internal error: {name}")
         try:
-            return self._answer(request, outcome, invocation_id, received, None)
+            return self._answer(invocation, outcome)
         except Exception:  # even the invocation line failed: still answer the client
-            return _response(outcome, invocation_id)
+            return _response(outcome, invocation.id)
 
     def _invocation_id(self, request: web.BaseRequest) -> str:
         """nginx's X-Request-Id when a trusted proxy sent a sane one, so logs line up."""
@@ -142,19 +211,6 @@ class FrontEnd:
             return forwarded
         return self.ids.next()
 
-    def _answer(
-        self, request: web.BaseRequest, outcome: Outcome, invocation_id: str, received: float,
-        function: str | None,
-    ) -> web.Response:
-        """A response decided by the daemon itself: log it and send it."""
-        self.stats.record(
-            invocation_id=invocation_id, method=request.method, path=request.path,
-            function=function, status=outcome.status, outcome=outcome.outcome,
-            duration=time.perf_counter() - received, reason=outcome.reason,
-            client=self._client(request),
-        )
-        return _response(outcome, invocation_id)
-
     def _client(self, request: web.BaseRequest) -> str | None:
         """The client's address: the one a trusted proxy forwarded, else the peer's."""
         peer = request.remote
@@ -162,107 +218,6 @@ class FrontEnd:
         if forwarded and self._proxies.trusts(peer):
             return forwarded.rpartition(",")[2].strip()  # the hop our proxy saw
         return peer or None
-
-    async def _function(
-        self, request: web.BaseRequest, route: Route, invocation_id: str, received: float,
-        domain: str,
-    ) -> web.StreamResponse:
-        config = self.config
-        if request.method not in _FUNCTION_METHODS and request.method != "OPTIONS":
-            raise EventError(405, f"method {request.method} is not allowed")
-        check_request_headers(request.raw_headers, config.max_header_bytes,
-                              config.max_header_count)
-        body = await _read_body(request, config.max_request_body)
-        content_type = request.headers.get("Content-Type", "")
-        if route.visibility == "protected":
-            parsed_or_denied = self._check_protected(request, route, invocation_id, body)
-            if isinstance(parsed_or_denied, Outcome):
-                return self._answer(request, parsed_or_denied, invocation_id, received,
-                                    route.path)
-            parsed = parsed_or_denied
-        else:
-            parsed = parse_body(content_type, body)
-        # After the signature check: unsigned clients never see a protected function's problem.
-        if route.error is not None:
-            return self._answer(request, _broken(route.error, invocation_id, config.dev),
-                                invocation_id, received, route.path)
-        event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
-        context: dict[str, Any] = dict(self._context_defaults)
-        context["DOMAIN_NAME"] = domain
-        # Twilio spreads the project's variables over the defaults: PATH in .env wins.
-        context.setdefault("PATH", request.path)
-        call = Call(
-            id=invocation_id,
-            function={"name": route.path, "file": str(route.file)},
-            event=event,
-            context=context,
-            timeout=config.timeout_for(route.path),
-            method=request.method,
-            path=request.path,
-            received=received,
-            result=self._loop.create_future(),
-            transport=request.transport,  # lets the pool drop it if the client leaves
-            client=self._client(request),
-            isolated=config.isolated(route.path),
-        )
-        outcome = await self.pool.invoke(call)
-        if call.started == 0.0:  # never reached a worker (503): the pool did not log it
-            self.stats.record(
-                invocation_id=invocation_id, method=request.method, path=request.path,
-                function=route.path, status=outcome.status, outcome=outcome.outcome,
-                duration=time.perf_counter() - received,
-                queue_wait=time.perf_counter() - call.queued,
-                reason=outcome.reason, client=call.client,
-            )
-        return _response(outcome, invocation_id)
-
-    def _check_protected(
-        self, request: web.BaseRequest, route: Route, invocation_id: str, body: bytes
-    ) -> ParsedBody | Outcome:
-        """The parsed body if the signature holds, else the denial.
-
-        The signature is checked before a malformed body is reported, so an unsigned client
-        gets 401 whatever it sends.
-        """
-        try:
-            parsed = parse_body(request.headers.get("Content-Type", ""), body)
-        except EventError:
-            denied = self._gate.check(request, route, invocation_id, body, None)
-            if denied is not None:
-                return denied
-            raise
-        denied = self._gate.check(request, route, invocation_id, body, parsed)
-        return parsed if denied is None else denied
-
-    async def _asset(
-        self, request: web.BaseRequest, route: Route, assets: AssetFiles, invocation_id: str,
-        received: float,
-    ) -> web.StreamResponse:
-        if route.visibility == "protected":
-            denied = self._gate.check(request, route, invocation_id)
-            if denied is not None:
-                return self._answer(request, denied, invocation_id, received, None)
-        if request.method not in ("GET", "HEAD"):
-            outcome = text_outcome(405, calls.REJECTED, f"method {request.method} is not allowed",
-                                   Allow="GET, HEAD, OPTIONS")
-            return self._answer(request, outcome, invocation_id, received, None)
-        # The one executor hop of an asset: open and fstat (blocking calls).
-        try:
-            opened = await self._loop.run_in_executor(None, assets.open, route)
-        except AssetGone as exc:
-            gone = text_outcome(404, calls.REJECTED, str(exc))
-            return self._answer(request, gone, invocation_id, received, None)
-
-        def sent(status: int) -> None:
-            self.stats.record(
-                invocation_id=invocation_id, method=request.method, path=request.path,
-                status=status, outcome=calls.OK if status < 400 else calls.REJECTED,
-                duration=time.perf_counter() - received, client=self._client(request),
-            )
-
-        response = AssetResponse(opened, route.file, self._loop, sent)
-        response.headers[INVOCATION_HEADER] = invocation_id
-        return response
 
     def _domain_name(self, request: web.BaseRequest) -> str:
         """The configured domain, else the host the client used (via a trusted proxy).

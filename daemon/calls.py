@@ -1,12 +1,23 @@
-"""One invocation as the daemon tracks it, and the outcome it ends with."""
+"""One request as the daemon tracks it, the outcome it ends with, and its one log line.
+
+Every request has an Invocation from the moment it arrives; a function call is also a Call.
+The log line (docs/operating.md#6-logs) is written by ``Invocation.end``, once: for an answer
+the front-end decides, when it decides it; for a Call, when the call is complete (answered,
+and the worker it ran on, if any, done with it), whichever of the front-end, queue or pool
+ended it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnd.protocol.messages import FunctionRef
+
+if TYPE_CHECKING:
+    from fnd.daemon.stats import Stats
 
 # Outcomes, as counted and logged: every accepted request ends in exactly one
 # (docs/pool.md#one-answer-per-call).
@@ -35,16 +46,49 @@ def text_outcome(status: int, outcome: str, reason: str, **headers: str) -> Outc
     return Outcome(status, pairs, body, outcome, reason)
 
 
+class Invocation:
+    """A request from its arrival to its log line; ``end`` writes the line the first time."""
+
+    __slots__ = ("stats", "id", "method", "path", "received", "client", "route", "logged")
+
+    def __init__(self, stats: Stats, invocation_id: str, method: str, path: str,
+                 received: float, client: str | None, route: str | None = None) -> None:
+        self.stats = stats
+        self.id = invocation_id
+        self.method = method
+        self.path = path
+        self.received = received  # time.perf_counter() at arrival (uvloop's clock is ms)
+        self.client = client  # the client's address
+        self.route = route  # the function's route; None: no function (404, an asset)
+        self.logged = False
+
+    def end(self, status: int, outcome: str, reason: str | None = None,
+            queue_wait: float = 0.0, cpu: float | None = None, rss: int | None = None,
+            worker_pid: int | None = None) -> None:
+        """Count the request and write its log line, unless that is already done."""
+        if self.logged:
+            return
+        self.logged = True
+        self.stats.record(
+            invocation_id=self.id, method=self.method, path=self.path, function=self.route,
+            status=status, outcome=outcome, duration=time.perf_counter() - self.received,
+            queue_wait=queue_wait, cpu=cpu, rss=rss, worker_pid=worker_pid, reason=reason,
+            client=self.client,
+        )
+
+    def answer(self, outcome: Outcome) -> None:
+        """The line of an answer the daemon decided itself."""
+        self.end(outcome.status, outcome.outcome, outcome.reason)
+
+
 @dataclass(eq=False)
 class Call:
+    invocation: Invocation  # its log line: see complete()
     id: str
     function: FunctionRef
     event: dict[str, Any]
     context: dict[str, Any]
     timeout: float
-    method: str
-    path: str
-    received: float  # time.perf_counter() when the request arrived (uvloop's clock is ms)
     result: asyncio.Future[Outcome]
     queued: float = 0.0  # time.perf_counter() when the pool was asked for a worker
     started: float = 0.0  # time.perf_counter() when a worker took it
@@ -54,16 +98,27 @@ class Call:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     # The client's connection: a queued call whose client hung up is dropped, not run.
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
-    client: str | None = None  # the client's address, for the log line
     isolated: bool = False  # isolation = "invocation": a fresh worker, killed after DONE
-
-    @property
-    def queue_wait(self) -> float:
-        return max(0.0, self.started - self.queued) if self.started else 0.0
 
     def resolve(self, outcome: Outcome) -> bool:
         """Set the outcome once; later attempts (a late result after a kill) are ignored."""
         if self.result.done():  # also when cancelled: the request handler is gone
             return False
         self.result.set_result(outcome)
+        if not self.started:  # no worker took it (503, 499): nothing more is to come
+            self.complete()
         return True
+
+    def complete(self) -> None:
+        """The call is over, its worker (if any) done with it: write its log line, once.
+
+        A call whose request handler is gone (cancelled, never answered) has no line.
+        """
+        result = self.result
+        if self.invocation.logged or not result.done() or result.cancelled():
+            return
+        outcome = result.result()
+        waited = (self.started or time.perf_counter()) - self.queued if self.queued else 0.0
+        # Positional: this runs for every call.
+        self.invocation.end(outcome.status, outcome.outcome, outcome.reason,
+                            waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fnd import worker
-from fnd.daemon.calls import Call
+from fnd.daemon.calls import Call, Invocation
 from fnd.daemon.config import Config
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool import Pool, PoolError
@@ -52,6 +52,8 @@ async def run_canary(pool: Pool, project_dir: Path) -> SelfCheck:
     """One canary invocation through ``pool``; what each attempt ran into."""
     loop = asyncio.get_running_loop()
     call = Call(
+        invocation=Invocation(pool.stats, "self-check", "GET", ROUTE, time.perf_counter(),
+                              None, route=ROUTE),
         id="self-check",
         function={"name": ROUTE, "file": FUNCTION_FILE},
         event={
@@ -61,9 +63,6 @@ async def run_canary(pool: Pool, project_dir: Path) -> SelfCheck:
         },
         context={},  # no secrets for the canary
         timeout=_TIMEOUT,
-        method="GET",
-        path=ROUTE,
-        received=time.perf_counter(),
         result=loop.create_future(),
     )
     outcome = await pool.invoke(call)

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 V1_REQUIRED = ("memory", "pids")
 V1_OPTIONAL = ("freezer", "cpuacct")
-_STALE = re.compile(r"fnd-(\d+)")
+# fnd-<pid>-<pid namespace inode> (fnd-<pid> from older daemons).
+_STALE = re.compile(r"fnd-(\d+)(?:-(\d+))?")
 _POLL = 0.001
 
 
@@ -153,7 +154,7 @@ class Cgroups:
     layout: Layout
     memory_bytes: int
     pids_max: int
-    name: str = field(default_factory=lambda: f"fnd-{os.getpid()}")
+    name: str = field(default_factory=lambda: f"fnd-{os.getpid()}-{_pid_namespace()}")
     _slots: dict[int, dict[str, str]] = field(default_factory=dict)
     _oom_seen: dict[int, int] = field(default_factory=dict)
 
@@ -411,6 +412,11 @@ class Cgroups:
                 match = _STALE.fullmatch(name)
                 if not match or name == self.name or os.path.exists(f"/proc/{match[1]}"):
                     continue
+                if match[2] is not None and int(match[2]) != _pid_namespace():
+                    # A daemon of another pid namespace (a container sharing this hierarchy,
+                    # fnd as PID 1): its pid means nothing here, so its groups are not ours
+                    # to judge, let alone kill.
+                    continue
                 parent = os.path.join(base, name)
                 for child in _subdirs(parent):
                     Cgroups._kill_rounds(child, 0.5)
@@ -418,6 +424,10 @@ class Cgroups:
                 if _rmdir(parent, time.monotonic() + 1.0):
                     removed.append(parent)
         return removed
+
+
+def _pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
 
 
 def _subdirs(directory: str) -> list[str]:

@@ -81,7 +81,7 @@ class Config:
     scratch_mb: int = 64  # each worker's scratch tmpfs; 0: not limited
     max_output: int = 1 * _MIB  # function output logged per invocation; 0: not limited
     network: bool = True
-    uid_base: int = 61000
+    uid_base: int | None = None  # None: a free range is claimed at start
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     functions: Mapping[str, FunctionSettings] = field(
         default_factory=lambda: MappingProxyType({})

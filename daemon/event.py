@@ -79,11 +79,12 @@ class EventError(Exception):
 
 
 class ParsedBody(NamedTuple):
-    """A request body as the event and the signature check both need it (parsed once)."""
+    """A request body as the event and the signature check both need it (read once)."""
 
-    kind: Literal["none", "form", "json"]
+    kind: Literal["none", "form", "json"]  # which parser its Content-Type selects
     form: list[tuple[str, str]]  # form fields in order ([] unless kind == "form")
-    json: dict[str, Any] | None  # the JSON object (None unless kind == "json")
+    json: dict[str, Any] | None  # the JSON object (None unless kind == "json" and it parsed)
+    error: EventError | None = None  # why a body of that kind is malformed (400)
 
 
 NO_BODY = ParsedBody("none", [], None)
@@ -100,16 +101,31 @@ def body_kind(content_type: str) -> Literal["none", "form", "json"]:
     return "none"
 
 
-def parse_body(content_type: str, body: bytes) -> ParsedBody:
-    """Parse a form or JSON body; raise EventError(400) for one that is malformed."""
+def read_body(content_type: str, body: bytes) -> ParsedBody:
+    """Parse a form or JSON body; a malformed one comes back with its ``error`` set.
+
+    The front-end reads a body once, with this: a protected function's signature is checked
+    on the result before a malformed body is reported.
+    """
     if not body:
         return NO_BODY
     kind = body_kind(content_type)
     if kind == "form":
         return ParsedBody("form", _parse_form(body), None)
     if kind == "json":
-        return ParsedBody("json", [], _parse_json(body))
+        try:
+            return ParsedBody("json", [], _parse_json(body))
+        except EventError as exc:
+            return ParsedBody("json", [], None, exc)
     return NO_BODY
+
+
+def parse_body(content_type: str, body: bytes) -> ParsedBody:
+    """Parse a form or JSON body; raise EventError(400) for one that is malformed."""
+    parsed = read_body(content_type, body)
+    if parsed.error is not None:
+        raise parsed.error
+    return parsed
 
 
 def build_event(

@@ -4,13 +4,15 @@ A worker runs user code, and that code can write frames of its own (docs/securit
 frame is a claim, not a fact. Each check here mirrors what the worker itself enforces
 (protocol/http_rules.py and the configured limits), so an honest worker never trips one; a
 frame that does is refused whole, and the worker that sent it is killed by the caller.
+A frame that passes is returned as its type of fnd.protocol.messages (the same dict, its
+optional fields filled in and long texts cut), so the caller reads typed fields only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fnd.protocol import messages as m
 from fnd.protocol.http_rules import (
@@ -37,28 +39,12 @@ class Limits:
     max_header_bytes: int
 
 
-@dataclass(frozen=True)
-class Result:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Done:
-    clean: bool
-    reason: str | None
-    cpu: float
-    rss: int
-
-
 def check_id(message: m.Message, expected: str | None) -> None:
     if expected is None or message.get("id") != expected:
         raise FrameError(f"{message.get('t')} for an invocation the worker does not hold")
 
 
-def result(message: m.Message, limits: Limits) -> Result:
+def result(message: m.Message, limits: Limits) -> m.Result:
     status = message.get("status")
     if type(status) is not int or not STATUS_MIN <= status <= STATUS_MAX:
         raise FrameError(f"status {_show(status)} is not an integer in "
@@ -68,8 +54,11 @@ def result(message: m.Message, limits: Limits) -> Result:
         raise FrameError(f"body is a {type(body).__name__}, not bytes")
     if len(body) > limits.max_body:
         raise FrameError(f"body of {len(body)} bytes is over the {limits.max_body} byte limit")
-    return Result(status, _headers(message.get("headers"), limits), body,
-                  _optional_text(message, "error"))
+    message["headers"] = _headers(message.get("headers"), limits)
+    message["error"] = _optional_text(message, "error")
+    # Anything but true means something the invocation started may still run.
+    message["clean"] = message.get("clean", True) is True
+    return cast(m.Result, message)
 
 
 def _headers(raw: Any, limits: Limits) -> list[tuple[str, str]]:
@@ -95,7 +84,7 @@ def _headers(raw: Any, limits: Limits) -> list[tuple[str, str]]:
     return headers
 
 
-def done(message: m.Message) -> Done:
+def done(message: m.Message) -> m.Done:
     clean = message.get("clean", True)
     if type(clean) is not bool:
         raise FrameError("clean is not a boolean")
@@ -105,7 +94,9 @@ def done(message: m.Message) -> Done:
     rss = message.get("rss", 0)
     if type(rss) is not int or rss < 0:
         raise FrameError(f"rss {_show(rss)} is not a non-negative integer")
-    return Done(clean, _optional_text(message, "reason"), float(cpu), rss)
+    message["clean"], message["cpu"], message["rss"] = clean, float(cpu), rss
+    message["reason"] = _optional_text(message, "reason")
+    return cast(m.Done, message)
 
 
 def log(message: m.Message) -> tuple[str, str, str | None]:

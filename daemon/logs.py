@@ -16,10 +16,11 @@ import sys
 import time
 import traceback
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
+from structlog.typing import FilteringBoundLogger
 
 _FLUSH_WINDOW = 0.005  # seconds a log line may wait for others to share its write()
 
@@ -151,5 +152,6 @@ _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warni
            logging.ERROR: "error", logging.CRITICAL: "critical"}
 
 
-def get_logger(name: str = "fnd") -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str = "fnd") -> FilteringBoundLogger:
+    """The named logger; typed as what configure_logging makes, so mypy checks each call."""
+    return cast(FilteringBoundLogger, structlog.get_logger(name))

@@ -29,16 +29,17 @@ from fnd.daemon.config import Config
 from fnd.daemon.frame_check import Limits
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool_queue import WaitQueue
-from fnd.daemon.slot_probe import SlotProbe
+from fnd.daemon.slots import EXIT_STATUS_WAIT, Slots
+from fnd.daemon.spawner import Spawner
 from fnd.daemon.stats import Stats
 from fnd.daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
-from fnd.daemon.zygote_client import ZygoteClient, ZygoteError
+from fnd.daemon.zygote_client import ZygoteError
 from fnd.protocol import messages as m
 from fnd.protocol.sandbox_settings import missing_layers
 
 _log = get_logger("fnd.pool")
-_EXIT_STATUS_WAIT = 2.0  # how long a death report waits for the zygote's exit status
 _ZYGOTE_RESTARTS = 5  # consecutive failed zygote restarts before the daemon gives up
+_ZYGOTE_BACKOFF = 0.1  # seconds before the first retry of a failed zygote restart, doubling
 # Workers failing to start one after another: back off, then give up (like gunicorn's
 # boot-error exit) instead of forking in a tight loop.
 _START_FAILURES = 10
@@ -72,12 +73,8 @@ class Pool:
         config: Config,
         worker_config: m.WorkerConfig,
         stats: Stats,
+        spawner: Spawner,
         on_fatal: Callable[[str], None] = lambda reason: None,
-        prepare_slot: Callable[[int], None] = lambda slot: None,
-        kill_slot: Callable[[int], None] = lambda slot: None,
-        slot_empty: Callable[[int], bool] = lambda slot: True,
-        oom_killed: Callable[[int], bool] = lambda slot: False,
-        probe: SlotProbe | None = None,
     ) -> None:
         self.config = config
         self.worker_config = worker_config
@@ -85,16 +82,10 @@ class Pool:
         # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
         self._loop = asyncio.get_running_loop()
         self._on_fatal = on_fatal
-        self._prepare_slot = prepare_slot
-        self._kill_slot = kill_slot
-        self._slot_empty = slot_empty
-        self._oom_killed = oom_killed
-        self._probe = probe
+        self.spawner = spawner  # processes, the zygote and the slots' cgroups (daemon/spawner.py)
         self.limits = _limits(config)
-        # Slots (so worker uids) are uid_base + 0 .. 2 × workers_max - 1: room for a full pool
-        # and as many workers still dying. A slot is reused only once its cgroup is empty.
-        self._slot_cap = 2 * config.workers_max
-        self._quarantined: set[int] = set()  # freed slots whose cgroup would not empty
+        self._slots = Slots(self._loop, spawner, 2 * config.workers_max, self._top_up_soon)
+        self._top_up_due = False  # a top-up is scheduled (events schedule one, never nest it)
         self._sweep_timer: asyncio.TimerHandle | None = None
         self.stuck = 0
         self.workers: dict[int, WorkerProc] = {}  # by slot, dying ones too until reaped
@@ -105,9 +96,6 @@ class Pool:
         self._starting: set[WorkerProc] = set()
         self._idle: list[WorkerProc] = []  # LIFO: hot workers stay hot, the bottom retires
         self._queue = WaitQueue(self._loop, config.queue_timeout)
-        self._free_slots: list[int] = []
-        self._next_slot = 0
-        self._slot_kills: dict[int, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -119,18 +107,12 @@ class Pool:
         self.generation = 0
         self.closing = False
         self._refusing = False  # the drain is over: calls get 503
-        self.zygote = ZygoteClient(
-            on_spawned=self._on_spawned,
-            on_spawn_failed=self._on_spawn_failed,
-            on_exited=self._on_exited,
-            on_lost=self._on_zygote_lost,
-        )
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, timeout: float = 60.0) -> None:
         """Start the zygote and `workers_min` workers; return once all of them are ready."""
         try:
-            await self.zygote.start(self.worker_config)
+            await self.spawner.start(self.worker_config, self)
         except ZygoteError as exc:
             raise PoolError(str(exc)) from None
         self._zygote_up = True
@@ -160,7 +142,7 @@ class Pool:
         for worker in list(self.workers.values()):
             call = worker.call
             if call is not None:
-                worker.call = None  # answered and logged here, not again when it dies
+                worker.take_call()  # answered and logged here, not again when it dies
                 call.resolve(text_outcome(
                     502, calls.CRASH, f"stopped: the daemon's drain timeout ({limit:g} s) ran out"
                 ))
@@ -169,7 +151,7 @@ class Pool:
         for timer in (self._idle_timer, self._retry_timer, self._sweep_timer):
             if timer is not None:
                 timer.cancel()
-        await self.zygote.stop()
+        await self.spawner.stop()
         for worker in list(self.workers.values()):
             worker.close_pipes()
         for task in list(self._tasks):
@@ -211,14 +193,14 @@ class Pool:
         keeps serving and PoolError says why. Returns the problems found (allowed ones).
         """
         old_worker_config = self.worker_config
-        await self.zygote.configure(worker_config)
+        await self.spawner.configure(worker_config)
         problems = await self.preflight(checks or [], max(timeout, config.timeout),
                                         dict(config.context_defaults()))
         if problems and not config.allows_broken:
             with contextlib.suppress(ZygoteError):
-                await self.zygote.configure(old_worker_config)
+                await self.spawner.configure(old_worker_config)
             raise FunctionsBroken(problems)
-        self._slot_cap = max(self._slot_cap, 2 * config.workers_max)
+        self._slots.cap = max(self._slots.cap, 2 * config.workers_max)
         spawned = [self._spawn(fresh=True, config=config) for _ in range(config.workers_min)]
         fresh = [worker for worker in spawned if worker is not None]
         failure = await _wait_ready(fresh, timeout)
@@ -230,7 +212,7 @@ class Pool:
             for worker in fresh:
                 worker.kill("reload failed", deaths.DISCARDED)
             with contextlib.suppress(ZygoteError):
-                await self.zygote.configure(old_worker_config)
+                await self.spawner.configure(old_worker_config)
             raise PoolError(f"reload failed: {failure}")
         # The switch: nothing below awaits, so no call sees half of it.
         self.config, self.worker_config = config, worker_config
@@ -258,15 +240,16 @@ class Pool:
     async def invoke(self, call: Call) -> Outcome:
         call.queued = time.perf_counter()
         if self._refusing:
-            return text_outcome(503, calls.OVERLOAD, "server is shutting down", Retry_After="1")
-        if self._offer(call):
+            call.resolve(text_outcome(503, calls.OVERLOAD, "server is shutting down",
+                                      Retry_After="1"))
+        elif self._offer(call):
             if not self._idle:
                 self._top_up()  # the last warm worker just went: fork the spare now
         elif len(self._queue) >= self.config.queue_max:
-            return text_outcome(
+            call.resolve(text_outcome(
                 503, calls.OVERLOAD, "all workers are busy and the queue is full",
                 Retry_After="1",
-            )
+            ))
         else:
             self._queue.push(call)
             if call.isolated and self._idle:
@@ -296,11 +279,11 @@ class Pool:
     def _still_idle(self, worker: WorkerProc) -> bool:
         """Kill a worker that used CPU while idle: code of an earlier call still runs there."""
         mark = worker.cpu_mark
-        if self._probe is None or mark is None:
+        if mark is None:  # its slot's CPU is not accounted on this host
             return True
         if time.monotonic() - worker.idle_since <= _IDLE_CPU_LIMIT:
             return True  # idle for less time than the limit: it cannot have used more (no read)
-        cpu = self._probe.cpu(worker.slot)
+        cpu = self.spawner.cpu(worker.slot)
         if cpu is None or cpu - mark <= _IDLE_CPU_LIMIT:
             return True
         worker.kill(f"used {(cpu - mark) * 1000:.0f} ms of CPU while idle", deaths.IDLE_CPU)
@@ -332,8 +315,7 @@ class Pool:
             if self._send(worker, call):
                 return
         worker.idle_since = time.monotonic()
-        if self._probe is not None:  # where its CPU counter stands as it goes idle
-            worker.cpu_mark = self._probe.cpu(worker.slot)
+        worker.cpu_mark = self.spawner.cpu(worker.slot)  # where it stands as it goes idle
         self._idle.append(worker)
         if self._idle_timer is None and len(self._live) > self.config.workers_min:
             self._schedule_idle_check()
@@ -350,7 +332,7 @@ class Pool:
     # -- sizing -------------------------------------------------------------------------
     def _top_up(self) -> None:
         """Fork what the pool is short of: the minimum, one spare while busy, the queue."""
-        if not (self._zygote_up and self.zygote.alive):
+        if not (self._zygote_up and self.spawner.alive):
             return  # _restart_zygote tops up once the zygote is back
         cfg = self.config
         live = len(self._live)
@@ -361,7 +343,7 @@ class Pool:
         else:
             spare = 1 if busy > 0 else 0
             wanted = max(len(self._queue) + spare - ready_or_starting, cfg.workers_min - live)
-        count = min(wanted, cfg.workers_max - live, self._spare_slots())
+        count = min(wanted, cfg.workers_max - live, self._slots.spare())
         if count <= 0:
             return
         delay = self._spawn_after - self._loop.time()
@@ -374,6 +356,17 @@ class Pool:
 
     def _retry_top_up(self) -> None:
         self._retry_timer = None
+        self._top_up()
+
+    def _top_up_soon(self) -> None:
+        """A top-up from a worker's or a slot's event: run once that event is handled, so
+        that a kill or a retire never forks inside the callback that reported it."""
+        if not self._top_up_due:
+            self._top_up_due = True
+            self._loop.call_soon(self._scheduled_top_up)
+
+    def _scheduled_top_up(self) -> None:
+        self._top_up_due = False
         self._top_up()
 
     def _schedule_idle_check(self) -> None:
@@ -397,23 +390,9 @@ class Pool:
             self._schedule_idle_check()
 
     # -- workers ------------------------------------------------------------------------
-    def _take_slot(self) -> int | None:
-        if self._free_slots:
-            # The longest-free slot: its last cgroup kill has most likely finished.
-            return self._free_slots.pop(0)
-        if self._next_slot >= self._slot_cap:
-            return None  # every slot is in use or still dying: wait for one to empty
-        # A new slot (its own uid and cgroup): only when every known slot is in use, so the
-        # count tracks the most workers ever alive at once, dying ones included.
-        self._next_slot += 1
-        return self._next_slot - 1
-
-    def _spare_slots(self) -> int:
-        return len(self._free_slots) + self._slot_cap - self._next_slot
-
     def _spawn(self, fresh: bool = False, config: Config | None = None) -> WorkerProc | None:
         cfg = config or self.config
-        slot = self._take_slot()
+        slot = self._slots.take()
         if slot is None:
             return None
         worker = WorkerProc(self, slot, self.generation + 1 if fresh else self.generation)
@@ -434,22 +413,20 @@ class Pool:
 
     async def _start_worker(self, worker: WorkerProc) -> None:
         try:
-            pending = self._slot_kills.get(worker.slot)
+            pending = self._slots.kill_pending(worker.slot)
             if pending is not None:
                 await pending  # the slot's previous occupants are gone before it is reused
             if worker.state == DEAD:  # killed while it waited: no process to make
-                worker.exit_status.set_result(-1)
-                self._free_slot(worker)
+                self._exited(worker, -1)
                 return
-            self._prepare_slot(worker.slot)
-            pipes = await self.zygote.spawn(worker.slot)
+            pipes = await self.spawner.spawn(worker.slot)
             await worker.attach(pipes)
         except (ZygoteError, OSError, CgroupError) as exc:
             worker.failure = f"spawn failed: {exc}"
             worker.kill(f"failed to start: {worker.failure}", deaths.START_FAILED)
-            if worker.pid is None and not worker.exit_status.done():
-                worker.exit_status.set_result(-1)  # no process was made
-            if worker.state == DEAD:
+            if worker.pid is None:
+                self._exited(worker, -1)  # no process was made
+            elif worker.state == DEAD:
                 self._free_slot(worker)
 
     def _due_for_recycling(self, worker: WorkerProc) -> str | None:
@@ -481,7 +458,7 @@ class Pool:
             return
         self._start_failures = 0
         self._spawn_after = 0.0
-        worker.cpu_mark = self._probe.cpu(worker.slot) if self._probe is not None else None
+        worker.cpu_mark = self.spawner.cpu(worker.slot)
         _log.info("worker ready", pid=worker.pid, slot=worker.slot, generation=worker.generation,
                   start_ms=round((worker.ready_at - worker.spawned_at) * 1000, 1))
         if worker.generation > self.generation:
@@ -505,8 +482,7 @@ class Pool:
         if worker.leaving or worker.state != BUSY:
             self._finalize(call)
             return
-        probe = self._probe
-        tasks = probe.tasks(worker.slot) if probe is not None else None
+        tasks = self.spawner.tasks(worker.slot)
         if tasks is not None and tasks > 1:
             if attempt < len(_VERIFY_RETRIES):
                 self._loop.call_later(_VERIFY_RETRIES[attempt], self._verify, worker, call,
@@ -522,13 +498,13 @@ class Pool:
             call.cpu = min(call.cpu, (time.perf_counter() - call.started) * _CORES)
         worker.cpu_total += call.cpu or 0.0
         self._finalize(call)
-        worker.state = IDLE
+        worker.verified_idle()
         if call.isolated:
             worker.kill("served its one invocation", deaths.ISOLATION)
             return
         recycle = self._due_for_recycling(worker)
         if recycle is not None:
-            worker.retire(recycle)  # its replacement is forked in worker_leaving
+            worker.retire(recycle)  # worker_leaving schedules its replacement
         else:
             self._release(worker)
 
@@ -537,7 +513,7 @@ class Pool:
         if worker.retiring:
             # An idle worker exits on EOF at once; one that does not is made to.
             self._loop.call_later(_RETIRE_GRACE, self._kill_lingering, worker)
-        self._top_up()
+        self._top_up_soon()
 
     def _kill_lingering(self, worker: WorkerProc) -> None:
         if worker.state != DEAD:
@@ -552,8 +528,7 @@ class Pool:
 
     def worker_gone(self, worker: WorkerProc) -> None:
         self._forget(worker)
-        call = worker.call
-        worker.call = None
+        call = worker.take_call()
         if worker.cause is None:
             self._run(self._report_death(worker, call))  # waits for the exit status
         else:
@@ -565,58 +540,26 @@ class Pool:
                 self._finalize(call)
         if worker.exit_status.done():
             self._free_slot(worker)
-        self._top_up()
+        self._top_up_soon()
 
-    def kill_cgroup(self, worker: WorkerProc) -> None:
+    def kill_worker(self, worker: WorkerProc) -> None:
+        if worker.pid is not None:
+            self.spawner.kill_group(worker.pid)
         if self.workers.get(worker.slot) is worker:  # never a later occupant of its slot
-            self._kill_slot_soon(worker)
+            self._slots.kill_soon(worker.slot, worker.exit_status)
 
-    def _kill_slot_soon(self, worker: WorkerProc, release: bool = False) -> None:
-        # What the worker started outside its process group dies with the slot's cgroup, once
-        # the worker itself is reaped. Usually nothing is left then, and the cgroup v1 freezer
-        # (a few ms of polling and an IPI to every CPU) is skipped. One kill at a time per
-        # slot, and the slot is not reused before the last one is done (_start_worker waits
-        # for it): a late kill would hit the next worker.
-        previous = self._slot_kills.get(worker.slot)
-        self._slot_kills[worker.slot] = asyncio.ensure_future(
-            self._kill_slot_after(previous, worker, release))
-
-    async def _kill_slot_after(self, previous: asyncio.Future[None] | None,
-                               worker: WorkerProc, release: bool) -> None:
-        if previous is not None:
-            await previous
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(worker.exit_status), _EXIT_STATUS_WAIT)
-        if not (worker.exit_status.done() and self._slot_empty(worker.slot)):
-            await self._loop.run_in_executor(None, self._kill_slot_quietly, worker.slot)
-        if release:
-            self._return_slot(worker.slot)
-
-    def _return_slot(self, slot: int) -> None:
-        """A slot is reused only once nothing is left in its cgroup (so under its uid)."""
-        if self._slot_empty(slot):
-            self._quarantined.discard(slot)
-            self._free_slots.append(slot)
-            self._top_up()
-        elif slot not in self._quarantined:
-            self._quarantined.add(slot)
-            _log.error("worker slot not empty after its kill; kept out of use", slot=slot)
-
-    def _kill_slot_quietly(self, slot: int) -> None:
-        try:
-            self._kill_slot(slot)
-        except Exception as exc:  # a thread's error would otherwise go unseen
-            _log.error("cannot kill the slot's cgroup", slot=slot, reason=str(exc))
+    def still_running(self, worker: WorkerProc) -> bool:
+        return worker.pid is not None and self.spawner.running(worker.pid)
 
     async def _report_death(self, worker: WorkerProc, call: Call | None) -> None:
         """A worker died on its own: classify it from its exit status, answer its call."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(worker.exit_status), _EXIT_STATUS_WAIT)
+            await asyncio.wait_for(asyncio.shield(worker.exit_status), EXIT_STATUS_WAIT)
         if worker.cause is not None:  # meanwhile explained: the zygote died and took it along
             cause, words = worker.cause, worker.kill_reason or worker.cause
         else:
             status = worker.exit_status.result() if worker.exit_status.done() else None
-            cause, words = deaths.classify(status, self._oom_killed(worker.slot))
+            cause, words = deaths.classify(status, self.spawner.oom_killed(worker.slot))
             if worker.closed_early and cause in (deaths.SIGNAL, deaths.EXIT) and (
                 status is None or status < 0
                 or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
@@ -644,7 +587,7 @@ class Pool:
 
     def _start_failed(self, worker: WorkerProc, reason: str) -> None:
         if worker.generation > self.generation or self.closing or not (
-            self._zygote_up and self.zygote.alive
+            self._zygote_up and self.spawner.alive
         ):
             return  # a reload reports its own failure; a zygote restart is handled apart
         self._start_failures += 1
@@ -659,24 +602,14 @@ class Pool:
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
-        if not call.result.done() or call.result.cancelled():
-            return
-        outcome = call.result.result()
-        self.stats.record(
-            invocation_id=call.id,
-            method=call.method,
-            path=call.path,
-            function=call.function["name"],
-            status=outcome.status,
-            outcome=outcome.outcome,
-            duration=time.perf_counter() - call.received,
-            queue_wait=call.queue_wait,
-            cpu=call.cpu,
-            rss=call.rss,
-            worker_pid=call.worker_pid,
-            reason=outcome.reason,
-            client=call.client,
-        )
+        call.complete()  # its log line
+
+    def _exited(self, worker: WorkerProc, status: int) -> None:
+        """Its exit status is known (-1: no process, or nobody will report one); once it is
+        also dead its slot is freed."""
+        worker.set_exit_status(status)
+        if worker.state == DEAD:
+            self._free_slot(worker)
 
     def _free_slot(self, worker: WorkerProc) -> None:
         if self.workers.get(worker.slot) is not worker:
@@ -685,10 +618,11 @@ class Pool:
         if worker.pid is not None and self._by_pid.get(worker.pid) is worker:
             del self._by_pid[worker.pid]
         worker.close_pipes()
-        self._kill_slot_soon(worker, release=True)  # anything it left goes with its cgroup
+        # Anything it left goes with its cgroup; the slot is free once that is empty.
+        self._slots.kill_soon(worker.slot, worker.exit_status, release=True)
 
-    # zygote events
-    def _on_spawned(self, slot: int, pid: int) -> None:
+    # SpawnEvents, reported by the spawner
+    def on_spawned(self, slot: int, pid: int) -> None:
         worker = self.workers.get(slot)
         if worker is None or worker.pid not in (None, pid):
             return
@@ -697,26 +631,22 @@ class Pool:
         if worker.kill_reason is not None:
             worker.kill(worker.kill_reason, worker.cause or deaths.STOPPING)
 
-    def _on_spawn_failed(self, slot: int, reason: str) -> None:
+    def on_spawn_failed(self, slot: int, reason: str) -> None:
         worker = self.workers.get(slot)
         if worker is not None and worker.pid is None:
             worker.failure = reason
-            if not worker.exit_status.done():
-                worker.exit_status.set_result(-1)
+            worker.set_exit_status(-1)  # first: its death frees the slot at once
             worker.kill(f"failed to start: {reason}", deaths.START_FAILED)
             if worker.state == DEAD:
                 self._free_slot(worker)
 
-    def _on_exited(self, pid: int, status: int) -> None:
+    def on_exited(self, pid: int, status: int) -> None:
         worker = self._by_pid.get(pid)
         if worker is None:
             return  # an orphan the zygote reaped as subreaper
-        if not worker.exit_status.done():
-            worker.exit_status.set_result(status)
-        if worker.state == DEAD:
-            self._free_slot(worker)
+        self._exited(worker, status)
 
-    def _on_zygote_lost(self, reason: str) -> None:
+    def on_zygote_lost(self, reason: str) -> None:
         self._zygote_up = False
         if self.closing:
             return
@@ -725,17 +655,14 @@ class Pool:
         # Its workers die with it (PDEATHSIG); nobody will report their exit statuses.
         for worker in list(self.workers.values()):
             worker.kill("zygote died", deaths.ZYGOTE)
-            if not worker.exit_status.done():
-                worker.exit_status.set_result(-1)
-            if worker.state == DEAD:
-                self._free_slot(worker)
+            self._exited(worker, -1)
         self._run(self._restart_zygote())
 
     async def _restart_zygote(self) -> None:
-        await self.zygote.stop()
+        await self.spawner.stop()
         while not self.closing:
             try:
-                await self.zygote.start(self.worker_config)
+                await self.spawner.start(self.worker_config, self)
             except ZygoteError as exc:
                 self._zygote_failures += 1
                 if self._zygote_failures >= _ZYGOTE_RESTARTS:
@@ -743,11 +670,12 @@ class Pool:
                     return
                 _log.error("zygote restart failed", reason=str(exc),
                            attempt=self._zygote_failures)
-                await asyncio.sleep(0.1 * 2 ** self._zygote_failures)  # back-off, not a sync
+                # Back off, not a tight loop.
+                await asyncio.sleep(_ZYGOTE_BACKOFF * 2 ** self._zygote_failures)
                 continue
             self._zygote_failures = 0
             self._zygote_up = True
-            _log.info("zygote restarted", pid=self.zygote.pid)
+            _log.info("zygote restarted", pid=self.spawner.pid)
             self._top_up()
             return
 
@@ -774,13 +702,7 @@ class Pool:
                 stuck += 1  # its deadline should have killed it: make sure
                 worker.kill("busy past its time limit", deaths.TIMEOUT)
         self.stuck = stuck
-        for slot in list(self._quarantined):
-            if slot not in self._slot_kills or self._slot_kills[slot].done():
-                self._slot_kills[slot] = asyncio.ensure_future(self._kill_quarantined(slot))
-
-    async def _kill_quarantined(self, slot: int) -> None:
-        await self._loop.run_in_executor(None, self._kill_slot_quietly, slot)
-        self._return_slot(slot)
+        self._slots.sweep()
 
     def _run(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -801,7 +723,7 @@ class Pool:
             "queue": len(self._queue),
             "queue_longest_wait": round(self.longest_wait(), 3),
             "per_worker": [w.snapshot() for w in self.workers.values()],
-            "zygote_pid": self.zygote.pid,
+            "zygote_pid": self.spawner.pid,
             "generation": self.generation,
             "now": time.perf_counter(),
         }

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 from fnd.daemon.cgroups import CgroupError, Cgroups
 from fnd.daemon.config import Config
+from fnd.daemon.control import default_control_path
 from fnd.daemon.privileges import missing_capabilities, unwritable_cgroup_files
 from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
 from fnd.daemon.scratch import ScratchMounts, sweep_stale
 from fnd.daemon.slot_probe import SlotProbe
+from fnd.daemon.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
 from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
 
 
@@ -33,6 +35,7 @@ class SandboxSetup:
     warnings: list[str] = field(default_factory=list)
     _probe: SlotProbe | None = None
     scratch: ScratchMounts | None = None  # None: scratch folders are not size-limited
+    uids: UidClaim | None = None  # None: not root, or (permissive) the range is not held
 
     def prepare_slot(self, slot: int) -> None:
         """Before a worker is forked: the slot's cgroups (made once), its scratch mounted and
@@ -74,6 +77,21 @@ class SandboxSetup:
     def oom_killed(self, slot: int) -> bool:
         return self.cgroups.oom_killed(slot) if self.cgroups is not None else False
 
+    def uid_status(self) -> dict[str, object] | None:
+        """The worker uid range for `fnd status`; None when workers keep the daemon's uid."""
+        if self.uids is not None:
+            return self.uids.status()
+        if os.geteuid() != 0:
+            return None
+        first = self.settings["uid_base"]
+        return {"first": first, "last": None, "automatic": False, "held": False}
+
+    def grow_uids(self, slots: int) -> None:
+        """Hold uids for `slots` slots before a reload raises workers_max (UidRangeTaken
+        when another daemon's range is in the way)."""
+        if self.uids is not None:
+            self.uids.grow(slots)
+
     def cleanup(self) -> None:
         if self._probe is not None:
             self._probe.close()
@@ -82,6 +100,9 @@ class SandboxSetup:
         if self.scratch is not None:
             self.scratch.cleanup()
         shutil.rmtree(self.scratch_root, ignore_errors=True)
+        if self.uids is not None:  # last: no worker of ours is left under these uids
+            self.uids.release()
+            self.uids = None
 
 
 def prepare_sandbox(config: Config) -> SandboxSetup:
@@ -90,7 +111,7 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
     scratch_root = os.path.join(tempfile.gettempdir(), f"fnd-{os.getpid()}-scratch")
     resolved = resolve({
         "mode": "strict" if strict else "permissive",
-        "uid_base": config.uid_base,
+        "uid_base": FIRST_UID if config.uid_base is None else config.uid_base,
         "memory_bytes": config.memory_mb * 1024 * 1024,
         "network": config.network,
         "project_dir": str(config.project_dir),
@@ -103,6 +124,7 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
             "not running as root: workers run as this user, without per-worker uids or cgroups"
         )
         return setup
+    _claim_uids(setup, strict, config)  # sets resolved["uid_base"] to the range held
     # Capabilities first: without CAP_SETUID the read check below could not even switch uid.
     _fail_or_warn(setup, strict, [f"missing capability {cap}" for cap in missing_capabilities()])
     _fail_or_warn(setup, strict, _unreadable(config, resolved["uid_base"]))
@@ -120,10 +142,27 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
     return setup
 
 
+def _claim_uids(setup: SandboxSetup, strict: bool, config: Config) -> None:
+    """Hold this daemon's worker uid range (docs/sandbox.md#worker-uids): refused whatever
+    the mode when it meets another daemon's; permissive runs on when it cannot be held."""
+    control = config.control or default_control_path()
+    try:
+        setup.uids = claim(config.uid_base, 2 * config.workers_max, str(config.project_dir),
+                           control)
+    except UidRangeTaken as exc:
+        setup.cleanup()
+        raise SandboxUnavailable(str(exc)) from None
+    except OSError as exc:
+        _fail_or_warn(setup, strict, [f"worker uids: cannot hold a range: {exc}"])
+        return
+    setup.settings["uid_base"] = setup.uids.first
+
+
 def _mount_scratch(setup: SandboxSetup, strict: bool, config: Config) -> None:
     """Mount slot 0's scratch now, so that a host where this cannot work is known at start."""
     sweep_stale(os.path.dirname(setup.scratch_root))
-    scratch = ScratchMounts(setup.scratch_root, config.scratch_mb * 1024 * 1024, config.uid_base)
+    scratch = ScratchMounts(setup.scratch_root, config.scratch_mb * 1024 * 1024,
+                            setup.settings["uid_base"])
     try:
         scratch.prepare(0)
     except OSError as exc:

@@ -25,6 +25,7 @@ from fnd.daemon.metrics import render_metrics, start_metrics_server
 from fnd.daemon.pool import FunctionsBroken, Pool, PoolError
 from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
 from fnd.daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
+from fnd.daemon.spawner import ZygoteSpawner
 from fnd.daemon.stats import Stats
 from fnd.daemon.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.watch import Watcher
@@ -58,7 +59,7 @@ def worker_config(
         "cookie_secure_default": config.cookie_secure,
         "twilio_api_base_url": config.twilio_api_base_url,
         "max_output": config.max_output,
-        "sandbox": dict(sandbox),
+        "sandbox": sandbox.copy(),
     }
 
 
@@ -107,9 +108,7 @@ class Daemon:
         self.project = load_project(config)
         output_cap.set_limit(config.max_output)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
-                         self.stats, on_fatal=self._fatal, prepare_slot=sandbox.prepare_slot,
-                         kill_slot=sandbox.kill_slot, slot_empty=sandbox.slot_empty,
-                         oom_killed=sandbox.oom_killed, probe=sandbox.probe())
+                         self.stats, ZygoteSpawner(sandbox), on_fatal=self._fatal)
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
         self.control = ControlServer(config.control or default_control_path(), self._control)
         self._runner: web.ServerRunner | None = None
@@ -162,8 +161,10 @@ class Daemon:
         self._install_signals()
         for line in route_table_lines(self.project, self._base_url()):
             _log.info("route", line=line)
+        uids = self.sandbox.uids
         _log.info("ready", version=__version__, listen=self.listen_address,
                   control=self.control.path, workers=self.config.workers_min,
+                  uids=uids.describe() if uids is not None else None,
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
         self.notifier.ready()
         self._background(self._report_status())
@@ -280,6 +281,8 @@ class Daemon:
                     self.front.set_project(config, project)
                     output_cap.set_limit(config.max_output)
 
+                # A raised workers_max needs more worker uids: held first, or no reload.
+                self.sandbox.grow_uids(2 * config.workers_max)
                 # Workers of the new generation may read the (maybe new) project folder.
                 sandbox = self.sandbox.settings | {"project_dir": str(config.project_dir)}
                 problems = await self.pool.reload(
@@ -331,6 +334,7 @@ class Daemon:
             "project": str(self.config.project_dir),
             "sandbox": self.config.sandbox,
             "sandbox_warnings": self.sandbox.warnings,
+            "uids": self.sandbox.uid_status(),
             "workers": pool["workers"],
             "queue": pool["queue"],
             "queue_longest_wait": pool["queue_longest_wait"],

@@ -148,7 +148,9 @@ SETTINGS: tuple[Setting, ...] = (
             "function output logged per invocation, bytes; the rest is dropped with one "
             "warning; 0: no limit", shown="1 MiB"),
     Setting("network", bool, True, "workers may reach the network"),
-    Setting("uid_base", int, 61000, "the first worker's uid"),
+    Setting("uid_base", int, None,
+            "the first worker's uid; unset: the first range no other fnd on the host holds "
+            "(docs/sandbox.md#worker-uids)", optional=True, shown="auto, from 61000"),
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

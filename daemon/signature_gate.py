@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from fnd.daemon import calls
 from fnd.daemon.calls import Outcome, text_outcome
 from fnd.daemon.config import Config, ConfigError
-from fnd.daemon.event import ParsedBody, body_kind
+from fnd.daemon.event import NO_BODY, ParsedBody
 from fnd.daemon.logs import get_logger
 from fnd.daemon.signature import TrustedProxies, check_signature, url_for_request
 
@@ -58,12 +58,12 @@ class SignatureGate:
         route: Route,
         invocation_id: str,
         body: bytes = b"",
-        parsed: ParsedBody | None = None,
+        parsed: ParsedBody = NO_BODY,
     ) -> Outcome | None:
         """None to let the request in; else the answer (401 function, 403 asset, 500).
 
-        ``parsed`` is the parsed body, or None when the body could not be parsed (or the route
-        is an asset, whose requests carry no parameters).
+        ``parsed`` is the body as fnd.daemon.event.read_body read it, malformed or not (an
+        asset's request carries no parameters: NO_BODY).
         """
         if self._skip:
             _log.warning("signature check skipped", invocation_id=invocation_id,
@@ -82,16 +82,16 @@ class SignatureGate:
                             "this URL and these parameters")
 
     def _valid(
-        self, request: BaseRequest, signature: str, body: bytes, parsed: ParsedBody | None
+        self, request: BaseRequest, signature: str, body: bytes, parsed: ParsedBody
     ) -> bool:
         assert self._token is not None
         url = url_for_request(request, public_url=self._public_url, proxies=self._proxies)
-        kind = body_kind(request.headers.get("Content-Type", "")) if body else "none"
-        if kind == "json":
-            # Twilio signs JSON requests over the URL, which carries the body's bodySHA256.
+        if parsed.kind == "json":
+            # Twilio signs JSON requests over the URL, which carries the body's bodySHA256
+            # (malformed JSON too: it is refused with 400 once the signature holds).
             return check_signature(self._token, url, (), signature, json_body=body)
-        if kind == "form":
-            if parsed is None:  # undecodable: no signature can cover it
+        if parsed.kind == "form":
+            if parsed.error is not None:  # undecodable: no signature can cover it
                 return False
             return check_signature(self._token, url, parsed.form, signature)
         return check_signature(self._token, url, (), signature)

@@ -1,7 +1,8 @@
 """Counters kept in the front-end, and the one log line per invocation (docs/operating.md#6-logs).
 
-`record` runs once per request, so everything here is a dict increment or a bisect: the
-metrics text and the status figures are computed from these only when someone asks.
+`record` runs once per request (called by the request's Invocation, daemon/calls.py, the
+one owner of its line), so everything here is a dict increment or a bisect: the metrics
+text and the status figures are computed from these only when someone asks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+
+from structlog.typing import FilteringBoundLogger
 
 from fnd.daemon import calls, deaths
 from fnd.daemon.logs import get_logger
@@ -73,7 +75,7 @@ class Stats:
     duration: Histogram = field(default_factory=Histogram)
     queue_wait: Histogram = field(default_factory=Histogram)
     _crash_times: deque[float] = field(default_factory=deque, repr=False)
-    log: Any = field(default_factory=lambda: get_logger("fnd.invocation"))
+    log: FilteringBoundLogger = field(default_factory=lambda: get_logger("fnd.invocation"))
 
     def __post_init__(self) -> None:
         # Bound once: a structlog proxy re-resolves itself on every call.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -37,7 +35,8 @@ class PoolEvents(Protocol):
     @property
     def limits(self) -> frame_check.Limits: ...
     def worker_gone(self, worker: WorkerProc) -> None: ...
-    def kill_cgroup(self, worker: WorkerProc) -> None: ...
+    def kill_worker(self, worker: WorkerProc) -> None: ...  # its process group and cgroup
+    def still_running(self, worker: WorkerProc) -> bool: ...  # its process, not exiting
 
 
 class CallRefused(Exception):
@@ -63,19 +62,6 @@ class _OutputReader(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
             self._on_line(self._partial.decode("utf-8", "replace"))
-
-
-_PF_EXITING = 0x4  # the kernel's flag for a task inside exit(), set before its fds close
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not exiting (a zombie, a missing pid or one in exit() is)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-        return fields[0] not in (b"Z", b"X") and not int(fields[6]) & _PF_EXITING
-    except (OSError, IndexError, ValueError):
-        return False
 
 
 def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
@@ -147,16 +133,10 @@ class WorkerProc:
         call cannot be put into a frame: the worker stays idle and only that call fails."""
         assert self._cmd is not None and self.state == IDLE
         try:
-            frame = encode(
-                {
-                    "t": m.INVOKE,
-                    "id": call.id,
-                    "function": call.function,
-                    "event": call.event,
-                    "context": call.context,
-                    "timeout": call.timeout,
-                }
-            )
+            invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
+                                "event": call.event, "context": call.context,
+                                "timeout": call.timeout}
+            frame = encode(invoke)
         except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
             raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
         self.state = BUSY
@@ -170,12 +150,27 @@ class WorkerProc:
                         ) -> asyncio.Future[list[tuple[str, str]]]:
         """Ask this idle worker to load every function; the future gets the problems."""
         assert self._cmd is not None and self.state == IDLE
-        frame = encode({"t": m.PREFLIGHT, "functions": checks, "context": context})
+        preflight: m.Preflight = {"t": m.PREFLIGHT, "functions": checks, "context": context}
+        frame = encode(preflight)
         self.state = BUSY
         self.busy_since = time.monotonic()
         self.preflight = asyncio.get_running_loop().create_future()
         self._cmd.write(frame)
         return self.preflight
+
+    def verified_idle(self) -> None:
+        """The pool checked after DONE that nothing of the call is left: it may take another."""
+        self.state = IDLE
+
+    def take_call(self) -> Call | None:
+        """Hand over the current call (to be answered by whoever takes it), if any."""
+        call, self.call = self.call, None
+        return call
+
+    def set_exit_status(self, status: int) -> None:
+        """Its wait status, once known (-1: no process was made, or nobody will report it)."""
+        if not self.exit_status.done():
+            self.exit_status.set_result(status)
 
     def kill(self, reason: str, cause: str) -> None:
         """SIGKILL the worker's process group and its cgroup; the pipes' EOF finishes the rest.
@@ -186,8 +181,7 @@ class WorkerProc:
         if first:
             self._kill_reason = reason
             self.kill_sent_at = time.monotonic()
-        self._signal_group()
-        self.events.kill_cgroup(self)
+        self.events.kill_worker(self)
         if first:
             self._leave(cause)
         if self.state != DEAD and self.pid is None and self._cmd is None:
@@ -275,26 +269,27 @@ class WorkerProc:
             raise FrameError("a second result for one invocation")
         result = frame_check.result(message, self.events.limits)
         self.answered = True
-        if message.get("clean", True) is not True:
+        if not result["clean"]:
             # Something the invocation started is still alive: it must not outlive the answer.
             self.kill("left threads or processes running", deaths.UNCLEAN)
-        outcome = calls.ERROR if result.error else calls.OK
-        call.resolve(Outcome(result.status, result.headers, result.body, outcome, result.error))
+        error = result["error"]
+        outcome = calls.ERROR if error else calls.OK
+        call.resolve(Outcome(result["status"], result["headers"], result["body"], outcome, error))
 
     def _on_done(self, message: m.Message) -> None:
         call = self.call
         frame_check.check_id(message, call.id if call is not None else None)
         assert call is not None
         done = frame_check.done(message)
-        call.cpu, call.rss = done.cpu, done.rss  # the worker's word; the pool may correct it
-        self.rss = done.rss
+        call.cpu, call.rss = done["cpu"], done["rss"]  # the worker's word; the pool may correct it
+        self.rss = done["rss"]
         if not call.result.done():
             call.resolve(text_outcome(500, calls.ERROR, "function finished without a response"))
         self.served += 1
         self.call = None
         # Still BUSY: the pool checks from outside that nothing of the call is left before
         # it counts the worker idle (and until then the call's deadline stays armed).
-        self.events.worker_done(self, call, done.clean, done.reason)
+        self.events.worker_done(self, call, done["clean"], done["reason"])
 
     def _on_output(self, line: str) -> None:
         call = self.call
@@ -329,15 +324,9 @@ class WorkerProc:
         elif self._kill_reason is None and not self.retiring:
             # The result pipe closed on its own: the worker died, or its code closed the pipe
             # and runs on. Either way nothing of it may keep running (docs/security.md).
-            self.closed_early = self.pid is not None and _running(self.pid)
-            self._signal_group()
-            self.events.kill_cgroup(self)
+            self.closed_early = self.pid is not None and self.events.still_running(self)
+            self.events.kill_worker(self)
         self._finish(self._kill_reason)
-
-    def _signal_group(self) -> None:
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
 
     def _finish(self, reason: str | None) -> None:
         if self.state == DEAD:

@@ -125,7 +125,7 @@ class ZygoteClient:
             raise ZygoteError(reason) from None
 
     async def configure(self, config: m.WorkerConfig) -> None:
-        await self._send({"t": m.CONFIGURE, "config": config})
+        await self._send(m.Configure(t=m.CONFIGURE, config=config))
 
     async def spawn(self, slot: int) -> SpawnedPipes:
         """Create the worker's pipes and order the fork; the pid arrives via on_spawned."""
@@ -133,7 +133,7 @@ class ZygoteClient:
         res_r, res_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
-            await self._send({"t": m.SPAWN, "slot": slot}, fds=(cmd_r, res_w, out_w))
+            await self._send(m.Spawn(t=m.SPAWN, slot=slot), fds=(cmd_r, res_w, out_w))
         except BaseException:
             for fd in (cmd_w, res_r, out_r):
                 os.close(fd)
@@ -143,7 +143,7 @@ class ZygoteClient:
                 os.close(fd)
         return SpawnedPipes(cmd_w=cmd_w, res_r=res_r, out_r=out_r)
 
-    async def _send(self, message: m.Message, fds: tuple[int, ...] = ()) -> None:
+    async def _send(self, message: m.ToZygote, fds: tuple[int, ...] = ()) -> None:
         sock = self._sock
         if sock is None:
             raise ZygoteError("the zygote is not running")

@@ -34,6 +34,13 @@ def _did_you_mean(parser: argparse.ArgumentParser, command: str, unknown: list[s
     return ""
 
 
+def _daemon_choice(command: argparse.ArgumentParser) -> None:
+    """Which daemon a control command talks to: an instance NAME, or --control PATH."""
+    command.add_argument("name", nargs="?", metavar="NAME",
+                         help="instance name (fnd@NAME.service): /run/fnd/NAME/control.sock")
+    command.add_argument("--control", metavar="PATH", help="control socket path")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fnd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fnd {__version__}")
@@ -45,14 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     add_flags(serve)
 
     status = commands.add_parser("status", help="show a running daemon's pool and totals")
-    status.add_argument("--control", metavar="PATH", help="control socket path")
+    _daemon_choice(status)
     status.add_argument("--json", action="store_true", help="print JSON")
 
     reload = commands.add_parser("reload", help="re-read the project; returns when done")
-    reload.add_argument("--control", metavar="PATH", help="control socket path")
+    _daemon_choice(reload)
 
     metrics = commands.add_parser("metrics", help="print Prometheus metrics of a running daemon")
-    metrics.add_argument("--control", metavar="PATH", help="control socket path")
+    _daemon_choice(metrics)
 
     init = commands.add_parser("init", help="create a new function project in DIR")
     init.add_argument("dir", help="folder to create (must be new or empty)")
@@ -81,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"{_did_you_mean(parser, args.command, unknown)}")
     if args.command == "serve":
         return _serve(args)
+    if args.command in ("status", "reload", "metrics"):
+        from fnd.ctl.instances import InstanceError, control_path
+
+        try:
+            args.control_path = control_path(args.name, args.control)
+        except InstanceError as exc:
+            parser.error(str(exc))
     if args.command == "status":
         return _status(args)
     if args.command == "reload":
@@ -141,14 +155,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
 
 
-def _control_request(path: str | None, payload: dict[str, Any]) -> dict[str, Any] | None:
+def _control_request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any] | None:
     from fnd.ctl.client import request
-    from fnd.daemon.control import default_control_path
+    from fnd.ctl.instances import hint
 
+    path = args.control_path
     try:
-        return asyncio.run(request(path or default_control_path(), payload))
+        return asyncio.run(request(path, payload))
     except (OSError, ValueError, TimeoutError) as exc:
-        print(f"fnd: control socket {path or default_control_path()} not reachable: {exc}",
+        print(f"fnd: control socket {path} not reachable: {exc}{hint(args.name, args.control)}",
               file=sys.stderr)
         return None
 
@@ -161,7 +176,7 @@ def _status(args: argparse.Namespace) -> int:
         render_status,
     )
 
-    answer = _control_request(args.control, {"cmd": "status"})
+    answer = _control_request(args, {"cmd": "status"})
     if answer is None:
         return EXIT_UNREACHABLE
     answer["per_worker"] = collect_process_figures(answer.get("per_worker", []))
@@ -176,7 +191,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    answer = _control_request(args.control, {"cmd": "metrics"})
+    answer = _control_request(args, {"cmd": "metrics"})
     if answer is None:
         return EXIT_UNREACHABLE
     sys.stdout.write(str(answer.get("text", "")))
@@ -184,7 +199,7 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    answer = _control_request(args.control, {"cmd": "reload"})
+    answer = _control_request(args, {"cmd": "reload"})
     if answer is None:
         return EXIT_UNREACHABLE
     if not answer.get("ok"):

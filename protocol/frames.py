@@ -6,29 +6,28 @@ import asyncio
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
 
 import msgpack
+
+from fnd.protocol.messages import Frame, Message
 
 # Largest frame either side accepts: a 4 MiB response body or 1 MiB request plus headroom.
 MAX_FRAME = 8 * 1024 * 1024
 _HEADER = struct.Struct(">I")
-
-Message = dict[str, Any]
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the channel cannot be trusted."""
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Frame) -> bytes:
     payload: bytes = msgpack.packb(message, use_bin_type=True)
     if len(payload) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME} byte limit")
     return _HEADER.pack(len(payload)) + payload
 
 
-def write_frame(fd: int, message: Message) -> None:
+def write_frame(fd: int, message: Frame) -> None:
     """Write one whole frame to a blocking fd (worker and zygote side)."""
     view = memoryview(encode(message))
     while view:

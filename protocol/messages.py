@@ -28,23 +28,25 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
-CONFIGURE = "configure"
-ZYGOTE_READY = "zygote_ready"
-SPAWN = "spawn"
-SPAWNED = "spawned"
-SPAWN_FAILED = "spawn_failed"
-EXITED = "exited"
+from fnd.protocol.sandbox_settings import ResolvedSettings
 
-READY = "ready"
-FAILED = "failed"
-INVOKE = "invoke"
-RESULT = "result"
-LOG = "log"
-DONE = "done"
-PREFLIGHT = "preflight"
-PREFLIGHT_RESULT = "preflight_result"
+CONFIGURE: Final = "configure"
+ZYGOTE_READY: Final = "zygote_ready"
+SPAWN: Final = "spawn"
+SPAWNED: Final = "spawned"
+SPAWN_FAILED: Final = "spawn_failed"
+EXITED: Final = "exited"
+
+READY: Final = "ready"
+FAILED: Final = "failed"
+INVOKE: Final = "invoke"
+RESULT: Final = "result"
+LOG: Final = "log"
+DONE: Final = "done"
+PREFLIGHT: Final = "preflight"
+PREFLIGHT_RESULT: Final = "preflight_result"
 LOG_STREAMS = frozenset({"stdout", "stderr", "logging", "fnd"})  # a LOG frame's "stream"
 
 
@@ -67,9 +69,113 @@ class WorkerConfig(TypedDict, total=False):
     cookie_secure_default: bool
     twilio_api_base_url: str | None
     max_output: int  # function output per invocation in bytes, then one warning; 0: no cap
-    sandbox: dict[str, Any]  # protocol.sandbox_settings, as a dict
+    sandbox: ResolvedSettings
 
 
+# -- the frames, one declaration each (the table above in types) ------------------------
+# Senders build them as literals annotated with these types, so mypy checks every field at
+# no run-time cost (a TypedDict is a plain dict). A received frame is a Message until it is
+# checked: the daemon checks a worker's frames in daemon/frame_check.py (untrusted), the
+# worker checks INVOKE in worker/loop.py.
+
+class Configure(TypedDict):
+    t: Literal["configure"]
+    config: WorkerConfig
+
+
+class ZygoteReady(TypedDict):
+    t: Literal["zygote_ready"]
+    pid: int
+
+
+class Spawn(TypedDict):
+    t: Literal["spawn"]
+    slot: int
+
+
+class Spawned(TypedDict):
+    t: Literal["spawned"]
+    slot: int
+    pid: int
+
+
+class SpawnFailed(TypedDict):
+    t: Literal["spawn_failed"]
+    slot: int
+    reason: str
+
+
+class Exited(TypedDict):
+    t: Literal["exited"]
+    pid: int
+    status: int  # the raw wait status
+
+
+class Ready(TypedDict):
+    t: Literal["ready"]
+    pid: int
+    layers: dict[str, str]  # sandbox layer -> what it did
+
+
+class Failed(TypedDict):
+    t: Literal["failed"]
+    reason: str
+
+
+class Invoke(TypedDict):
+    t: Literal["invoke"]
+    id: str
+    function: FunctionRef
+    event: dict[str, Any]
+    context: dict[str, Any]
+    timeout: float
+
+
+class Result(TypedDict):
+    t: Literal["result"]
+    id: str
+    status: int
+    headers: list[tuple[str, str]]  # on the wire [name, value] arrays; checked: tuples again
+    body: bytes
+    clean: bool
+    error: str | None
+
+
+class Log(TypedDict):
+    t: Literal["log"]
+    id: str | None  # None: output between invocations
+    stream: str  # one of LOG_STREAMS
+    level: str | None
+    line: str
+
+
+class Done(TypedDict):
+    t: Literal["done"]
+    id: str
+    clean: bool
+    reason: str | None
+    cpu: float  # CPU seconds of the invocation
+    rss: int  # peak RSS in bytes
+
+
+class Preflight(TypedDict):
+    t: Literal["preflight"]
+    functions: list[list[Any]]  # [route, file, needs_handler]
+    context: dict[str, Any]
+
+
+class PreflightResult(TypedDict):
+    t: Literal["preflight_result"]
+    problems: list[list[str]]  # [route, reason]
+
+
+ToZygote = Configure | Spawn
+FromZygote = ZygoteReady | Spawned | SpawnFailed | Exited
+ToWorker = Invoke | Preflight
+FromWorker = Ready | Failed | Result | Log | Done | PreflightResult
+Frame = ToZygote | FromZygote | ToWorker | FromWorker
+
+# A frame as decoded, before its fields are checked: a map with a text "t".
 Message = dict[str, Any]
 
 

@@ -20,23 +20,33 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def site_config(fnd_sockets: list[str], port: int) -> str:
+# The shipped site's instances (one `server` and upstream each) and their server names.
+INSTANCES = {"shop": "shop.example.com", "support": "support.example.com"}
+
+
+def site_config(fnd_sockets: list[str] | dict[str, str], port: int) -> str:
     """The shipped site with only its deployment-specific parts replaced.
 
-    Several sockets make several `server` lines in the one upstream (fnd instances side by side).
+    A list of sockets: every upstream gets them all (fnd instances side by side; the first
+    server, nginx's default, answers requests for any other name). A dict, instance name →
+    socket: each of the site's servers proxies to its own instance's socket.
     """
     text = SITE.read_text()
-    upstream = "server unix:/run/fnd/http.sock;"
-    for needle in (upstream, "listen 80;", "listen [::]:80;"):
+    for needle in ("listen 80;", "listen [::]:80;"):
         assert needle in text, f"{SITE} no longer contains {needle!r}"
-    text = text.replace(upstream, "\n    ".join(f"server unix:{path};" for path in fnd_sockets))
+    for name in INSTANCES:
+        upstream = f"server unix:/run/fnd/{name}/http.sock;"
+        assert upstream in text, f"{SITE} no longer contains {upstream!r}"
+        sockets = fnd_sockets if isinstance(fnd_sockets, list) else [fnd_sockets[name]]
+        text = text.replace(upstream, "\n    ".join(f"server unix:{path};" for path in sockets))
     text = text.replace("listen 80;", f"listen 127.0.0.1:{port};")
     return text.replace("listen [::]:80;", "")
 
 
 @contextmanager
-def running_nginx(fnd_sockets: str | list[str], workdir: Path) -> Iterator[str]:
-    """nginx in front of fnd's unix socket; yields its base URL. Stopped afterwards."""
+def running_nginx(fnd_sockets: str | list[str] | dict[str, str], workdir: Path) -> Iterator[str]:
+    """nginx in front of fnd's unix socket(s) (see site_config); yields its base URL.
+    Stopped afterwards."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     port = _free_port()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ import resource
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from fnd.protocol.messages import DONE, RESULT
+from fnd.protocol import messages as m
 from fnd.worker import environ
 from fnd.worker.aio import AsyncRun, CallbackDone
 from fnd.worker.context import Context
@@ -54,12 +54,12 @@ _current: Invocation | None = None  # one invocation at a time per worker
 
 
 class Invocation:
-    def __init__(self, message: dict[str, Any], services: Services) -> None:
+    def __init__(self, message: m.Invoke, services: Services) -> None:
         self._s = services
-        self.id: str = message["id"]
-        self._function: dict[str, str] = message["function"]
-        self._event: dict[str, Any] = message["event"]
-        self._values: dict[str, Any] = message["context"]
+        self.id = message["id"]
+        self._function = message["function"]
+        self._event = message["event"]
+        self._values = message["context"]
         self.context = Context(self._values, services.settings.twilio_api_base_url)
         self.deadline = time.monotonic() + float(message["timeout"])
         self.finished = threading.Event()  # set once RESULT is written
@@ -87,16 +87,15 @@ class Invocation:
             # Cleared before DONE, not after: output from a leftover thread once the daemon
             # has DONE must not be tagged with this (finished) invocation.
             s.channel.invocation_id = None
-            s.channel.send(
-                {
-                    "t": DONE,
-                    "id": self.id,
-                    "clean": reason is None,
-                    "reason": reason,
-                    "cpu": round(_CPU.stop() - started, 6),
-                    "rss": _CPU.peak_rss,
-                }
-            )
+            done: m.Done = {
+                "t": m.DONE,
+                "id": self.id,
+                "clean": reason is None,
+                "reason": reason,
+                "cpu": round(_CPU.stop() - started, 6),
+                "rss": _CPU.peak_rss,
+            }
+            s.channel.send(done)
         finally:
             _current = None
             s.runtime.bind(None)
@@ -174,17 +173,16 @@ class Invocation:
                 ignore += self.aio.idle_threads()
             self._unclean = unclean or leftover_reason(ignore, skip)
             self._s.output.flush()
-            self._s.channel.send(
-                {
-                    "t": RESULT,
-                    "id": self.id,
-                    "status": reply.status,
-                    "headers": [list(pair) for pair in reply.headers],
-                    "body": reply.body,
-                    "clean": self._unclean is None,
-                    "error": reply.reason if reply.status >= 500 else None,
-                }
-            )
+            result: m.Result = {
+                "t": m.RESULT,
+                "id": self.id,
+                "status": reply.status,
+                "headers": reply.headers,  # msgpack writes each pair as an array
+                "body": reply.body,
+                "clean": self._unclean is None,
+                "error": reply.reason if reply.status >= 500 else None,
+            }
+            self._s.channel.send(result)
             self.finished.set()
         if self.aio is not None:
             self.aio.responded()

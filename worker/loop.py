@@ -18,10 +18,10 @@ import logging
 import os
 import threading
 import traceback
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
+from fnd.protocol import messages as m
 from fnd.protocol.frames import BlockingFrameReader, ProtocolError
-from fnd.protocol.messages import INVOKE, PREFLIGHT, PREFLIGHT_RESULT, READY, Message, WorkerConfig
 from fnd.worker import environ
 from fnd.worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
 from fnd.worker.leftovers import become_subreaper
@@ -39,7 +39,7 @@ EXIT_INTERNAL = 3
 _log = logging.getLogger("fnd.worker")
 
 
-def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str],
+def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, str],
           clear_refs: int | None = None) -> NoReturn:
     """The worker's life: invocations until EOF. ``clear_refs``: /proc/self/clear_refs,
     opened before the sandbox made it unwritable, for per-invocation peak RSS."""
@@ -56,7 +56,8 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
     Runtime.configure(settings.functions, settings.assets, loader)
     services = Services(channel, output, settings, loader, Runtime)
 
-    channel.send({"t": READY, "pid": os.getpid(), "layers": layers})
+    ready: m.Ready = {"t": m.READY, "pid": os.getpid(), "layers": layers}
+    channel.send(ready)
     try:
         become_subreaper()
     except OSError as exc:
@@ -68,21 +69,21 @@ def serve(cmd_fd: int, res_fd: int, config: WorkerConfig, layers: dict[str, str]
             message = reader.read()
             if message is None:
                 _exit(output, EXIT_EOF)
-            if message["t"] == PREFLIGHT:
+            if message["t"] == m.PREFLIGHT:
                 _preflight(message, loader, channel)
                 continue
-            _check_invoke(message)
+            invoke = _check_invoke(message)
         except ProtocolError as exc:
             _log.error("protocol error on the command pipe: %s", exc)
             _exit(output, EXIT_PROTOCOL)
         try:
-            Invocation(message, services).run()
+            Invocation(invoke, services).run()
         except BaseException:  # noqa: B036 - a bug of ours: say so on fd 2, then die loudly
             write_plain(2, "fnd worker: internal error\n" + traceback.format_exc())
             os._exit(EXIT_INTERNAL)
 
 
-def _preflight(message: Message, loader: Loader, channel: Channel) -> None:
+def _preflight(message: m.Message, loader: Loader, channel: Channel) -> None:
     """Load every function of the generation and report what cannot run, before traffic.
 
     The daemon kills this worker afterwards: a bootstrap may have left anything behind.
@@ -106,13 +107,14 @@ def _preflight(message: Message, loader: Loader, channel: Channel) -> None:
         except (Exception, SystemExit) as exc:  # a private module's bootstrap
             shown = loader.display_path(str(file))
             problems.append([str(route), f"error loading {shown}: {describe(exc)}"])
-    channel.send({"t": PREFLIGHT_RESULT, "problems": problems})
+    reply: m.PreflightResult = {"t": m.PREFLIGHT_RESULT, "problems": problems}
+    channel.send(reply)
 
 
-def _check_invoke(message: Message) -> None:
-    """Raise ProtocolError unless ``message`` is a well-formed INVOKE."""
-    if message["t"] != INVOKE:
-        raise ProtocolError(f"unexpected {message['t']!r} frame; expected {INVOKE!r}")
+def _check_invoke(message: m.Message) -> m.Invoke:
+    """``message`` as the INVOKE it is; ProtocolError unless it is a well-formed one."""
+    if message["t"] != m.INVOKE:
+        raise ProtocolError(f"unexpected {message['t']!r} frame; expected {m.INVOKE!r}")
     function = message.get("function")
     fields: dict[str, Any] = {
         "id": message.get("id"),
@@ -128,6 +130,7 @@ def _check_invoke(message: Message) -> None:
     timeout = message.get("timeout")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ProtocolError("invoke frame: timeout must be a number")
+    return cast(m.Invoke, message)
 
 
 def _exit(output: Output, code: int) -> NoReturn:

@@ -16,8 +16,9 @@ import sys
 import threading
 from typing import Any
 
+from fnd.protocol import messages as m
 from fnd.protocol.frames import write_frame
-from fnd.protocol.messages import LOG, Message, describe_limit, line_cost
+from fnd.protocol.messages import describe_limit, line_cost
 
 # A line without a newline is cut into LOG frames of this size, so one runaway write can
 # neither grow the worker's memory without bound nor exceed the frame limit.
@@ -55,15 +56,16 @@ class Channel:
         if over:
             line = (f"output truncated: {over} bytes over the {describe_limit(self.max_output)} "
                     "limit for this invocation")
-            self.send({"t": LOG, "id": self._invocation_id, "stream": "fnd",
-                       "level": "WARNING", "line": line})
+            note: m.Log = {"t": m.LOG, "id": self._invocation_id, "stream": "fnd",
+                           "level": "WARNING", "line": line}
+            self.send(note)
         self._invocation_id = value
 
-    def send(self, message: Message) -> None:
+    def send(self, message: m.FromWorker) -> None:
         if self._detached:
             # A process forked by user code: the protocol is the parent's, never ours.
-            if message.get("t") == LOG:
-                write_plain(2, str(message.get("line", "")) + "\n")
+            if message["t"] == m.LOG:
+                write_plain(2, message["line"] + "\n")
             return
         with self._lock:
             try:
@@ -77,9 +79,9 @@ class Channel:
             line = f"{line[:LOG_CHUNK]}… [{len(line) - LOG_CHUNK} characters cut]"
         if self.max_output and not self._within_budget(line_cost(line)):
             return
-        self.send(
-            {"t": LOG, "id": self.invocation_id, "stream": stream, "level": level, "line": line}
-        )
+        frame: m.Log = {"t": m.LOG, "id": self.invocation_id, "stream": stream, "level": level,
+                        "line": line}
+        self.send(frame)
 
     def _within_budget(self, cost: int) -> bool:
         with self._budget_lock:

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from fnd.protocol import FrameDecoder, ProtocolError, encode, write_frame
 from fnd.protocol import messages as m
@@ -66,7 +66,7 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda _signo, _frame: None)
         self.wake_w = wake_w
 
-    def send(self, message: m.Message) -> None:
+    def send(self, message: m.FromZygote) -> None:
         self.sock.sendall(encode(message))
 
     def receive(self) -> list[m.Message]:
@@ -83,7 +83,7 @@ class Zygote:
         return self.decoder.feed(data)
 
     def configure(self, message: m.Message) -> None:
-        self.config = message["config"]
+        self.config = cast(m.Configure, message)["config"]  # from the daemon: trusted
         self.prepared = sandbox.prepare(self.config.get("sandbox", {}))
 
     def spawn(self, slot: int) -> None:
@@ -93,14 +93,17 @@ class Zygote:
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send({"t": m.SPAWN_FAILED, "slot": slot, "reason": f"fork failed: {exc}"})
+            failed: m.SpawnFailed = {"t": m.SPAWN_FAILED, "slot": slot,
+                                     "reason": f"fork failed: {exc}"}
+            self.send(failed)
             pid = -1
         if pid == 0:
             self._become_worker(slot, cmd_r, res_w, out_w)
         for fd in (cmd_r, res_w, out_w):
             os.close(fd)
         if pid > 0:
-            self.send({"t": m.SPAWNED, "slot": slot, "pid": pid})
+            spawned: m.Spawned = {"t": m.SPAWNED, "slot": slot, "pid": pid}
+            self.send(spawned)
 
     def _become_worker(self, slot: int, cmd_r: int, res_w: int, out_w: int) -> NoReturn:
         try:
@@ -118,7 +121,8 @@ class Zygote:
             )
         except BaseException as exc:  # noqa: BLE001 - report every failure, then exit
             try:
-                write_frame(res_w, {"t": m.FAILED, "reason": f"{type(exc).__name__}: {exc}"})
+                failed: m.Failed = {"t": m.FAILED, "reason": f"{type(exc).__name__}: {exc}"}
+                write_frame(res_w, failed)
             finally:
                 os._exit(70)
         worker_loop.serve(cmd_r, res_w, self.config, layers, clear_refs)
@@ -131,7 +135,8 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            self.send({"t": m.EXITED, "pid": pid, "status": status})
+            exited: m.Exited = {"t": m.EXITED, "pid": pid, "status": status}
+            self.send(exited)
 
     def run(self) -> NoReturn:
         while True:
@@ -158,7 +163,8 @@ class Zygote:
             self.configure(message)
             if first:
                 gc.freeze()  # keep the imported runtime's pages shared copy-on-write
-                self.send({"t": m.ZYGOTE_READY, "pid": os.getpid()})
+                ready: m.ZygoteReady = {"t": m.ZYGOTE_READY, "pid": os.getpid()}
+                self.send(ready)
         elif kind == m.SPAWN:
             self.spawn(int(message["slot"]))
         else:

@@ -86,6 +86,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         f"up {_duration(status.get('uptime'))}",
         _field("listen", str(status.get("listen") or "-")),
         _field("sandbox", str(status.get("sandbox") or "-")),
+        _field("uids", _uids(status)),
     ]
     layers = _layers(status, per_worker)
     if layers:
@@ -119,6 +120,18 @@ def _layers(status: Mapping[str, Any], per_worker: Sequence[Mapping[str, Any]]) 
     if not report:
         return ""
     return ", ".join(f"{name}={value}" for name, value in report.items())
+
+
+def _uids(status: Mapping[str, Any]) -> str:
+    """The worker uid range this daemon holds (no other fnd on the host uses it)."""
+    if "uids" not in status:
+        return "-"  # a daemon that does not report it
+    uids = status["uids"]
+    if not uids:
+        return "n/a: not running as root (workers keep the daemon's uid)"
+    if uids.get("last") is None:
+        return f"from {uids.get('first')} (not held: may overlap another fnd)"
+    return f"{uids['first']}-{uids['last']}" + (" (automatic)" if uids.get("automatic") else "")
 
 
 def _restarts(restarts: Mapping[str, int]) -> str:

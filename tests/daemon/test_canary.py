@@ -17,6 +17,7 @@ import pytest
 from fnd.daemon import canary
 from fnd.daemon.calls import Call, Outcome
 from fnd.daemon.config import Config
+from fnd.daemon.stats import Stats
 
 REFUSED = {
     "list project root": "EACCES",
@@ -46,6 +47,7 @@ class StubPool:
         self.workers = {0: StubWorker(4242), 1: StubWorker(4343)}
         self.calls: list[Call] = []
         self.stopped = False
+        self.stats = Stats()  # the canary's call writes its log line through it
 
     async def invoke(self, call: Call) -> Outcome:
         call.worker_pid = 4242

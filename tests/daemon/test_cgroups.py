@@ -285,3 +285,29 @@ def test_stale_groups_of_dead_daemons_are_swept() -> None:
         assert not any(os.path.exists(os.path.dirname(d)) for d in stale)
     finally:
         cg.cleanup()
+
+
+@pytest.mark.root_only
+def test_groups_of_another_pid_namespace_are_left_alone() -> None:
+    # A daemon in another pid namespace (fnd as PID 1 in a container sharing this hierarchy)
+    # has pids this one cannot see: its groups, and the workers in them, must survive.
+    layout = detect()
+    ours = os.stat("/proc/self/ns/pid").st_ino
+    dead = 4_000_000
+    while os.path.exists(f"/proc/{dead}"):
+        dead += 1
+    theirs = [os.path.join(base, f"fnd-{dead}-{ours + 1}", "slot-0")
+              for base in layout.bases.values()]
+    stale = [os.path.join(base, f"fnd-{dead}-{ours}", "slot-0") for base in layout.bases.values()]
+    for directory in [*theirs, *stale]:
+        os.makedirs(directory)
+    try:
+        cg = Cgroups.create(memory_bytes=0, pids_max=0, name=f"fnd-test-n{os.getpid()}",
+                            layout=layout)
+        cg.cleanup()
+        assert all(os.path.isdir(d) for d in theirs)
+        assert not any(os.path.exists(os.path.dirname(d)) for d in stale)
+    finally:
+        for directory in theirs:
+            os.rmdir(directory)
+            os.rmdir(os.path.dirname(directory))

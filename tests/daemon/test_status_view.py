@@ -180,3 +180,14 @@ def test_old_crashes_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_stats_totals_are_zero_filled() -> None:
     assert Stats().totals() == {"invocations": 0, "ok": 0, "error": 0, "timeout": 0,
                                 "crash": 0, "overload": 0, "rejected": 0}
+
+
+@pytest.mark.parametrize(("uids", "shown"), [
+    ({"first": 61064, "last": 61127, "automatic": True}, "61064-61127 (automatic)"),
+    ({"first": 70000, "last": 70007, "automatic": False}, "70000-70007"),
+    ({"first": 61000, "last": None, "automatic": False, "held": False},
+     "from 61000 (not held: may overlap another fnd)"),
+    (None, "n/a: not running as root (workers keep the daemon's uid)"),
+])
+def test_the_worker_uid_range_is_shown(uids: dict[str, Any] | None, shown: str) -> None:
+    assert f"uids       {shown}\n" in render_status(status(uids=uids))

@@ -91,14 +91,17 @@ def daemon_is_fine(fnd: FndServer) -> None:
 
 
 def test_every_worker_reports_every_layer(fnd: FndServer) -> None:
-    workers = [w for w in fnd.status()["per_worker"] if w["state"] in ("idle", "busy")]
+    status = fnd.status()
+    workers = [w for w in status["per_worker"] if w["state"] in ("idle", "busy")]
     assert len(workers) >= 3
+    first = status["uids"]["first"]  # the range this daemon holds: 61000 unless taken
+    assert first >= UID_BASE
     for worker in workers:
         layers = worker["layers"]
         assert sorted(layers) == sorted(LAYERS)
         assert missing_layers(layers) == []
         assert not [name for name, value in layers.items() if value.startswith("n/a")]
-        assert layers["uid"] == str(UID_BASE + worker["slot"])
+        assert layers["uid"] == str(first + worker["slot"])
         assert layers["cgroup"].startswith(("v1 memory+pids", "v2"))
         assert layers["landlock"].startswith("abi ")
         assert layers["network"] == "allowed"

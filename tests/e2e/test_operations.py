@@ -174,12 +174,13 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # The unit names /opt/fnd-venv, which verify checks exists: point it at the fnd under
     # test, wherever FND_VENV put it.
     fnd = str(Path(sys.executable).parent / "fnd")
-    for name in ("fnd.service", "fnd.socket"):
+    for name in ("fnd.service", "fnd.socket", "fnd@.service", "fnd@.socket"):
         text = (ROOT / "systemd" / name).read_text().replace("/opt/fnd-venv/bin/fnd", fnd)
         (tmp_path / name).write_text(text)
+    # The templates are checked as an instance: verify loads fnd@.service for fnd@shop.service.
+    units = ["fnd.service", "fnd.socket", "fnd@shop.service", "fnd@shop.socket"]
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / "fnd.service"),
-         str(tmp_path / "fnd.socket")],
+        ["systemd-analyze", "verify", *[str(tmp_path / unit) for unit in units]],
         capture_output=True, text=True, timeout=60,
     )
     # verify only warns on unknown keys and still exits 0: no output at all is the bar.
@@ -217,6 +218,35 @@ def test_status_exit_codes_unreachable_and_degraded() -> None:
     with running("ops", env={"FND_SANDBOX": "permissive"}) as fnd:
         degraded = _fnd_cli("status", "--control", fnd.control)
         assert degraded.returncode == 3, degraded.stdout
+
+
+@pytest.mark.root_only  # /run/fnd is root's
+def test_status_and_reload_find_an_instance_by_name() -> None:
+    # fnd@NAME.service keeps its control socket at /run/fnd/NAME/control.sock.
+    name = f"ops-test-{os.getpid()}"
+    control = f"/run/fnd/{name}/control.sock"
+    try:
+        with running("ops", "--control", control) as fnd:
+            fnd.control = control
+            status = _fnd_cli("status", name, "--json")
+            assert status.returncode == 0, status.stdout + status.stderr
+            assert json.loads(status.stdout)["pid"] == fnd.status()["pid"]
+            table = _fnd_cli("status", name)
+            assert re.search(r"^uids +\d+-\d+", table.stdout, re.M), table.stdout
+            reload = _fnd_cli("reload", name)
+            assert reload.returncode == 0 and "reloaded (generation 1)" in reload.stdout
+            assert _fnd_cli("metrics", name).stdout.startswith("# HELP")
+            # The path form still works, and naming both is a usage error.
+            assert _fnd_cli("status", "--control", control).returncode == 0
+            assert _fnd_cli("status", name, "--control", control).returncode == 2
+            default = _fnd_cli("status")
+            if default.returncode == 4:  # nothing at the default path: the instances are named
+                assert name in default.stderr, default.stderr
+        missing = _fnd_cli("reload", name)
+        assert missing.returncode == 4
+        assert f"/run/fnd/{name}/control.sock not reachable" in missing.stderr
+    finally:
+        shutil.rmtree(f"/run/fnd/{name}", ignore_errors=True)
 
 
 def _parse_metrics(text: str) -> dict[str, float]:

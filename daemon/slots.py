@@ -1,0 +1,98 @@
+"""Worker slots: which are free, which are still being killed, which are kept out of use.
+
+A slot is a worker's uid and cgroup. Slots are `uid_base` + 0 .. `cap` - 1 (2 × workers_max:
+room for a full pool and as many workers still dying). A slot is reused only once its cgroup
+is empty; one that does not empty after its kill is quarantined, then killed and checked again
+at every sweep (docs/pool.md#sizing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from fnd.daemon.logs import get_logger
+from fnd.daemon.spawner import Spawner
+
+_log = get_logger("fnd.pool")
+EXIT_STATUS_WAIT = 2.0  # how long a slot kill waits for its worker's exit status
+
+
+class Slots:
+    def __init__(self, loop: asyncio.AbstractEventLoop, spawner: Spawner, cap: int,
+                 on_freed: Callable[[], None]) -> None:
+        self.cap = cap
+        self._loop = loop
+        self._spawner = spawner
+        self._on_freed = on_freed  # a slot came back into use: the pool may fork into it
+        self.quarantined: set[int] = set()  # freed slots whose cgroup would not empty
+        self._free: list[int] = []
+        self._next = 0
+        self._kills: dict[int, asyncio.Future[None]] = {}
+
+    def take(self) -> int | None:
+        if self._free:
+            # The longest-free slot: its last cgroup kill has most likely finished.
+            return self._free.pop(0)
+        if self._next >= self.cap:
+            return None  # every slot is in use or still dying: wait for one to empty
+        # A new slot (its own uid and cgroup): only when every known slot is in use, so the
+        # count tracks the most workers ever alive at once, dying ones included.
+        self._next += 1
+        return self._next - 1
+
+    def spare(self) -> int:
+        return len(self._free) + self.cap - self._next
+
+    def kill_pending(self, slot: int) -> asyncio.Future[None] | None:
+        """The slot's last kill, if any: a new worker waits for it before it is forked."""
+        return self._kills.get(slot)
+
+    def kill_soon(self, slot: int, exit_status: asyncio.Future[int],
+                  release: bool = False) -> None:
+        # What the worker started outside its process group dies with the slot's cgroup, once
+        # the worker itself is reaped. Usually nothing is left then, and the cgroup v1 freezer
+        # (a few ms of polling and an IPI to every CPU) is skipped. One kill at a time per
+        # slot, and the slot is not reused before the last one is done: a late kill would hit
+        # the next worker.
+        previous = self._kills.get(slot)
+        self._kills[slot] = asyncio.ensure_future(
+            self._kill_after(previous, slot, exit_status, release))
+
+    async def _kill_after(self, previous: asyncio.Future[None] | None, slot: int,
+                          exit_status: asyncio.Future[int], release: bool) -> None:
+        if previous is not None:
+            await previous
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exit_status), EXIT_STATUS_WAIT)
+        if not (exit_status.done() and self._spawner.slot_empty(slot)):
+            await self._loop.run_in_executor(None, self._kill_quietly, slot)
+        if release:
+            self._return(slot)
+
+    def _return(self, slot: int) -> None:
+        """A slot is reused only once nothing is left in its cgroup (so under its uid)."""
+        if self._spawner.slot_empty(slot):
+            self.quarantined.discard(slot)
+            self._free.append(slot)
+            self._on_freed()
+        elif slot not in self.quarantined:
+            self.quarantined.add(slot)
+            _log.error("worker slot not empty after its kill; kept out of use", slot=slot)
+
+    def _kill_quietly(self, slot: int) -> None:
+        try:
+            self._spawner.kill_slot(slot)
+        except Exception as exc:  # a thread's error would otherwise go unseen
+            _log.error("cannot kill the slot's cgroup", slot=slot, reason=str(exc))
+
+    def sweep(self) -> None:
+        """Kill and check again every quarantined slot whose last kill is over."""
+        for slot in list(self.quarantined):
+            if slot not in self._kills or self._kills[slot].done():
+                self._kills[slot] = asyncio.ensure_future(self._kill_quarantined(slot))
+
+    async def _kill_quarantined(self, slot: int) -> None:
+        await self._loop.run_in_executor(None, self._kill_quietly, slot)
+        self._return(slot)
