@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fnd.author.launcher import ServeProcess, world_readable_copy
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -41,12 +41,7 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
 
 def readable_copy(project: Path) -> Path:
     """Sandboxed workers run as other uids: give them a world-readable copy of the project."""
-    top = Path(tempfile.mkdtemp(prefix="fnd-bench-", dir="/tmp"))
-    target = top / project.name
-    shutil.copytree(project, target)
-    for path in [top, *top.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return target
+    return world_readable_copy(project, "fnd-bench-")
 
 
 @dataclass
@@ -71,22 +66,16 @@ class FndInstance:
 @contextmanager
 def fnd_instance(project: Path, *args: str, env: dict[str, str] | None = None
                  ) -> Iterator[FndInstance]:
-    port = free_port()
+    """fnd's launcher on a readable copy of `project`, on a free port, logging to a file
+    (parsed only when asked: nothing in this process competes with the load)."""
+    port = free_port()  # on the command line: bench/load.py finds the daemon by it
     copy = readable_copy(project)
-    control = str(copy.parent / "control.sock")
-    log = open(copy.parent / "fnd.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "fnd.cli", "serve", str(copy), "--port", str(port),
-         "--log-format", "json", "--control", control, *args],
-        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})}, cwd=ROOT,
-    )
+    log = copy.parent / "fnd.log"
     try:
-        wait_port(port)
-        yield FndInstance(port, process.pid, control, copy.parent / "fnd.log")
+        with ServeProcess(copy, ["--port", str(port), *args], env, folder=copy.parent,
+                          log_file=log, cwd=ROOT) as daemon:
+            yield FndInstance(port, daemon.pid, daemon.control, log)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-        log.close()
         shutil.rmtree(copy.parent, ignore_errors=True)
 
 

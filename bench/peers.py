@@ -1,4 +1,4 @@
-"""fnd beside its peers, side by side on this machine (issue 7).
+"""fnd beside its peers, side by side on this machine.
 
     /opt/fnd-venv/bin/python bench/peers.py [--rounds 2] [--seconds 10]
         [--only NAME]... [--skip NAME]... [--cache DIR | --fresh] [--json FILE]

@@ -1,8 +1,9 @@
 """The systems bench/peers.py compares: how each is installed, started on loopback and stopped.
 
 Installs go to a cache folder (default /tmp/fnd-peers-cache, reused between runs) or, with
---fresh, to a temp folder removed at the end. Every server runs in its own session; stopping
-one sends SIGTERM to its root, waits, then SIGKILLs whatever is left of the process tree it
+--fresh, to a temp folder removed at the end. Every server runs in its own session. fnd starts
+through its own launcher (fnd/author/launcher.py: SIGTERM, then SIGKILL after 30 s); stopping
+a peer sends SIGTERM to its root, waits, then SIGKILLs whatever is left of the process tree it
 had (and of its process group), by pid. Also here: the wrk runner with a request timeout and
 the peak-PSS sampler over a server's process tree.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import BENCH, ROOT, Load, free_port, readable_copy, wait_port
+from fnd.author.launcher import ServeProcess
 
 PEER_PROJECTS = BENCH / "peer_projects"
 DEFAULT_CACHE = Path("/tmp/fnd-peers-cache")
@@ -197,19 +199,25 @@ def serve(command: list[str], port: int, probe: str, log: Path, *, cwd: Path,
     started = time.time() - 1.0  # create times are rounded: a margin, never a later start
     try:
         base = f"http://127.0.0.1:{port}"
-        try:
-            wait_port(port, 90)
-            deadline = time.monotonic() + 60
-            while (status := http_get(base + probe)[0]) != 200:
-                if time.monotonic() > deadline or popen.poll() is not None:
-                    raise RuntimeError(f"{probe} answered {status}")
-                time.sleep(0.2)
-        except Exception as exc:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{command[0]} did not start ({exc}); log tail:\n{tail}") from exc
+        wait_answering(base + probe, port, popen, command[0], log)
         yield Running(base, popen.pid, log, control)
     finally:
         stop_process(popen, grace, started)
+
+
+def wait_answering(url: str, port: int, popen: subprocess.Popen[bytes], name: str,
+                   log: Path) -> None:
+    """Until `url` answers 200 (a server may listen before its first worker is up)."""
+    try:
+        wait_port(port, 90)
+        deadline = time.monotonic() + 60
+        while (status := http_get(url)[0]) != 200:
+            if time.monotonic() > deadline or popen.poll() is not None:
+                raise RuntimeError(f"{url} answered {status}")
+            time.sleep(0.2)
+    except Exception as exc:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{name} did not start ({exc}); log tail:\n{tail}") from exc
 
 
 @dataclass
@@ -223,28 +231,29 @@ class System:
     version: str = ""
 
 
-def fnd_command(project: Path, port: int, control: str, workers: int | None,
-                *extra: str) -> list[str]:
+def fnd_args(port: int, workers: int | None, *extra: str) -> list[str]:
     """fnd serve in production config: strict sandbox (the default, as root), JSON logs
-    (to the log file the caller gives), metrics on their own port. `workers` pins the pool
-    size; None keeps the default elastic pool (workers_min 2, workers_max 4)."""
+    (the launcher's), metrics on their own port. `workers` pins the pool size; None keeps
+    the default elastic pool (workers_min 2, workers_max 4)."""
     pool = [] if workers is None else ["--workers-min", str(workers),
                                        "--workers-max", str(workers)]
-    return [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project), "--port", str(port),
-            "--log-format", "json", "--control", control,
-            "--metrics-port", str(free_port()), *pool, *extra]
+    return ["--port", str(port), "--metrics-port", str(free_port()), *pool, *extra]
 
 
 @contextmanager
 def fnd(project: Path, workdir: Path, workers: int | None, *extra: str,
         probe: str = "/hello") -> Iterator[Running]:
+    """fnd through its own launcher (fnd.author.launcher), logging to a file in `workdir`."""
     copy = readable_copy(project)  # sandboxed workers run as other uids
     try:
-        port, control = free_port(), str(copy.parent / "control.sock")
+        port = free_port()
         log = workdir / f"fnd-{workers or 'default'}w-{port}.log"
-        with serve(fnd_command(copy, port, control, workers, *extra), port, probe, log,
-                   cwd=ROOT, grace=60, control=control) as running:
-            yield running
+        with ServeProcess(copy, fnd_args(port, workers, *extra), ready_timeout=90,
+                          folder=copy.parent, log_file=log, cwd=ROOT,
+                          new_session=True) as daemon:
+            base = f"http://127.0.0.1:{port}"
+            wait_answering(base + probe, port, daemon.process, "fnd", log)
+            yield Running(base, daemon.pid, log, daemon.control)
     finally:
         shutil.rmtree(copy.parent, ignore_errors=True)
 

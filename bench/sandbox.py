@@ -15,7 +15,7 @@
    with whatever else the host runs; CPU time per request (daemon + workers) barely does.
 4. The layers' own hot-path cost: seccomp's per-syscall filter, timed on a cheap syscall
    before and after loading the same filter (Landlock is only consulted on path lookups).
-Targets (issue 3): start <= 5 ms, idle USS <= 3 MiB, throughput cost <= 10 %.
+Targets (docs/sandbox.md#costs): start <= 5 ms, idle USS <= 3 MiB, throughput cost <= 10 %.
 """
 
 from __future__ import annotations

@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,35 +22,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BENCH, ROOT, readable_copy, wrk  # noqa: E402
+from fnd.author.launcher import ServeProcess  # noqa: E402
 from tests.nginx import running_nginx  # noqa: E402
 
 
 @contextmanager
-def fnd_on_unix_socket(project: Path, workdir: Path, name: str) -> Iterator[str]:
-    """One fnd instance on workdir/<name>.sock; yields its control socket path."""
-    http = workdir / f"{name}.sock"
-    control = workdir / f"{name}-control.sock"
-    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "fnd.cli", "serve", str(project), "--unix", str(http),
-         "--control", str(control), "--workers-min", "2", "--workers-max", "2",
-         "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket(socket.AF_UNIX) as probe:
-                if probe.connect_ex(str(http)) == 0 and control.exists():
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"fnd {name} did not start; see {workdir / name}.log")
-            time.sleep(0.05)
-        yield str(control)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-        log.close()
+def fnd_on_unix_socket(project: Path, workdir: Path, name: str) -> Iterator[tuple[str, str]]:
+    """One fnd instance listening on workdir/<name>/http.sock; yields (http, control)."""
+    folder = workdir / name
+    folder.mkdir()
+    with ServeProcess(project, ["--workers-min", "2", "--workers-max", "2"], unix=True,
+                      folder=folder, log_file=folder / "fnd.log", cwd=ROOT) as daemon:
+        yield str(folder / "http.sock"), daemon.control
 
 
 def invocations(control: str) -> int:
@@ -71,9 +51,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="fnd-scale-", dir="/tmp"))
     try:
         with ExitStack() as stack:
-            controls = [stack.enter_context(fnd_on_unix_socket(project, workdir, name))
-                        for name in ("a", "b")]
-            sockets = [str(workdir / "a.sock"), str(workdir / "b.sock")]
+            instances = [stack.enter_context(fnd_on_unix_socket(project, workdir, name))
+                         for name in ("a", "b")]
+            sockets = [http for http, _ in instances]
+            controls = [control for _, control in instances]
             base = stack.enter_context(running_nginx(sockets, workdir / "nginx"))
             before = [invocations(c) for c in controls]
             load = wrk(base + "/hello", args.connections, args.seconds)

@@ -1,4 +1,5 @@
-"""The code's comments point into docs/, and every pointer leads to a section that exists."""
+"""The comments of the code, tests and benchmarks point into docs/ (or the README), and every
+pointer leads to a section that exists."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # fnd/ holds symlinks to the three rooms: its own files only (ctl, author, cli).
-SOURCES = [p for room in ("daemon", "worker", "protocol") for p in (ROOT / room).rglob("*.py")]
-SOURCES += [p for p in (ROOT / "fnd").rglob("*.py") if not p.is_relative_to(ROOT / "fnd" / "daemon")
-            and not p.is_relative_to(ROOT / "fnd" / "worker")
-            and not p.is_relative_to(ROOT / "fnd" / "protocol")]
-POINTER = re.compile(r"(docs/[a-z_]+\.md)(?:#([a-z0-9-]+))?")
+CODE = [p for room in ("daemon", "worker", "protocol") for p in (ROOT / room).rglob("*.py")]
+CODE += [p for p in (ROOT / "fnd").rglob("*.py") if not p.is_relative_to(ROOT / "fnd" / "daemon")
+         and not p.is_relative_to(ROOT / "fnd" / "worker")
+         and not p.is_relative_to(ROOT / "fnd" / "protocol")]
+# The tests and benchmarks too (not this file, which spells the citations it looks for).
+HARNESS = [p for room in ("tests", "bench") for pattern in ("*.py", "*.md")
+           for p in (ROOT / room).rglob(pattern)
+           if p.is_file() and not p.is_symlink() and p != Path(__file__).resolve()]
+SOURCES = CODE + HARNESS
+POINTER = re.compile(r"((?:docs/[a-z_]+|README)\.md)(?:#([a-z0-9-]+))?")
 # Citations of documents or issues outside the repository.
 OUTSIDE = re.compile(r"SPEC [0-9]|SANDBOX\.md|issue [0-9]")
 

@@ -1,4 +1,5 @@
-"""One typed config: flags > FND_* environment > fnd.toml > defaults (SPEC 9.1)."""
+"""One typed config: flags > FND_* environment > fnd.toml > defaults
+(README.md#configuration)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 3: the event dict, from plain inputs (no server)."""
+"""The event dict, from plain inputs (no server): docs/handlers.md#event."""
 
 from __future__ import annotations
 

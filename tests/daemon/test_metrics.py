@@ -1,4 +1,8 @@
-"""Prometheus text from Stats + status, checked by a strict parser of format 0.0.4 (SPEC 9.5)."""
+"""Prometheus text from Stats + status, read by prometheus-client's own parser, plus the
+format rules that parser lets pass (typed families, no duplicate series, cumulative buckets).
+
+The format: docs/operating.md#5-metrics.
+"""
 
 from __future__ import annotations
 
@@ -11,76 +15,45 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fnd.daemon import calls
 from fnd.daemon.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
 from fnd.daemon.stats import BUCKETS, Histogram, Stats
 
-# -- a strict parser ------------------------------------------------------------------------
+# -- the parser and the rules on top --------------------------------------------------------
 
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
-LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
-LABEL = rf"{LABEL_NAME}={LABEL_VALUE}"
-VALUE = r"[+-]?(?:Inf|NaN|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
-SAMPLE = re.compile(rf"({NAME})(?:\{{((?:{LABEL})(?:,{LABEL})*)?\}})? ({VALUE})")
-HELP = re.compile(rf"# HELP ({NAME}) ((?:[^\\\n]|\\[\\n])*)")
-TYPE = re.compile(rf"# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)")
-LABEL_PAIR = re.compile(rf"({LABEL_NAME})=({LABEL_VALUE})")
-UNESCAPE = re.compile(r"\\(.)")
+Series = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass
 class Family:
     kind: str
     help: str = ""
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    samples: dict[Series, float] = field(default_factory=dict)
 
     def value(self, name: str, **labels: str) -> float:
         return self.samples[(name, tuple(sorted(labels.items())))]
 
 
-def _unescape(quoted: str) -> str:
-    return UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), quoted[1:-1])
-
-
-def _family_of(name: str, families: dict[str, Family]) -> str:
-    if name in families:
-        return name
-    for suffix in ("_bucket", "_sum", "_count"):
-        base = name.removesuffix(suffix)
-        if base != name and families.get(base, Family("")).kind == "histogram":
-            return base
-    raise AssertionError(f"sample {name} before (or without) its # TYPE line")
-
-
 def parse(text: str) -> dict[str, Family]:
-    """Every line must match the grammar; TYPE once per family, before its samples; no
-    duplicate series; histograms cumulative and ending with +Inf == _count."""
+    """Families by the name in their TYPE line (a counter's ends in _total; prometheus-client
+    drops that suffix from its family name). Beyond what the parser checks: a final newline,
+    every family typed and typed once, no duplicate series, histograms cumulative and ending
+    with +Inf == _count."""
     assert text.endswith("\n"), "the exposition ends with a newline"
     families: dict[str, Family] = {}
-    helps: dict[str, str] = {}
-    for line in text[:-1].split("\n"):
-        if m := HELP.fullmatch(line):
-            assert m.group(1) not in helps, f"second HELP for {m.group(1)}"
-            helps[m.group(1)] = m.group(2)
-        elif m := TYPE.fullmatch(line):
-            assert m.group(1) not in families, f"second TYPE for {m.group(1)}"
-            families[m.group(1)] = Family(m.group(2), helps.get(m.group(1), ""))
-        elif m := SAMPLE.fullmatch(line):
-            name, labels_text, value = m.groups()
-            family = families[_family_of(name, families)]
-            labels = tuple(sorted((k, _unescape(v))
-                                  for k, v in LABEL_PAIR.findall(labels_text or "")))
-            assert len({k for k, _ in labels}) == len(labels), f"repeated label in {line}"
-            key = (name, labels)
-            assert key not in family.samples, f"duplicate series {line}"
-            family.samples[key] = float(value.replace("Inf", "inf"))
-        else:
-            raise AssertionError(f"not Prometheus text format: {line!r}")
-    for name, family in families.items():
-        if family.kind == "counter":
-            assert name.endswith("_total"), name
+    for metric in text_string_to_metric_families(text):
+        assert metric.type != "unknown", f"samples of {metric.name} without a # TYPE line"
+        name = metric.name + "_total" if metric.type == "counter" else metric.name
+        assert name not in families, f"{name} twice"
+        types = re.findall(rf"^# TYPE {re.escape(name)} ", text, re.M)
+        assert len(types) == 1, f"{len(types)} TYPE lines for {name}"
+        family = families[name] = Family(metric.type, metric.documentation)
+        for sample in metric.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in family.samples, f"duplicate series {key}"
+            family.samples[key] = float(sample.value)
         if family.kind == "histogram":
             _check_histogram(name, family)
     return families
@@ -341,5 +314,5 @@ def test_many_functions_stay_one_series_each(stats: Stats) -> None:
     "# TYPE x gauge\nx 1",  # no final newline
 ])
 def test_the_parser_is_strict(bad: str) -> None:
-    with pytest.raises((AssertionError, KeyError)):
+    with pytest.raises((AssertionError, KeyError, ValueError)):
         parse(bad)

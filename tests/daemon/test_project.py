@@ -1,4 +1,7 @@
-"""SPEC 1: project folder → route table. One fixture folder per scenario."""
+"""Project folder → route table (docs/handlers.md#a-function-file).
+
+One fixture folder per scenario.
+"""
 
 from __future__ import annotations
 

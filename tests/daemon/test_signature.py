@@ -1,4 +1,5 @@
-"""SPEC 6.1: which URL Twilio signed, and the X-Twilio-Signature check itself.
+"""Which URL Twilio signed, and the X-Twilio-Signature check itself
+(docs/differences.md#signatures).
 
 Signatures are computed exactly as Twilio does, with the twilio package's own
 ``RequestValidator.compute_signature``.

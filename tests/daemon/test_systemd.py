@@ -1,4 +1,5 @@
-"""sd_notify, the watchdog and socket activation against real sockets (SPEC 9.3)."""
+"""sd_notify, the watchdog and socket activation against real sockets
+(docs/operating.md#2-the-systemd-service, docs/operating.md#optional-socket-activation)."""
 
 from __future__ import annotations
 

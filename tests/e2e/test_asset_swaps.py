@@ -1,4 +1,5 @@
-"""Assets swapped on disk after start-up (SPEC 6.2) against a real `fnd serve` running as root.
+"""Assets swapped on disk after start-up against a real `fnd serve` running as root
+(docs/differences.md#assets).
 
 The daemon serves the file each route recorded at scan time and nothing else: a symlink put
 in place of an asset or of a folder on its way (to a 0600 secret outside the project), or a

@@ -1,4 +1,4 @@
-"""Assets served by the daemon itself (SPEC 1.1, 1.3, 6.2) over real HTTP.
+"""Assets served by the daemon itself (docs/differences.md#assets) over real HTTP.
 
 Content-Type by extension, ETag/Last-Modified with 304, Range, the ``GET /`` rule, private
 assets never served, and path traversal attempts (encoded, double-encoded, dot segments,

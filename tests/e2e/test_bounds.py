@@ -21,7 +21,7 @@ import pytest
 from fnd.ctl.client import request as control_request
 from fnd.daemon.output_cap import SLACK
 from fnd.protocol.sandbox_settings import MiB
-from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
+from tests.fndserver import FndServer, running, until
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
 
@@ -135,16 +135,12 @@ def _without_sys_admin(command: list[str]) -> list[str]:
 
 
 def test_strict_refuses_to_start_when_scratch_cannot_be_bounded() -> None:
-    project = world_readable_copy(FIXTURES / "bounds")
-    server = FndServer(project, [], wrap=_without_sys_admin)
-    try:
+    with running("bounds", wrap=_without_sys_admin, ready=False) as server:
         line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
         assert line["reason"].startswith("sandbox: scratch: cannot mount a tmpfs on ")
         assert "needs CAP_SYS_ADMIN" in line["reason"]
         assert "scratch_mb = 8" in line["reason"]
         assert server.process.wait(30) == 1
-    finally:
-        server.stop()
 
 
 def test_permissive_warns_and_reports_the_layer_off() -> None:

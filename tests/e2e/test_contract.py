@@ -1,4 +1,4 @@
-"""SPEC 1-5 over real HTTP against a real `fnd serve` (one daemon for the whole module)."""
+"""docs/handlers.md over real HTTP against a real `fnd serve` (one daemon for the whole module)."""
 
 from __future__ import annotations
 

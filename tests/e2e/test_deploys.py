@@ -58,16 +58,11 @@ def test_a_bootstrap_error_or_a_missing_handler_is_found_before_traffic() -> Non
 
 
 def test_serve_refuses_a_broken_project_and_names_each_problem() -> None:
-    project = world_readable_copy(FIXTURES / "ops")
-    (project / "functions" / "boot.py").write_text(BOOT_FAILS)
-    (project / "functions" / "boot.py").chmod(0o644)
-    server = FndServer(project, [])
-    line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
-    assert "/boot" in line["reason"] and "no database" in line["reason"]
-    assert "--allow-broken" in line["reason"]
-    assert server.process.wait(30) == 1
-    server.log.close()
-    shutil.rmtree(project.parent, ignore_errors=True)
+    with running("ops", files={"functions/boot.py": BOOT_FAILS}, ready=False) as server:
+        line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
+        assert "/boot" in line["reason"] and "no database" in line["reason"]
+        assert "--allow-broken" in line["reason"]
+        assert server.process.wait(30) == 1
 
 
 def test_allow_broken_serves_the_rest_and_status_is_degraded() -> None:

@@ -1,4 +1,5 @@
-"""SPEC 7.3/7.4 through the real daemon: one hostile function per escape attempt.
+"""docs/sandbox.md#what-a-function-cannot-do through the real daemon: one hostile function
+per escape attempt.
 
 Each function in fixtures/hostile tries one thing and returns what happened (an errno name,
 "ok" when the attempt worked); each test asserts the exact outcome. Unlike

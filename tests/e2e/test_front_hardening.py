@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import select
-import shutil
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.fndserver import FIXTURES, FndServer, running, world_readable_copy
+from tests.fndserver import FndServer, running
 
 HEADER_TIMEOUT = 6  # long enough for the trickle test below, short enough for slowloris
 KEEPALIVE_TIMEOUT = 1
@@ -124,17 +123,12 @@ def test_public_url_host_wins_over_the_clients() -> None:
 
 @pytest.mark.parametrize("flag", ["--max-request-body", "--max-response-body"])
 def test_body_limit_a_frame_cannot_carry_refuses_to_start(flag: str) -> None:
-    project = world_readable_copy(FIXTURES / "contract")
-    server = FndServer(project, [flag, "100000000"])
-    try:
+    with running("contract", flag, "100000000", ready=False) as server:
         line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
         setting = flag.removeprefix("--").replace("-", "_")
         assert line["reason"].startswith(f"{setting} = 100000000 is too large")
         assert "\n" not in line["reason"]
         assert server.process.wait(30) == 1
-    finally:
-        server.stop()
-        shutil.rmtree(project.parent, ignore_errors=True)
 
 
 # -- slow and idle clients -------------------------------------------------------------------

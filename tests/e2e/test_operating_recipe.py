@@ -40,8 +40,17 @@ def test_the_operating_recipe_serves_a_signed_request_through_nginx() -> None:
     prefix.chmod(0o755)
     project = prefix / "my-project"
     shutil.copytree(FIXTURES / "ops", project)
+    # pip builds in the source folder (build/, fnd.egg-info): a copy of what scripts/setup-venv
+    # installs, so that nothing is left in the checkout.
+    source = prefix / "fnd-source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for name in ("fnd", "daemon", "worker", "protocol", "docs"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     moved = {"/opt/fnd-venv": f"{prefix}/opt/fnd-venv", "/srv/fnd": f"{prefix}/srv/fnd",
-             "/run/fnd": f"{prefix}/run/fnd", "/path/to/fnd": str(ROOT),
+             "/run/fnd": f"{prefix}/run/fnd", "/path/to/fnd": str(source),
              "my-project": str(project)}
 
     def local(text: str) -> str:

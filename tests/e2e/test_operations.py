@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
 from tests.fndserver import FndServer, running, until
@@ -219,6 +220,7 @@ def test_status_exit_codes_unreachable_and_degraded() -> None:
         assert degraded.returncode == 3, degraded.stdout
 
 
+@pytest.mark.root_only  # /run/fnd is root's
 def test_status_and_reload_find_an_instance_by_name() -> None:
     # fnd@NAME.service keeps its control socket at /run/fnd/NAME/control.sock.
     name = f"ops-test-{os.getpid()}"
@@ -247,19 +249,13 @@ def test_status_and_reload_find_an_instance_by_name() -> None:
         shutil.rmtree(f"/run/fnd/{name}", ignore_errors=True)
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
-                     r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)?\})? '
-                     r'(-?[0-9.]+(?:[eE][+-]?[0-9]+)?|NaN|[+-]Inf)$')
-
-
 def _parse_metrics(text: str) -> dict[str, float]:
+    """Samples by series, 'name{label="value",...}' with the labels sorted by name."""
     samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE ") or not line:
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not Prometheus text: {line!r}"
-        samples[match.group(1) + (match.group(2) or "")] = float(match.group(4))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = float(sample.value)
     return samples
 
 

@@ -15,10 +15,10 @@ import pytest
 
 from tests.fndserver import FndServer, running, until
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs root and util-linux unshare",
-)
+pytestmark = [
+    pytest.mark.root_only,  # a new pid namespace
+    pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare"),
+]
 
 
 def _in_new_pid_namespace(command: list[str]) -> list[str]:

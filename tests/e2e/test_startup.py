@@ -1,13 +1,13 @@
-"""Start-up: problems reported with file names, the rest served; --strict refuses (SPEC 1.2)."""
+"""Start-up: problems reported with file names, the rest served; --strict refuses
+(docs/operating.md#deploying)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
-from tests.fndserver import FIXTURES, FndServer, running, world_readable_copy
+from tests.fndserver import FndServer, running
 
 
 def _production_500(fnd: FndServer, path: str, body: str) -> str:
@@ -55,11 +55,11 @@ def test_dev_mode_500_bodies_name_the_file_and_carry_the_traceback() -> None:
 
 
 def test_strict_refuses_to_start() -> None:
-    project = world_readable_copy(FIXTURES / "problems")
-    server = FndServer(project, ["--strict"])  # --strict wins over allow_broken in fnd.toml
-    line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
-    assert "problem(s) in the project" in line["reason"] and ".py" in line["reason"]
-    assert server.process.wait(30) == 1
+    # --strict wins over allow_broken in fnd.toml
+    with running("problems", "--strict", ready=False) as server:
+        line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
+        assert "problem(s) in the project" in line["reason"] and ".py" in line["reason"]
+        assert server.process.wait(30) == 1
 
 
 def _without_cap_kill(command: list[str]) -> list[str]:
@@ -67,24 +67,19 @@ def _without_cap_kill(command: list[str]) -> list[str]:
     return ["setpriv", "--inh-caps=-kill", "--bounding-set=-kill", *command]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and util-linux setpriv")
+@pytest.mark.root_only  # capabilities to drop
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
 def test_strict_without_cap_kill_refuses_to_start_naming_it() -> None:
-    project = world_readable_copy(FIXTURES / "supervision")
-    server = FndServer(project, [], wrap=_without_cap_kill)
-    try:
+    with running("supervision", wrap=_without_cap_kill, ready=False) as server:
         line = server.wait_for(lambda entry: entry.get("event") in ("cannot start", "ready"))
         assert line["event"] == "cannot start"
         assert "missing capability CAP_KILL" in line["reason"]
         assert "CAP_SETUID" not in line["reason"]  # only what is missing is named
         assert server.process.wait(30) == 1
-    finally:
-        server.stop()
-        shutil.rmtree(project.parent, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and util-linux setpriv")
+@pytest.mark.root_only  # capabilities to drop
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
 def test_permissive_without_cap_kill_starts_and_warns() -> None:
     env = {"FND_SANDBOX": "permissive"}
     with running("supervision", env=env, wrap=_without_cap_kill) as fnd:
@@ -93,13 +88,10 @@ def test_permissive_without_cap_kill_starts_and_warns() -> None:
 
 
 def test_misspelt_setting_refuses_to_start_with_a_suggestion() -> None:
-    project = world_readable_copy(FIXTURES / "ops")
-    (project / "fnd.toml").write_text("worker_max = 3\n")
-    server = FndServer(project, [])
-    line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
-    assert "unknown setting 'worker_max' (did you mean 'workers_max'?)" in line["reason"]
-    assert server.process.wait(30) == 1
-    server.log.close()
+    with running("ops", files={"fnd.toml": "worker_max = 3\n"}, ready=False) as server:
+        line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
+        assert "unknown setting 'worker_max' (did you mean 'workers_max'?)" in line["reason"]
+        assert server.process.wait(30) == 1
 
 
 def test_unknown_routes_and_fnd_variables_are_warned_about_at_start() -> None:

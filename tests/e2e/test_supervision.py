@@ -1,4 +1,4 @@
-"""Pool supervision (SPEC 8, 9.2, 9.7): recycling, deaths, zygote, signals, reload, dev mode.
+"""Pool supervision (docs/pool.md): recycling, deaths, zygote, signals, reload, dev mode.
 
 Synchronisation is on log lines and control-socket status, each with a deadline; the only
 sleeps are the polling intervals of those waits.
@@ -7,10 +7,10 @@ sleeps are the polling intervals of those waits.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -22,7 +22,7 @@ import psutil
 import requests
 
 from fnd.ctl.client import request as control_request
-from tests.fndserver import FIXTURES, FndServer, Line, running, until, world_readable_copy
+from tests.fndserver import FndServer, Line, running, until
 
 FIXTURE = "supervision"
 
@@ -161,20 +161,21 @@ def test_killed_zygote_is_restarted_and_requests_keep_flowing() -> None:
 
 
 def test_zygote_that_cannot_start_stops_serve_with_the_reason() -> None:
-    project = world_readable_copy(FIXTURES / FIXTURE)
     # The real CLI, with the zygote's module name pointing at nothing.
     script = ("import sys, fnd.daemon.zygote_client as z;"
               "z.ZYGOTE_MODULE = 'fnd.worker.no_such_zygote';"
               "from fnd.cli import main; sys.exit(main(sys.argv[1:]))")
-    process = subprocess.run(
-        [sys.executable, "-c", script, "serve", str(project), "--port", "0",
-         "--log-format", "json", "--control", str(project.parent / "control.sock")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert process.returncode == 1
-    assert '"cannot start"' in process.stderr
-    assert "zygote exited with code 1" in process.stderr
-    assert "No module named fnd.worker.no_such_zygote" in process.stderr
+
+    def patched(command: list[str]) -> list[str]:
+        return [sys.executable, "-c", script, *command[command.index("fnd.cli") + 1:]]
+
+    with running(FIXTURE, wrap=patched, ready=False) as fnd:
+        fnd.wait_for(lambda line: line.get("event") == "cannot start")
+        assert fnd.process.wait(30) == 1
+        fnd.log.close()  # every line read
+        text = "\n".join(json.dumps(line) for line in fnd.lines)
+    assert "zygote exited with code 1" in text
+    assert "No module named fnd.worker.no_such_zygote" in text
 
 
 # -- signals ---------------------------------------------------------------------------------

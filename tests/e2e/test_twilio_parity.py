@@ -1,4 +1,5 @@
-"""Twilio platform parity over real HTTP against a real `fnd serve` (SPEC 4.2, 4.3, 5.3, 6.1).
+"""Twilio platform parity over real HTTP against a real `fnd serve`
+(docs/differences.md).
 
 Requests are signed exactly as Twilio signs them, with the twilio package's own
 ``RequestValidator.compute_signature``; the REST client of a function is pointed at a
@@ -59,7 +60,7 @@ def fnd(fake: TwilioFake) -> Iterator[FndServer]:
         yield server
 
 
-# --- SPEC 6.1: protected functions -----------------------------------------------------------
+# --- protected functions: docs/differences.md#signatures ---------------------------------------
 
 
 def test_signed_form_post_runs_with_and_without_explicit_port(fnd: FndServer) -> None:
@@ -212,7 +213,7 @@ def test_dev_no_signatures_skips_the_check_with_a_warning_per_request() -> None:
             assert len(skipped) == 1 and skipped[0]["level"] == "warning"
 
 
-# --- SPEC 4.3: Runtime -------------------------------------------------------------------------
+# --- docs/handlers.md#runtime --------------------------------------------------------------------
 
 
 def test_runtime_get_functions_lists_every_function_with_its_file(fnd: FndServer) -> None:
@@ -270,7 +271,7 @@ def test_get_twilio_client_sends_an_authenticated_message(
                          "Body": ["Ahoy from fnd"]}
 
 
-# --- SPEC 5.3 / 5.7 / 3.3: cookies and header limits -------------------------------------------
+# --- cookies and header limits: docs/handlers.md#twilioresponse ----------------------------------
 
 
 def cookies_of(response: requests.Response) -> list[str]:

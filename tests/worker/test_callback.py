@@ -1,4 +1,5 @@
-"""SPEC 5.4/5.5: callback ends the invocation; leftovers make the worker unclean."""
+"""Callback ends the invocation; leftovers make the worker unclean
+(docs/handlers.md#completing-the-invocation)."""
 
 from __future__ import annotations
 

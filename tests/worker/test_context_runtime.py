@@ -1,4 +1,5 @@
-"""SPEC 4: context, getTwilioClient, Runtime; SPEC 2.3/2.4: globals and both spellings."""
+"""Context, getTwilioClient, Runtime; globals and both spellings (docs/handlers.md#context,
+docs/handlers.md#runtime)."""
 
 from __future__ import annotations
 

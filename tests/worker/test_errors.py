@@ -1,4 +1,5 @@
-"""SPEC 5.1 errors and 2.1/2.2 loading: 500 bodies, tracebacks, bootstrap once and retried."""
+"""Errors and loading: 500 bodies, tracebacks, bootstrap once and retried
+(docs/handlers.md#a-function-file, docs/handlers.md#completing-the-invocation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC 7.2: print, sys.stdout/stderr and logging arrive as LOG frames with the invocation id."""
+"""print, sys.stdout/stderr and logging arrive as LOG frames with the invocation id
+(docs/handlers.md#output-and-logs)."""
 
 from __future__ import annotations
 

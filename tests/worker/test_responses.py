@@ -1,4 +1,5 @@
-"""SPEC 5.2, 5.3, 5.7: every kind of response, as exact (status, headers, body)."""
+"""Every kind of response, as exact (status, headers, body): docs/handlers.md#what-a-value-becomes
+and docs/handlers.md#twilioresponse."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC 7.3/7.4: one test per escape attempt, each asserting the exact outcome.
+"""One test per escape attempt, each asserting the exact outcome
+(docs/sandbox.md#what-a-function-cannot-do).
 
 Each test forks a child, sandboxes it the way the zygote does (setsid, then apply() with a
 filter prepared once in the parent), runs one attempt in it and reports the errno back over
@@ -619,7 +620,8 @@ def test_subprocess_works(env: Env) -> None:
 
 
 def test_everyday_runtime_calls_still_work(env: Env) -> None:
-    """Lazy imports and the files they need (SANDBOX.md: idna, DNS, CA certificates)."""
+    """Lazy imports and the files they need: idna, DNS, CA certificates
+    (docs/sandbox.md#the-layers)."""
 
     def everyday() -> dict[str, object]:
         import ssl
@@ -714,18 +716,23 @@ def test_worker_dies_with_its_zygote(env: Env) -> None:
     zygote = os.fork()
     if zygote == 0:  # pragma: no cover - plays the zygote
         try:
+            # The zygote dies only once the worker is sandboxed (PDEATHSIG set): the worker
+            # says so on this pipe, or closes it by exiting.
+            sandboxed_r, sandboxed_w = os.pipe()
             worker = os.fork()
             if worker == 0:
                 os.setsid()
                 try:
-                    sandbox.apply(env.settings, SLOT, (w,), env.prepared)
+                    sandbox.apply(env.settings, SLOT, (w, sandboxed_w), env.prepared)
                 except BaseException as exc:  # noqa: BLE001 - reported to the test
                     os.write(w, repr(exc).encode() + b"\n")
                     raise
                 os.write(w, b"%d\n" % os.getpid())
+                os.write(sandboxed_w, b"x")
                 time.sleep(60)
             else:
-                time.sleep(0.5)
+                os.close(sandboxed_w)
+                select.select([sandboxed_r], [], [], DEADLINE)
         finally:
             os._exit(0)
     os.close(w)
