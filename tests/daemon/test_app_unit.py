@@ -23,29 +23,14 @@ from fnd.daemon.config import Config, load_config
 from fnd.daemon.project import scan_project
 from fnd.daemon.stats import Stats
 from tests.daemon.fake_pool import WORKER_PID, FakePool
+from tests.daemon.log_lines import LogLines
 
 TOKEN = "12345"
 HOST = "fn.example.com"
 
 
-class _Lines:
-    """A structlog-like logger that keeps each line's fields."""
-
-    def __init__(self) -> None:
-        self.lines: list[dict[str, Any]] = []
-
-    def bind(self) -> _Lines:
-        return self
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.lines.append({"event": event, "level": "info", **fields})
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append({"event": event, "level": "warning", **fields})
-
-
 class Env:
-    def __init__(self, front: FrontEnd, pool: FakePool, log: _Lines, client: TestClient) -> None:
+    def __init__(self, front: FrontEnd, pool: FakePool, log: LogLines, client: TestClient) -> None:
         self.front, self.pool, self.log, self.client = front, pool, log, client
 
     def line(self) -> dict[str, Any]:
@@ -79,7 +64,7 @@ def run(
 
 
 async def _serve(config: Config, scenario: Callable[[Env], Awaitable[None]]) -> None:
-    log = _Lines()
+    log = LogLines()
     pool = FakePool()
     front = FrontEnd(config, scan_project(config.project_dir), pool, Stats(log=log))  # type: ignore[arg-type]
     async with TestClient(RawTestServer(front.handle)) as client:

@@ -9,19 +9,7 @@ from typing import Any
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Invocation, text_outcome
 from fnd.daemon.stats import Stats
-
-
-class _Lines:
-    def __init__(self) -> None:
-        self.lines: list[dict[str, Any]] = []
-
-    def bind(self) -> _Lines:
-        return self
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.lines.append(fields)
-
-    warning = info
+from tests.daemon.log_lines import LogLines
 
 
 def _call(loop: asyncio.AbstractEventLoop, stats: Stats) -> Call:
@@ -33,13 +21,13 @@ def _call(loop: asyncio.AbstractEventLoop, stats: Stats) -> Call:
 
 def _run(test: Any) -> None:
     async def main() -> None:
-        log = _Lines()
+        log = LogLines()
         test(asyncio.get_running_loop(), Stats(log=log), log)  # type: ignore[arg-type]
     asyncio.run(main())
 
 
 def test_a_call_no_worker_took_is_written_when_answered() -> None:
-    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: _Lines) -> None:
+    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: LogLines) -> None:
         call = _call(loop, stats)
         call.queued = time.perf_counter() - 0.25  # it waited in the queue
         call.resolve(text_outcome(503, calls.OVERLOAD, "no worker became free within 0.25 s"))
@@ -55,7 +43,7 @@ def test_a_call_no_worker_took_is_written_when_answered() -> None:
 
 
 def test_a_worker_call_is_written_when_complete_not_when_answered() -> None:
-    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: _Lines) -> None:
+    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: LogLines) -> None:
         call = _call(loop, stats)
         call.queued = time.perf_counter()
         call.started = call.queued + 0.001
@@ -73,7 +61,7 @@ def test_a_worker_call_is_written_when_complete_not_when_answered() -> None:
 
 
 def test_a_call_whose_handler_is_gone_has_no_line() -> None:
-    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: _Lines) -> None:
+    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: LogLines) -> None:
         call = _call(loop, stats)
         call.started = time.perf_counter()
         call.result.cancel()
@@ -85,7 +73,7 @@ def test_a_call_whose_handler_is_gone_has_no_line() -> None:
 
 
 def test_an_answer_the_front_end_decides_is_written_once() -> None:
-    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: _Lines) -> None:
+    def test(loop: asyncio.AbstractEventLoop, stats: Stats, log: LogLines) -> None:
         invocation = Invocation(stats, "id-2", "GET", "/nope", time.perf_counter(), None)
         invocation.answer(text_outcome(404, calls.REJECTED, "no function or asset at /nope"))
         invocation.answer(text_outcome(500, calls.ERROR, "internal error: KeyError"))

@@ -1,0 +1,19 @@
+"""A structlog-like logger for unit tests: it keeps each line's event, level and fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LogLines:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def bind(self) -> LogLines:
+        return self
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, "level": "info", **fields})
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, "level": "warning", **fields})
