@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import make_mocked_request
 
 from fnd.daemon import logs
@@ -32,6 +34,16 @@ def _project(tmp_path: Path) -> Path:
     (tmp_path / "functions" / "hello.py").write_text(
         "def handler(context, event, callback):\n    callback(None, 'hi')\n")
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Any:
+    # configure_logging is process-wide: later tests must not log through its stderr sink
+    # (their lines would come out after pytest's summary).
+    yield
+    logs._sink.flush()
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
 
 
 def test_unexpected_exception_is_a_500_with_reason_and_one_log_line(
