@@ -10,6 +10,8 @@ for that user).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,10 @@ from tests.fndserver import Ledger
 
 ROOT_ONLY = "root_only"
 _BEFORE = pytest.StashKey[set[str]]()
+# Hypothesis keeps its files (a cache of the code's constants, even with database=None) in
+# ./.hypothesis unless told otherwise: in a folder of this run, not in the checkout.
+_HYPOTHESIS = tempfile.mkdtemp(prefix="fnd-hypothesis-")
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", _HYPOTHESIS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +66,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     left = Ledger.left_behind()
     Ledger.clean_up()
+    shutil.rmtree(_HYPOTHESIS, ignore_errors=True)
     # What a test wrote into the checkout (a pip build's build/ and *.egg-info): reported only.
     new = sorted(_checkout_entries() - session.stash.get(_BEFORE, _checkout_entries()))
     left += [("", f"{CHECKOUT / name} (in the checkout, not removed)") for name in new]

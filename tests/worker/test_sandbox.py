@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from fnd.daemon import uid_claim
 from fnd.daemon.cgroups import Cgroups
 from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
 from fnd.worker import sandbox
@@ -38,7 +39,7 @@ from tests.processes import reap
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
 
 SLOT = 5
-UID = 61000 + SLOT
+UID = 61000 + SLOT  # until the env fixture has claimed a free range, as a daemon does
 MEMORY = 256 * MiB
 FSIZE = 1 * MiB
 NOFILE = 64
@@ -78,9 +79,14 @@ def env() -> Iterator[Env]:
             os.chmod(os.path.join(directory, name), 0o644)
     scratch_root = os.path.join(root, "scratch")
     cg = Cgroups.create(memory_bytes=MEMORY, pids_max=PIDS, name=f"fnd-test-{os.getpid()}")
+    # Worker uids no daemon and no process (a zombie of an earlier test, say) is using: they
+    # share RLIMIT_NPROC with anything else of theirs.
+    uids = uid_claim.claim(None, SLOT + 2, project=__file__, control="")
+    global UID
+    UID = uids.first + SLOT
     settings: dict[str, Any] = {
         "mode": "strict",
-        "uid_base": 61000,
+        "uid_base": uids.first,
         "memory_bytes": MEMORY,
         "pids_max": PIDS,
         "nofile": NOFILE,
@@ -98,6 +104,7 @@ def env() -> Iterator[Env]:
     finally:
         prctl(PR_SET_CHILD_SUBREAPER, 0)
         left = cg.cleanup()
+        uids.release()
         shutil.rmtree(root, ignore_errors=True)
         assert left == []
 
