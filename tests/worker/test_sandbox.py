@@ -31,7 +31,7 @@ import pytest
 
 from fnd.daemon import uid_claim
 from fnd.daemon.cgroups import Cgroups
-from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from fnd.protocol.sandbox_settings import LAYERS, MiB, default_data_bytes, missing_layers
 from fnd.worker import sandbox
 from fnd.worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 from tests.processes import reap
@@ -135,11 +135,24 @@ def outcome(attempt: Callable[[], object]) -> str:
     return "ok"
 
 
+def _inherited_data() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_sandboxed(
     env: Env, attempt: Callable[[], object], **overrides: Any
 ) -> tuple[dict[str, str], Any]:
     """Fork, sandbox the child as the zygote would, run ``attempt`` there; (report, result)."""
     settings = {**env.settings, **overrides}
+    if "data_bytes" not in overrides:
+        # RLIMIT_DATA counts what the child inherits. The real zygote is small; this parent is
+        # pytest, grown by the whole suite (other threads' stacks, caches): the child gets the
+        # limit a worker gets, on top of what it inherits.
+        settings["data_bytes"] = default_data_bytes(MEMORY) + _inherited_data()
     prepared = env.prepared if not overrides else sandbox.prepare(settings)
     r, w = os.pipe()
     pid = os.fork()
