@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 OK = "ok"  # the function answered (any status it chose)
 ERROR = "error"  # the function failed: 500 from an exception, callback(error), bad response
 TIMEOUT = "timeout"  # 504
-CRASH = "crash"  # 502: the worker died mid-invocation
+CRASH = "crash"  # 502: the worker died mid-invocation, or was killed for a forged DONE
 OVERLOAD = "overload"  # 503: queue full or waited too long
 REJECTED = "rejected"  # 4xx decided by the daemon (404, 400, 401, 413, 431 ...)
 

@@ -226,6 +226,17 @@ class WorkerProc:
             call.resolve(text_outcome(500, calls.ERROR, f"invalid frame from the worker: {reason}"))
         self.kill(f"invalid frame: {reason}", deaths.PROTOCOL)
 
+    def _done_before_result(self, call: Call) -> None:
+        """DONE with no RESULT: an honest worker never sends it (worker/invoke.py writes
+        RESULT first), so the function wrote it. Its late RESULT would land on the next
+        call; the worker dies now and its own call gets 502 (docs/pool.md#one-answer-per-call).
+        """
+        reason = "the worker sent DONE before the call's RESULT (a forged frame)"
+        _log.warning("worker broke the protocol", invocation_id=call.id,
+                     function=call.function["name"], worker_pid=self.pid, reason=reason)
+        call.resolve(text_outcome(502, calls.CRASH, f"function killed: {reason}"))
+        self.kill(reason, deaths.PROTOCOL)
+
     def _handle(self, message: m.Message) -> None:
         kind = message["t"]
         if kind == m.RESULT:
@@ -281,10 +292,11 @@ class WorkerProc:
         frame_check.check_id(message, call.id if call is not None else None)
         assert call is not None
         done = frame_check.done(message)
+        if not self.answered:
+            self._done_before_result(call)
+            return
         call.cpu, call.rss = done["cpu"], done["rss"]  # the worker's word; the pool may correct it
         self.rss = done["rss"]
-        if not call.result.done():
-            call.resolve(text_outcome(500, calls.ERROR, "function finished without a response"))
         self.served += 1
         self.call = None
         # Still BUSY: the pool checks from outside that nothing of the call is left before

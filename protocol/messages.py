@@ -19,7 +19,8 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                      "level": str, "line": str}   ("fnd": the worker's own note, e.g.
                      that the invocation's output was truncated)
                     {"t": DONE, "id": str, "clean": bool, "reason": str | None,
-                     "cpu": float, "rss": int}
+                     "cpu": float, "rss": int}   (always after the call's one RESULT: a
+                     DONE before it is forged, and the daemon kills that worker)
   daemon -> worker  {"t": PREFLIGHT, "functions": [[route, file, needs_handler], ...],
                      "context": dict}   (the project's variables, for bootstraps that read them)
   worker -> daemon  {"t": PREFLIGHT_RESULT, "problems": [[route, reason], ...]}

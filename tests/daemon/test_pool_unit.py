@@ -14,10 +14,17 @@ import signal
 
 import pytest
 
-from fnd.daemon import deaths, pool_queue
+from fnd.daemon import calls, deaths, pool_queue
 from fnd.daemon import pool as pool_module
 from fnd.protocol import messages as m
-from tests.daemon.fake_spawner import SIGKILLED, FakeSpawner, FakeWorker, exit_code, hang
+from tests.daemon.fake_spawner import (
+    SIGKILLED,
+    FakeSpawner,
+    FakeWorker,
+    echo,
+    exit_code,
+    hang,
+)
 from tests.daemon.pool_harness import Scene, call, holding, run, until
 
 
@@ -234,16 +241,29 @@ def test_an_unexpected_frame_kills_the_worker() -> None:
     run(body, fake)
 
 
-def test_done_without_a_result_answers_500_and_the_worker_serves_on() -> None:
+def test_done_before_the_result_is_a_502_and_the_worker_is_killed_at_once() -> None:
     fake = FakeSpawner()
-    fake.on_invoke = lambda worker, invoke: worker.send(
-        {"t": m.DONE, "id": invoke["id"], "clean": True, "cpu": 0.0, "rss": 0})
+    liars: list[FakeWorker] = []
+
+    def done_first(worker: FakeWorker, invoke: m.Message) -> None:
+        if liars:  # the replacement is honest
+            echo(worker, invoke)
+            return
+        liars.append(worker)
+        worker.send({"t": m.DONE, "id": invoke["id"], "clean": True, "cpu": 0.0, "rss": 0})
+
+    fake.on_invoke = done_first
 
     async def body(s: Scene) -> None:
         outcome = await s.invoke()
-        assert outcome.status == 500
-        assert outcome.reason == "function finished without a response"
-        assert fake.group_kills == []
+        assert outcome.status == 502 and outcome.outcome == calls.CRASH
+        assert outcome.reason == ("function killed: the worker sent DONE before the call's "
+                                  "RESULT (a forged frame)")
+        assert fake.group_kills == [liars[0].pid] and not liars[0].alive
+        # It never sends a late RESULT into the next call: that runs on another worker.
+        after = await s.invoke("after")
+        assert (after.status, after.body) == (200, b"after")
+        await until(lambda: s.stats.restarts[deaths.PROTOCOL] == 1)
 
     run(body, fake)
 

@@ -166,6 +166,22 @@ def test_forged_done_does_not_return_a_busy_worker_to_the_pool(fnd: FndServer) -
         assert answer["pid"] != pid
 
 
+# -- 3. a DONE before the call's RESULT ---------------------------------------------------------
+def test_done_before_the_result_kills_that_worker_and_spares_the_next_call(
+        fnd: FndServer) -> None:
+    tag = new_tag("done-first")
+    response = _call(fnd, "/done_first", tag=tag)
+    pid = worker_pid(fnd, response, tag)
+    assert response.status_code == 502, (response.status_code, response.text[:200])
+    assert "DONE before the call's RESULT" in response.text, response.text[:200]
+    assert "late answer" not in response.text
+    # Another function, at once: never sent to the liar, never hit by its late RESULT.
+    assert ok(fnd)["pid"] != pid
+    exited = exit_line(fnd, pid, 5 + SLACK)
+    assert exited["cause"] == "protocol" and "DONE before" in exited["reason"], exited
+    gone(pid, 5 + SLACK)
+
+
 # -- 4. the worker's own leftover check is patched to lie -------------------------------------
 def test_hidden_thread_is_found_by_the_daemons_own_check(fnd: FndServer) -> None:
     tag = new_tag("hide")
