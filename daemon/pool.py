@@ -128,6 +128,7 @@ class Pool:
         """Finish the busy and queued calls, and those still arriving on open connections
         (up to the drain timeout); then refuse calls and kill every worker."""
         self.closing = True  # no more forks than the drain needs
+        self._slots.stop_waiting()
         limit = self.config.drain_timeout if drain_timeout is None else drain_timeout
         deadline = self._loop.time() + limit
         while True:  # a call that arrives meanwhile is waited for too
@@ -164,9 +165,10 @@ class Pool:
         nothing: a bootstrap may leave anything behind, so it is killed afterwards."""
         if not checks:
             return []
-        worker = self._spawn(fresh=True)
+        worker = await self._spawn_fresh(None, self._loop.time() + timeout)
         if worker is None:
-            return [("", "no free worker slot to check the functions in")]
+            return [("", f"no worker slot came free within {timeout:g} s to check the "
+                         "functions in")]
         try:
             failure = await _wait_ready([worker], timeout)
             if failure is not None:
@@ -201,11 +203,19 @@ class Pool:
                 await self.spawner.configure(old_worker_config)
             raise FunctionsBroken(problems)
         self._slots.cap = max(self._slots.cap, 2 * config.workers_max)
-        spawned = [self._spawn(fresh=True, config=config) for _ in range(config.workers_min)]
-        fresh = [worker for worker in spawned if worker is not None]
-        failure = await _wait_ready(fresh, timeout)
-        if failure is None and len(fresh) < len(spawned):
-            failure = "no free worker slot for the new generation"
+        # Each waits for a slot if none is free: with a small pool the preflight's worker,
+        # or an old one still dying, holds one until it is reaped.
+        deadline = self._loop.time() + timeout
+        fresh: list[WorkerProc] = []
+        failure: str | None = None
+        for _ in range(config.workers_min):
+            worker = await self._spawn_fresh(config, deadline)
+            if worker is None:
+                failure = f"no worker slot came free within {timeout:g} s for the new generation"
+                break
+            fresh.append(worker)
+        if failure is None:
+            failure = await _wait_ready(fresh, timeout)
         if failure is None and self.closing:
             failure = "the daemon is stopping"
         if failure is not None:
@@ -213,7 +223,7 @@ class Pool:
                 worker.kill("reload failed", deaths.DISCARDED)
             with contextlib.suppress(ZygoteError):
                 await self.spawner.configure(old_worker_config)
-            raise PoolError(f"reload failed: {failure}")
+            raise PoolError(failure)  # the caller says "reload failed"
         # The switch: nothing below awaits, so no call sees half of it.
         self.config, self.worker_config = config, worker_config
         self.limits = _limits(config)
@@ -390,11 +400,23 @@ class Pool:
             self._schedule_idle_check()
 
     # -- workers ------------------------------------------------------------------------
-    def _spawn(self, fresh: bool = False, config: Config | None = None) -> WorkerProc | None:
-        cfg = config or self.config
+    def _spawn(self) -> WorkerProc | None:
         slot = self._slots.take()
+        return None if slot is None else self._spawn_in(slot, False, None)
+
+    async def _spawn_fresh(self, config: Config | None, deadline: float) -> WorkerProc | None:
+        """A worker of the next generation, in a slot that may first have to come free (a
+        dying worker's, once reaped); None if none does by `deadline` (loop time)."""
+        slot = await self._slots.take_waiting(deadline - self._loop.time())
         if slot is None:
             return None
+        if self.closing:  # it stopped while this waited: the slot goes back, unused
+            self._slots.give_back(slot)
+            return None
+        return self._spawn_in(slot, True, config)
+
+    def _spawn_in(self, slot: int, fresh: bool, config: Config | None) -> WorkerProc:
+        cfg = config or self.config
         worker = WorkerProc(self, slot, self.generation + 1 if fresh else self.generation)
         if cfg.max_worker_age:
             # Jittered too, so that a pool started at once does not retire at once.

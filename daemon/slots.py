@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 
 from fnd.daemon.logs import get_logger
@@ -30,6 +31,8 @@ class Slots:
         self._free: list[int] = []
         self._next = 0
         self._kills: dict[int, asyncio.Future[None]] = {}
+        # A reload's workers waiting for a slot: a freed slot goes to them before a top-up.
+        self._waiters: deque[asyncio.Future[int]] = deque()
 
     def take(self) -> int | None:
         if self._free:
@@ -41,6 +44,34 @@ class Slots:
         # count tracks the most workers ever alive at once, dying ones included.
         self._next += 1
         return self._next - 1
+
+    async def take_waiting(self, timeout: float) -> int | None:
+        """A slot now, else the first one freed within `timeout` seconds (None: none was).
+
+        For a reload's preflight and new generation: with a small pool every slot may be
+        held by live or dying workers, and one comes free once a dying worker is reaped.
+        """
+        slot = self.take()
+        if slot is not None or timeout <= 0:
+            return slot
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait([waiter], timeout=timeout)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back(waiter.result())  # handed over as this task was cancelled
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                self._waiters.remove(waiter)
+        return None if waiter.cancelled() else waiter.result()
+
+    def stop_waiting(self) -> None:
+        """Every waiting take gets None now (the daemon is stopping)."""
+        while self._waiters:
+            self._waiters.popleft().cancel()
 
     def spare(self) -> int:
         return len(self._free) + self.cap - self._next
@@ -75,11 +106,20 @@ class Slots:
         """A slot is reused only once nothing is left in its cgroup (so under its uid)."""
         if self._spawner.slot_empty(slot):
             self.quarantined.discard(slot)
-            self._free.append(slot)
-            self._on_freed()
+            self.give_back(slot)
         elif slot not in self.quarantined:
             self.quarantined.add(slot)
             _log.error("worker slot not empty after its kill; kept out of use", slot=slot)
+
+    def give_back(self, slot: int) -> None:
+        """An empty slot: to the longest waiting take, else back to the free list."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._free.append(slot)
+        self._on_freed()
 
     def _kill_quietly(self, slot: int) -> None:
         try:

@@ -189,7 +189,7 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_generation() -> None:
     async def body(s: Scene) -> None:
         new: m.WorkerConfig = {"sources": {}}
         fake.auto_ready = False
-        with pytest.raises(PoolError, match="reload failed: workers not ready within"):
+        with pytest.raises(PoolError, match="^workers not ready within"):
             await s.pool.reload(s.pool.config, new, timeout=0.02)
         fake.auto_ready = True
         assert s.pool.generation == 0
@@ -243,7 +243,8 @@ def test_a_preflight_that_cannot_finish_says_why(how: str) -> None:
         if how == "slot":
             s.pool._slots.cap = 1  # every slot in use
             problems = await s.pool.preflight([["/f", "/p/f.py", True]], timeout=0.05)
-            assert problems == [("", "no free worker slot to check the functions in")]
+            assert problems == [
+                ("", "no worker slot came free within 0.05 s to check the functions in")]
             return
         problems = await s.pool.preflight([["/f", "/p/f.py", True]], timeout=0.05)
         assert len(problems) == 1 and problems[0][1].startswith(why)
@@ -262,6 +263,81 @@ def test_a_preflight_worker_that_cannot_start_says_why() -> None:
                                  "workers not ready within 0 s")]
 
     run(body, fake)
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_a_reload_with_a_preflight_works_with_a_full_pool(size: int) -> None:
+    # min = max: the running generation and the preflight's worker hold every slot; the new
+    # generation waits for the preflight worker's slot instead of failing.
+    fake = FakeSpawner()
+
+    async def body(s: Scene) -> None:
+        old = [w for w in fake.live()]
+        problems = await s.pool.reload(s.pool.config, {"sources": {}}, timeout=1.0,
+                                       checks=[["/f", "/p/f.py", True]])
+        assert problems == [] and s.pool.generation == 1
+        outcome = await s.invoke("new")
+        assert (outcome.status, outcome.body) == (200, b"new")
+        assert fake.by_pid(outcome_pid(s)) not in old
+        await until(lambda: not any(w.alive for w in old))
+        assert all(w.slot < 2 * size for w in fake.workers)
+
+    run(body, fake, workers_min=size, workers_max=size)
+
+
+def outcome_pid(s: Scene) -> int:
+    """The pid of the worker the last call ran on (every worker is idle again)."""
+    pids = [w["pid"] for w in s.pool.snapshot()["per_worker"] if w["served"]]
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
+def test_a_reload_that_finds_no_slot_says_so_once() -> None:
+    fake = FakeSpawner()
+
+    async def body(s: Scene) -> None:
+        taken = s.pool._slots.take()  # the last free slot: held by nothing that will leave
+        assert taken is not None
+        with pytest.raises(PoolError) as raised:
+            await s.pool.reload(s.pool.config, {"sources": {}}, timeout=0.05)
+        assert str(raised.value) == ("no worker slot came free within 0.05 s for the new "
+                                     "generation")
+        assert s.pool.generation == 0 and fake.configs[-1] == {}
+        assert (await s.invoke("old")).body == b"old"
+
+    run(body, fake, workers_min=1, workers_max=1)
+
+
+def test_a_reload_waiting_for_a_slot_ends_when_the_daemon_stops() -> None:
+    fake = FakeSpawner()
+
+    async def body(s: Scene) -> None:
+        assert s.pool._slots.take() is not None
+        reload = asyncio.ensure_future(s.pool.reload(s.pool.config, {}, timeout=5.0))
+        await asyncio.sleep(0.01)
+        await s.pool.stop(drain_timeout=0)
+        with pytest.raises(PoolError, match="no worker slot came free"):
+            await reload
+
+    run(body, fake, workers_min=1, workers_max=1)
+
+
+def test_a_slot_freed_for_a_cancelled_wait_goes_back() -> None:
+    fake = FakeSpawner()
+
+    async def body(s: Scene) -> None:
+        slots = s.pool._slots
+        spare = slots.take()
+        assert spare is not None and slots.take() is None
+        waiting = asyncio.ensure_future(slots.take_waiting(5.0))
+        await asyncio.sleep(0.001)
+        slots.give_back(spare)  # handed to the wait, which is cancelled before it resumes
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert slots.take() == spare
+
+    run(body, fake, workers_min=1, workers_max=1)
 
 
 # -- stopping --------------------------------------------------------------------------------

@@ -146,6 +146,26 @@ def test_sd_notify_ready_status_watchdog_and_reload() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_reload_works_with_a_pool_of_one_and_says_a_failure_once() -> None:
+    # workers_min = workers_max = 1: the preflight's worker holds the only other slot until it
+    # is reaped; the new generation waits for it instead of failing the reload.
+    with running("ops", "--workers-min", "1", "--workers-max", "1") as fnd:
+        assert fnd.get("/hello").text == "hello"
+        hello = fnd.project / "functions" / "hello.py"
+        for generation in (1, 2):  # the second reload reuses the slot the first one freed
+            hello.write_text(f'def handler(context, event):\n    return "new {generation}"\n')
+            reload = _fnd_cli("reload", "--control", fnd.control)
+            assert reload.returncode == 0, reload.stderr
+            assert f"reloaded (generation {generation})" in reload.stdout
+            assert fnd.get("/hello").text == f"new {generation}"
+        hello.write_text("def handler(context, event):\n    return (\n")
+        failed = _fnd_cli("reload", "--control", fnd.control)
+        assert failed.returncode == 1
+        assert failed.stderr.count("reload failed") == 1, failed.stderr
+        assert "hello.py" in failed.stderr and "SyntaxError" in failed.stderr, failed.stderr
+        assert fnd.get("/hello").text == "new 2"
+
+
 def test_socket_activation_serves_the_passed_socket() -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
