@@ -145,10 +145,9 @@ class Invocation:
                 text = describe(error)
                 if isinstance(error, BaseException) and error.__traceback__ is not None:
                     self._log_exception(f"callback(error): {text}", error)
-                # An exception's message is not meant for clients; a string or dict is.
-                public = self._public(error) if isinstance(error, BaseException) else None
-                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}",
-                                    public)
+                # The author passed it: it is the answer, an exception too ("a HTTP 500
+                # response with the provided payload"). Only *raised* exceptions are hidden.
+                reply = error_reply(text, error, self._s.settings, f"callback(error): {text}")
             else:
                 reply = reply_for(response, self._s.settings)
             if self.complete(reply):

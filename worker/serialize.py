@@ -87,10 +87,11 @@ def error_reply(
     """A 500 for a failed invocation. ``reason`` is the one-line cause the daemon
     logs, e.g. "handler raised ValueError: boom".
 
-    The body is ``public`` in production when fnd wrote the message (a short line without
-    paths or the exception's message, which may hold secrets); with ``--dev`` it is ``text``
-    followed by the traceback of ``error``. ``public=None`` means the function chose what to
-    say (``callback("card declined")``): that text is the body in both modes. A dict or list
+    The body is ``public`` in production when fnd wrote the message (a raised exception: a
+    short line without paths or the exception's message, which may hold secrets); with
+    ``--dev`` it is ``text`` followed by the traceback of ``error``. ``public=None`` means the
+    function chose what to say (``callback("card declined")``, ``callback(exc)``): that text
+    is the body in both modes (with the traceback in dev mode, if it has one). A dict or list
     error is sent as its JSON (``application/json``), as Twilio does, so a client can parse
     ``callback({"errorMessage": ...})``; one JSON cannot encode falls back to text.
     """

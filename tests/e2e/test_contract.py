@@ -167,6 +167,24 @@ def test_callback_error_is_500(fnd: FndServer) -> None:
     assert response.status_code == 500 and response.text == "custom failure"
 
 
+def test_callback_error_passed_is_the_answer_raised_is_hidden(fnd: FndServer) -> None:
+    # "A HTTP 500 response with the provided payload": an exception the author passes to
+    # callback is sent as text; a dict stays JSON. Only a *raised* one is hidden (/boom).
+    passed = fnd.get("/error_cb", params={"kind": "exception"})
+    assert passed.status_code == 500
+    assert passed.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert passed.text == "ValueError: bad value"
+    line = fnd.invocation(passed.headers["X-Fnd-Invocation-Id"])
+    assert line["outcome"] == "error" and line["reason"] == "callback(error): ValueError: bad value"
+    as_json = fnd.get("/error_cb", params={"kind": "dict"})
+    assert as_json.status_code == 500
+    assert as_json.headers["Content-Type"] == "application/json"
+    assert as_json.json() == {"errorMessage": "card declined", "code": 7}
+    raised = fnd.get("/boom")
+    invocation_id = raised.headers["X-Fnd-Invocation-Id"]
+    assert raised.text == f"the function failed: ValueError (invocation {invocation_id})"
+
+
 def test_bad_header_and_unserialisable_are_500_naming_it(fnd: FndServer) -> None:
     bad = fnd.get("/badheader")
     assert bad.status_code == 500 and "X-Bad" in bad.text

@@ -61,12 +61,22 @@ def test_callback_with_another_non_string_error_is_its_text(worker: Worker) -> N
     assert (outcome.status, outcome.headers, outcome.body) == (500, [TEXT], b"7")
 
 
-def test_callback_with_an_exception(worker: Worker) -> None:
+def test_callback_with_an_exception_answers_it(worker: Worker) -> None:
+    # Passed, not raised: the author chose to send it ("a HTTP 500 response with the
+    # provided payload"), so production does not hide it as it hides a raised exception.
     outcome = worker.call("callback_error", {"kind": "exception"})
-    assert (outcome.status, outcome.text) == (
-        500, f"the function failed: KeyError (invocation {outcome.result['id']})")
+    assert (outcome.status, outcome.headers, outcome.text) == (
+        500, [TEXT], "KeyError: 'missing thing'")
     assert outcome.result["error"] == "callback(error): KeyError: 'missing thing'"
     assert any("Traceback" in line for line in outcome.lines("logging"))
+
+
+def test_callback_with_an_exception_never_raised(make_worker: Any) -> None:
+    for dev in (False, True):  # no traceback to show, in either mode
+        outcome = make_worker(dev=dev).call("callback_error", {"kind": "passed"})
+        assert (outcome.status, outcome.headers, outcome.text) == (
+            500, [TEXT], "ValueError: bad value")
+        assert outcome.result["error"] == "callback(error): ValueError: bad value"
 
 
 def test_callback_with_an_exception_in_dev_mode(make_worker: Any) -> None:
