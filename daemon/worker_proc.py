@@ -293,7 +293,8 @@ class WorkerProc:
         assert call is not None
         done = frame_check.done(message)
         if not self.answered:
-            self._done_before_result(call)
+            if self._kill_reason is None:  # else already dying, e.g. for a refused RESULT
+                self._done_before_result(call)
             return
         call.cpu, call.rss = done["cpu"], done["rss"]  # the worker's word; the pool may correct it
         self.rss = done["rss"]

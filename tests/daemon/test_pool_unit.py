@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from fnd.daemon import calls, deaths, pool_queue
+from fnd.daemon import calls, deaths, pool_queue, worker_proc
 from fnd.daemon import pool as pool_module
 from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import (
@@ -25,6 +25,7 @@ from tests.daemon.fake_spawner import (
     exit_code,
     hang,
 )
+from tests.daemon.log_lines import LogLines
 from tests.daemon.pool_harness import Scene, call, holding, run, until
 
 
@@ -264,6 +265,28 @@ def test_done_before_the_result_is_a_502_and_the_worker_is_killed_at_once() -> N
         after = await s.invoke("after")
         assert (after.status, after.body) == (200, b"after")
         await until(lambda: s.stats.restarts[deaths.PROTOCOL] == 1)
+
+    run(body, fake)
+
+
+def test_a_done_after_a_refused_result_is_not_a_second_violation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = LogLines()
+    monkeypatch.setattr(worker_proc, "_log", log)
+    fake = FakeSpawner()
+
+    def bad_then_done(worker: FakeWorker, invoke: m.Message) -> None:
+        worker.send({"t": m.RESULT, "id": invoke["id"], "status": 0, "headers": [], "body": b""})
+        worker.send({"t": m.DONE, "id": invoke["id"], "clean": True, "cpu": 0.0, "rss": 0})
+
+    fake.on_invoke = bad_then_done
+
+    async def body(s: Scene) -> None:
+        outcome = await s.invoke()
+        assert outcome.status == 500 and outcome.reason is not None
+        assert outcome.reason.startswith("invalid frame from the worker: status 0")
+        assert len(fake.group_kills) == 1
+        assert not [line for line in log.lines if line["event"] == "worker broke the protocol"]
 
     run(body, fake)
 
