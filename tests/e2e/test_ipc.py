@@ -59,6 +59,17 @@ def nothing_left(fnd: FndServer) -> None:
           f"no System V object of uids {first}-{last}")
 
 
+def _idle_worker(fnd: FndServer) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def idle() -> bool:
+        found[:] = [w for w in fnd.status()["per_worker"] if w["state"] == "idle"]
+        return bool(found)
+
+    until(idle, 10 + SLACK, "an idle worker")
+    return found[0]
+
+
 def test_sysv_ipc_and_posix_queues_are_refused(served: Served) -> None:
     fnd = served.fnd
     tag = f"fnd-ipc-{os.getpid()}-{next(_tags)}"
@@ -83,24 +94,13 @@ def test_a_shm_leak_cannot_starve_later_workers(served: Served) -> None:
 
 def test_workers_cannot_bind_or_listen(served: Served) -> None:
     fnd = served.fnd
-    assert fnd.status()["per_worker"][0]["layers"]["network"] == "allowed"
+    assert _idle_worker(fnd)["layers"]["network"] == "allowed"  # (a starting one has none)
     assert attempt(fnd, "/bind") == {
         "udp bind": "EPERM", "udp6 bind": "EPERM", "tcp bind": "EPERM",
         "tcp bind+listen": "EPERM", "tcp listen": "EPERM", "unix bind": "EPERM",
         "udp sendto": "ok",  # a client's implicit bind still works
         "socketpair": "ok",
     }
-
-
-def _idle_worker(fnd: FndServer) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def idle() -> bool:
-        found[:] = [w for w in fnd.status()["per_worker"] if w["state"] == "idle"]
-        return bool(found)
-
-    until(idle, 10 + SLACK, "an idle worker")
-    return found[0]
 
 
 def test_a_slots_sysv_objects_are_removed_once_it_is_emptied(served: Served) -> None:
