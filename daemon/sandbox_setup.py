@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 from fnd.daemon.cgroups import CgroupError, Cgroups
 from fnd.daemon.config import Config
 from fnd.daemon.control import default_control_path
+from fnd.daemon.logs import get_logger
 from fnd.daemon.privileges import missing_capabilities, unwritable_cgroup_files
 from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
 from fnd.daemon.scratch import ScratchMounts, sweep_stale
 from fnd.daemon.slot_probe import SlotProbe
+from fnd.daemon.sysv_ipc import remove_owned_by
 from fnd.daemon.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
 from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
+
+_log = get_logger("fnd.sandbox")
 
 
 class SandboxUnavailable(Exception):
@@ -56,6 +60,24 @@ class SandboxSetup:
         if self.scratch is not None:
             self.scratch.release(slot)
 
+    def remove_ipc(self, slots: range | None = None) -> None:
+        """Remove the System V objects the uids of ``slots`` (None: the whole range held) own
+        or made: once a slot is empty, and at start and stop. Only uids this daemon holds:
+        without root workers run as the daemon's own uid (docs/sandbox.md#system-v-ipc)."""
+        if self.uids is None:
+            return
+        held = range(self.uids.count) if slots is None else slots
+        uids = range(self.uids.first + held.start, self.uids.first + held.stop)
+        try:
+            removed, errors = remove_owned_by(uids)
+        except (OSError, ValueError) as exc:
+            removed, errors = [], [str(exc)]
+        for obj in removed:
+            _log.warning("removed a System V IPC object left by a worker", kind=obj.kind,
+                         id=obj.ident, key=obj.key, uid=obj.uid, creator_uid=obj.cuid)
+        for error in errors:
+            _log.error("cannot remove a worker's System V IPC object", reason=error)
+
     def slot_empty(self, slot: int) -> bool:
         """Nothing is left of the slot's last worker: no process, thread or unreaped zombie
         in its cgroup, and no file in its scratch (one directory read). When this is False
@@ -90,7 +112,9 @@ class SandboxSetup:
         """Hold uids for `slots` slots before a reload raises workers_max (UidRangeTaken
         when another daemon's range is in the way)."""
         if self.uids is not None:
+            before = self.uids.count
             self.uids.grow(slots)
+            self.remove_ipc(range(before, self.uids.count))
 
     def cleanup(self) -> None:
         if self._probe is not None:
@@ -100,6 +124,7 @@ class SandboxSetup:
         if self.scratch is not None:
             self.scratch.cleanup()
         shutil.rmtree(self.scratch_root, ignore_errors=True)
+        self.remove_ipc()
         if self.uids is not None:  # last: no worker of ours is left under these uids
             self.uids.release()
             self.uids = None
@@ -125,6 +150,7 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
         )
         return setup
     _claim_uids(setup, strict, config)  # sets resolved["uid_base"] to the range held
+    setup.remove_ipc()  # what an earlier holder's workers left (a daemon SIGKILLed, say)
     # Capabilities first: without CAP_SETUID the read check below could not even switch uid.
     _fail_or_warn(setup, strict, [f"missing capability {cap}" for cap in missing_capabilities()])
     _fail_or_warn(setup, strict, _unreadable(config, resolved["uid_base"]))

@@ -103,8 +103,10 @@ class Slots:
             self._return(slot)
 
     def _return(self, slot: int) -> None:
-        """A slot is reused only once nothing is left in its cgroup (so under its uid)."""
+        """A slot is reused only once nothing is left in its cgroup (so under its uid), and
+        then without the System V objects its uid left (they outlive processes)."""
         if self._spawner.slot_empty(slot):
+            self._spawner.remove_ipc(slot)
             self.quarantined.discard(slot)
             self.give_back(slot)
         elif slot not in self.quarantined:

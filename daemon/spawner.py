@@ -48,6 +48,7 @@ class Spawner(Protocol):
     def running(self, pid: int) -> bool: ...  # exists and is not exiting
     def kill_slot(self, slot: int) -> None: ...  # blocking: the pool runs it in a thread
     def slot_empty(self, slot: int) -> bool: ...
+    def remove_ipc(self, slot: int) -> None: ...  # the slot is empty: its SysV objects go
     def oom_killed(self, slot: int) -> bool: ...
     def tasks(self, slot: int) -> int | None: ...  # None: not accounted on this host
     def cpu(self, slot: int) -> float | None: ...  # CPU seconds; None: not accounted
@@ -109,6 +110,10 @@ class ZygoteSpawner:
 
     def slot_empty(self, slot: int) -> bool:
         return self._sandbox.slot_empty(slot) if self._sandbox is not None else True
+
+    def remove_ipc(self, slot: int) -> None:
+        if self._sandbox is not None:
+            self._sandbox.remove_ipc(range(slot, slot + 1))
 
     def oom_killed(self, slot: int) -> bool:
         return self._sandbox.oom_killed(slot) if self._sandbox is not None else False

@@ -17,8 +17,9 @@ Keys:
   thread_stack_bytes  threading.stack_size() for threads started by the worker
   malloc_arena_max    mallopt(M_ARENA_MAX); keeps per-thread malloc arenas from eating RLIMIT_DATA
   network             False: no AF_INET/AF_INET6 sockets (seccomp) and no TCP (Landlock)
-  tcp_bind            allow binding/listening on TCP ports (Landlock); connecting is always
-                      allowed when network is True
+  tcp_bind            allow bind/listen (seccomp) and TCP binding (Landlock); off by default
+                      and never set by the daemon: a function is not a server. Connecting is
+                      always allowed when network is True
   project_dir         the project; only its functions/ and assets/ are readable, so .env and
                       fnd.toml are not
   scratch_root        the worker's writable dir is scratch_root/slot-N (recreated per worker,

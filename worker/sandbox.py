@@ -93,7 +93,7 @@ def prepare(settings: Mapping[str, Any]) -> Prepared:
     flt: seccomp.Filter | None = None
     seccomp_error = ""
     try:
-        flt = seccomp.build(s["network"])
+        flt = seccomp.build(s["network"], servers=s["tcp_bind"])
     except (ImportError, OSError, ValueError) as exc:
         seccomp_error = f"cannot build filter: {exc}"
     plan: landlock.Plan | None = None

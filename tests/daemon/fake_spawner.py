@@ -144,6 +144,7 @@ class FakeSpawner:
         self.on_preflight: Callable[[FakeWorker, m.Message], None] = no_problems
         self.group_kills: list[int] = []  # pids SIGKILLed
         self.slot_kills: list[int] = []  # slots whose cgroup was killed
+        self.ipc_removals: list[int] = []  # slots whose System V objects were removed
         self.leftovers: set[int] = set()  # slots whose cgroup is not empty
         self.stubborn: set[int] = set()  # slots whose leftovers survive a kill
         self.oom: set[int] = set()  # slots whose cgroup saw an OOM kill
@@ -214,6 +215,9 @@ class FakeSpawner:
 
     def slot_empty(self, slot: int) -> bool:
         return slot not in self.leftovers
+
+    def remove_ipc(self, slot: int) -> None:
+        self.ipc_removals.append(slot)
 
     def oom_killed(self, slot: int) -> bool:
         return slot in self.oom

@@ -46,6 +46,43 @@ def test_a_slot_with_leftovers_is_killed_and_kept_out_of_use_until_empty(
     run(body, fake, workers_max=1)
 
 
+def test_a_slot_has_its_system_v_objects_removed_once_empty_and_before_reuse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "_SWEEP_INTERVAL", 0.01)
+    fake = FakeSpawner()
+    spawned_after_removal: list[bool] = []
+    spawn = fake.spawn
+
+    async def spawn_checked(slot: int) -> object:
+        earlier = sum(w.slot == slot for w in fake.workers)
+        if earlier:  # a reuse: one removal per worker the slot had
+            spawned_after_removal.append(fake.ipc_removals.count(slot) >= earlier)
+        return await spawn(slot)
+
+    fake.spawn = spawn_checked  # type: ignore[method-assign, assignment]
+
+    def leave_something(worker: FakeWorker, invoke: m.Message) -> None:
+        fake.leftovers.add(worker.slot)
+        fake.stubborn.add(worker.slot)
+        worker.exit(exit_code(1))
+
+    fake.on_invoke = leave_something
+
+    async def body(s: Scene) -> None:
+        assert (await s.invoke()).status == 502
+        await until(lambda: fake.slot_kills.count(0) >= 2)
+        assert 0 not in fake.ipc_removals  # a process may still be in it: not yet
+        fake.stubborn.clear()
+        await until(lambda: 0 in fake.ipc_removals)
+        fake.on_invoke = lambda worker, invoke: worker.exit(exit_code(1))
+        for _ in range(3):
+            await s.invoke()
+        await until(lambda: any(w.slot == 0 for w in fake.workers[1:]))
+        assert spawned_after_removal and all(spawned_after_removal)
+
+    run(body, fake, workers_max=1)
+
+
 def test_a_slot_kill_that_fails_is_logged_and_the_slot_kept_out() -> None:
     fake = FakeSpawner()
 

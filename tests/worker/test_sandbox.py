@@ -33,6 +33,7 @@ from fnd.daemon import uid_claim
 from fnd.daemon.cgroups import Cgroups
 from fnd.protocol.sandbox_settings import LAYERS, MiB, default_data_bytes, missing_layers
 from fnd.worker import sandbox
+from fnd.worker import sandbox_seccomp as seccomp_module
 from fnd.worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 from tests.processes import reap
 
@@ -686,12 +687,74 @@ def test_loopback_tcp_connect_works(env: Env) -> None:
         assert run(env, lambda: outcome(connect)) == "ok"
 
 
-def test_tcp_bind_is_refused_by_default(env: Env) -> None:
-    def bind() -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+def _servers() -> dict[str, str]:
+    def bind(family: int, kind: int, address: object) -> None:
+        with socket.socket(family, kind) as s:
+            s.bind(address)
 
-    assert run(env, lambda: outcome(bind)) == "EACCES"
+    def listen() -> None:
+        with socket.socket() as s:
+            s.listen(1)  # binds an ephemeral port by itself
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", ("127.0.0.1", 9))
+
+    return {
+        "tcp": outcome(lambda: bind(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))),
+        "udp": outcome(lambda: bind(socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", 0))),
+        "unix": outcome(lambda: bind(socket.AF_UNIX, socket.SOCK_STREAM,
+                                     os.path.join(os.getcwd(), "s.sock"))),
+        "listen": outcome(listen),
+        "sendto": outcome(send),
+    }
+
+
+def test_bind_and_listen_are_refused_by_default(env: Env) -> None:
+    """A function is a request handler, not a server (docs/sandbox.md#the-layers)."""
+    assert run(env, _servers) == {"tcp": "EPERM", "udp": "EPERM", "unix": "EPERM",
+                                  "listen": "EPERM", "sendto": "ok"}
+
+
+def test_tcp_bind_setting_lets_a_worker_bind(env: Env) -> None:
+    assert run(env, _servers, tcp_bind=True) == {"tcp": "ok", "udp": "ok", "unix": "ok",
+                                                 "listen": "ok", "sendto": "ok"}
+
+
+def test_system_v_ipc_and_posix_message_queues_are_refused(env: Env) -> None:
+    """Every one of them, called raw with zero arguments: without the filter the kernel
+    would say EINVAL, EFAULT or ENOENT, so EPERM can only be seccomp's."""
+    import pyseccomp
+
+    numbers = {name: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+               for name in seccomp_module.IPC_DENIED}
+    numbers = {name: number for name, number in numbers.items() if number >= 0}
+    assert "shmget" in numbers and "mq_open" in numbers
+
+    def attempts() -> dict[str, str]:
+        def call(number: int) -> None:
+            zero = ctypes.c_long(0)
+            if libc.syscall(ctypes.c_long(number), zero, zero, zero, zero, zero) < 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+
+        return {name: outcome(lambda n=number: call(n)) for name, number in numbers.items()}
+
+    assert run(env, attempts) == dict.fromkeys(numbers, "EPERM")
+
+
+def test_posix_shared_memory_is_refused(env: Env) -> None:
+    """shm_open is a file in /dev/shm, which Landlock keeps read-only."""
+    import _posixshmem
+
+    name = f"/fnd-test-{os.getpid()}"
+    try:
+        attempt = lambda: _posixshmem.shm_open(name, os.O_CREAT | os.O_RDWR, 0o600)  # noqa: E731
+        assert run(env, lambda: outcome(attempt)) == "EACCES"
+        assert not os.path.exists("/dev/shm" + name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("/dev/shm" + name)
 
 
 def test_no_network_refuses_inet_sockets(env: Env) -> None:
