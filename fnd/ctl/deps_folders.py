@@ -75,9 +75,10 @@ def make_build_dir(deps_fd: int, prefix: str, owner: int | None) -> tuple[str, i
 
 
 def settle(build_fd: int) -> None:
-    """Give the finished build to root: folders 0755, files 0644 (0755 when executable),
-    no setuid bits, nothing writable by the worker uids. Anything but a folder or a regular
-    file is refused. Call it only once no process of the build uid is left."""
+    """Give the finished build to root (when fnd deps runs as root): folders 0755, files 0644
+    (0755 when executable), no setuid bits, nothing writable by the worker uids. Anything but
+    a folder or a regular file is refused. Call it only once no process of the build uid is
+    left."""
     _settle_one(build_fd, None, True)
     for dir_fd, name, st in _walk(build_fd):
         if stat.S_ISDIR(st.st_mode):
@@ -90,12 +91,15 @@ def settle(build_fd: int) -> None:
 
 def _settle_one(dir_fd: int, name: str | None, is_dir: bool,
                 st: os.stat_result | None = None) -> None:
+    as_root = os.geteuid() == 0  # otherwise pip ran as this user: its files are already ours
     if name is None:
-        os.fchown(dir_fd, 0, 0)
+        if as_root:
+            os.fchown(dir_fd, 0, 0)
         os.fchmod(dir_fd, 0o755)
         return
     assert st is not None
-    os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
+    if as_root:
+        os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
     mode = 0o755 if is_dir or st.st_mode & 0o111 else 0o644
     os.chmod(name, mode, dir_fd=dir_fd)  # a regular file (checked), so no symlink to follow
 

@@ -143,6 +143,10 @@ def run(argv: list[str], layers: Layers, uid: int | None, private: str, target_f
         os.close(out_r)
     failed = _read_all(err_r)
     os.close(err_r)
+    if failed.startswith("exec:"):  # the interpreter is not readable by the build uid
+        raise BuildError(f"pip could not start as uid {uid} ({failed}): run fnd deps with the "
+                         "venv fnd serves from, built from /usr/bin/python3 in a world-readable "
+                         "place (docs/operating.md)")
     if failed:
         raise BuildError(f"the build sandbox could not be set up, pip did not run: {failed}")
     if code is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fnd.ctl.deps_checks import ShadowError, refuse_shadowing
+from fnd.ctl.deps_folders import FolderError, open_dir
 from fnd.ctl.deps_requirements import RequirementsError, Sources, check
 from fnd.daemon.deps import fnd_runtime_versions
 
@@ -151,3 +152,21 @@ def test_a_folder_of_other_modules_passes(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("import six\n" if name.endswith(".pth") else "")
     refuse_shadowing(tmp_path, fnd_runtime_versions())
+
+
+def test_only_folders_fnd_makes_get_their_mode_set(folder: tuple[Path, int]) -> None:
+    root, fd = folder
+    old = os.umask(0o077)
+    try:
+        made = open_dir(fd, ".fnd", f"{root}/.fnd", create=True)
+    finally:
+        os.umask(old)
+    assert made is not None
+    os.close(made)
+    assert (root / ".fnd").stat().st_mode & 0o777 == 0o755  # whatever the umask
+    (root / ".fnd").chmod(0o700)  # made by someone else since
+    with pytest.raises(FolderError, match=rf"^{root}/.fnd is not readable by worker uids .*"
+                                          rf": chmod a\+rx {root}/.fnd$"):
+        open_dir(fd, ".fnd", f"{root}/.fnd", create=True)
+    assert (root / ".fnd").stat().st_mode & 0o777 == 0o700
+    assert open_dir(fd, "absent", "absent", create=False) is None
