@@ -108,7 +108,7 @@ def build_uid(project: str) -> Iterator[int | None]:
 def private_folder(uid: int | None) -> Iterator[str]:
     """A fresh folder in /tmp for pip's HOME and TMPDIR, owned by the build uid; removed
     after (every process of that uid is gone by then)."""
-    top = tempfile.mkdtemp(prefix="fnd-deps-build-")
+    top = tempfile.mkdtemp(prefix="fnd-deps-build-", dir="/tmp")  # not the caller's TMPDIR
     try:
         for sub in ("home", "tmp"):
             os.mkdir(os.path.join(top, sub), 0o700)
@@ -169,6 +169,9 @@ def _child(argv: list[str], env: dict[str, str], layers: Layers, uid: int | None
         os.set_inheritable(target_fd, True)
         os.umask(0o022)
         os.chdir(os.path.join(private, "tmp"))
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # CPython ignores them; exec keeps that
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         step = "rlimits"
         for which, value in LIMITS:
             hard = resource.getrlimit(which)[1]
@@ -241,33 +244,30 @@ def _drain(out_r: int, tail: bytearray) -> str:
 
 def stop_everything(uid: int | None, pid: int) -> None:
     """Kill every process the build left: as root, every process of the build uid (a
-    process of that uid sends ``kill(-1, SIGKILL)`` until none is left); otherwise pip's
-    session."""
+    process of that uid sends ``kill(-1, SIGKILL)``, which reaches exactly the processes
+    it may signal, until /proc shows none alive); otherwise pip's session."""
     if uid is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         return
-    killer = os.fork()
-    if killer == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            drop_to(uid, uid)
-            for _ in range(10000):
-                try:
-                    os.kill(-1, signal.SIGKILL)
-                except ProcessLookupError:  # nobody of this uid is left
-                    code = 0
-                    break
-                time.sleep(0.001)  # a zombie counts until its parent (now init) reaps it
-        finally:
-            os._exit(code)
-    status = os.waitpid(killer, 0)[1]
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    if os.waitstatus_to_exitcode(status) != 0 and _live_processes(uid):
-        raise BuildError(f"processes of the build uid {uid} could not be stopped")
+    for _ in range(200):  # each round kills all there are; only a fork racing it survives
+        killer = os.fork()
+        if killer == 0:  # pragma: no cover - runs in the child
+            try:
+                drop_to(uid, uid)
+                for _ in range(3):
+                    os.kill(-1, signal.SIGKILL)  # never ESRCH: it counts refused targets too
+            finally:
+                os._exit(0)
+        os.waitpid(killer, 0)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not _live_processes(uid):
+            return
+        time.sleep(0.005)  # SIGKILLed processes are gone once the kernel has run them
+    raise BuildError(f"processes of the build uid {uid} could not be stopped")
 
 
 def _live_processes(uid: int) -> list[int]:
