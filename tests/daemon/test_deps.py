@@ -258,3 +258,23 @@ def test_a_package_bringing_a_module_of_fnd_under_another_name_is_refused() -> N
         assert [p.name for p in (project / DEPS_DIR).iterdir()] == []
     finally:
         shutil.rmtree(project.parent)
+
+
+def test_a_hash_pinned_requirement_installs_and_a_wrong_hash_is_refused_by_pip() -> None:
+    project = _project()
+    try:
+        wheel = _wheel(_wheelhouse(project), "fnd_test_hashed")
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        sources = Sources(find_links=(str(_wheelhouse(project)),))
+        wrong = "0" * 64
+        (project / "requirements.txt").write_text(f"fnd_test_hashed==1.0 --hash=sha256:{wrong}\n")
+        with pytest.raises(DepsError, match="THESE PACKAGES DO NOT MATCH THE HASHES"):
+            install(project, lambda _line: None, sources)
+        (project / "requirements.txt").write_text(
+            f"fnd_test_hashed==1.0 \\\n    --hash=sha256:{digest}\n")
+        said: list[str] = []
+        install(project, said.append, sources)
+        assert said[-1].endswith("(fnd-test-hashed 1.0)")
+        assert (_folder(project) / "fnd_test_hashed" / "__init__.py").is_file()
+    finally:
+        shutil.rmtree(project.parent)
