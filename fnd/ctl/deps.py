@@ -48,7 +48,6 @@ BUILD_TIMEOUT = 1800.0  # seconds pip may take, downloads and builds included
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 Say = Callable[[str], None]
-top_level_names = deps_checks.top_level_names  # kept importable from here
 
 
 class DepsError(Exception):
@@ -108,6 +107,7 @@ def _install(root: Path, root_fd: int, say: Say, sources: Sources) -> None:
                     f"{'as uid ' + str(uid) if uid is not None else 'as this user'}, sandboxed)")
                 _pip(checked, runtime, sources, layers, uid, private, build_fd)
                 deps_folders.settle(build_fd)
+                # The build folder by its handle: no lookup from the project down again.
                 target = Path(f"/proc/self/fd/{build_fd}")
                 installed, shared = _drop_fnd_packages(target, runtime)
                 _write_manifest(build_fd, requirements, installed, shared)
