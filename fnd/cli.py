@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import difflib
 import json
+import os
 import sys
 from typing import Any
 
@@ -66,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     deps.add_argument("project", nargs="?", default=".", help="project folder (default: .)")
     deps.add_argument("--prune", action="store_true",
                       help="remove installed folders the current requirements.txt does not use")
+    deps.add_argument("--index-url", metavar="URL",
+                      help="the package index pip uses (requirements.txt may not name one)")
+    deps.add_argument("--extra-index-url", metavar="URL", action="append", default=[],
+                      help="another package index (repeatable)")
+    deps.add_argument("--find-links", metavar="DIR|URL", action="append", default=[],
+                      help="a folder or page of package files (repeatable)")
+    deps.add_argument("--trusted-host", metavar="HOST", action="append", default=[],
+                      help="a host pip may reach over plain http or bad TLS (repeatable)")
+    deps.add_argument("--allow-sdist", action="store_true",
+                      help="build packages published only as source (runs their build "
+                           "code, in the build sandbox); default: wheels only")
 
     init = commands.add_parser("init", help="create a new function project in DIR")
     init.add_argument("dir", help="folder to create (must be new or empty)")
@@ -137,9 +149,19 @@ def _deps(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fnd.ctl.deps import DepsError, install, prune
+    from fnd.ctl.deps_requirements import Sources
 
+    sources = Sources(
+        index_url=args.index_url, extra_index_urls=tuple(args.extra_index_url),
+        # a folder given relative to where the operator stands, made absolute for pip
+        find_links=tuple(link if "://" in link else os.path.abspath(link)
+                         for link in args.find_links),
+        trusted_hosts=tuple(args.trusted_host), allow_sdist=args.allow_sdist)
     try:
-        (prune if args.prune else install)(Path(args.project))
+        if args.prune:
+            prune(Path(args.project))
+        else:
+            install(Path(args.project), sources=sources)
     except (DepsError, OSError) as exc:
         message = str(exc)
         if not isinstance(exc, DepsError) and exc.filename:  # e.g. a project we may not write

@@ -1,44 +1,51 @@
-"""`fnd deps PROJECT`: install the project's requirements.txt into ``.fnd/deps/<hash>`` with pip.
+"""`fnd deps PROJECT`: install the project's requirements.txt into ``.fnd/deps/<hash>`` with pip
+(docs/handlers.md#python-packages).
 
-The folder is built next to where it goes (same filesystem) and renamed into place, so a
-daemon never sees half of it. Packages fnd itself runs on are never installed twice: the
-worker has them imported before the project's folder is on its path, so a second copy at
-another version would be half used. A requirement asking for another version of one of them
-is refused; one that resolves to fnd's own version is removed from the folder (fnd's copy
-serves). Everything is made readable by the worker uids whatever the umask.
+requirements.txt is checked by fnd first (:mod:`fnd.ctl.deps_requirements`), and pip runs as
+an unprivileged uid in a sandbox (:mod:`fnd.ctl.deps_sandbox`), wheels only unless the
+operator allows sdists. The folder is built next to where it goes (same filesystem), through
+directory handles only (:mod:`fnd.ctl.deps_folders`), and renamed into place, so a daemon
+never sees half of it. Packages fnd itself runs on are never installed twice: the worker has
+them imported before the project's folder is on its path, so a second copy at another version
+would be half used. A requirement asking for another version of one of them is refused; one
+that resolves to fnd's own version is removed from the folder (fnd's copy serves); any other
+way of bringing one of fnd's modules is refused (:mod:`fnd.ctl.deps_checks`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
-import stat
-import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from email.parser import HeaderParser
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from fnd.ctl import deps_checks, deps_folders, deps_sandbox
+from fnd.ctl.deps_folders import FolderError
+from fnd.ctl.deps_requirements import (
+    Checked,
+    RequirementsError,
+    Sources,
+    check,
+    read_project_file,
+)
 from fnd.daemon.deps import (
-    DEPS_DIR,
     MANIFEST,
     REQUIREMENTS,
     deps_hash,
     fnd_runtime_versions,
     interpreter_tag,
     normalize,
-    read_manifest,
     stale_shared,
 )
+from fnd.daemon.safe_open import open_beneath
 
 _PIP_TAIL = 15  # lines of pip's output shown when it fails
+BUILD_TIMEOUT = 1800.0  # seconds pip may take, downloads and builds included
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 Say = Callable[[str], None]
 
@@ -57,45 +64,99 @@ def _root(project: Path) -> Path:
     return root
 
 
-def install(project: Path, say: Say = print) -> None:
+def install(project: Path, say: Say = print, sources: Sources | None = None) -> None:
     """Make ``.fnd/deps/<hash>`` match requirements.txt; raises DepsError."""
     root = _root(project)
+    root_fd = os.open(root, _DIR)
     try:
-        requirements = (root / REQUIREMENTS).read_bytes()
+        _install(root, root_fd, say, sources or Sources())
+    except (RequirementsError, FolderError, deps_sandbox.BuildError,
+            deps_checks.ShadowError) as exc:
+        raise DepsError(str(exc)) from None
+    finally:
+        os.close(root_fd)
+
+
+def _install(root: Path, root_fd: int, say: Say, sources: Sources) -> None:
+    try:
+        requirements = read_project_file(root_fd, REQUIREMENTS)
     except FileNotFoundError:
         say(f"no {REQUIREMENTS} in {root}: nothing to install")
         return
-    except OSError as exc:
-        raise DepsError(f"{root / REQUIREMENTS} cannot be read: {exc.strerror}") from None
     digest = deps_hash(requirements)
-    top = root / DEPS_DIR
-    final = top / digest
-    shown = f"{DEPS_DIR}/{digest}"
+    shown = f".fnd/deps/{digest}"
     runtime = fnd_runtime_versions()
-    manifest = read_manifest(final)
+    with _deps_dir(root, root_fd, create=False) as existing:
+        manifest = None if existing is None else _manifest(existing, digest)
     if manifest is not None and not stale_shared(manifest, runtime):
         say(f"up to date: {shown}")
         return
+    checked = check(root_fd, requirements)
+    _refuse_pinned_conflicts(checked, runtime)
     if importlib.util.find_spec("pip") is None:
         raise DepsError(f"pip is not installed for {sys.executable}, and fnd deps installs with "
                         f"it: {sys.executable} -m ensurepip adds it")
-    _refuse_pinned_conflicts(requirements, runtime)
-    _make_traversable(root, top)
-    build = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=top))
-    try:
-        say(f"installing {REQUIREMENTS} into {shown} (pip)")
-        _pip(root / REQUIREMENTS, build, runtime)
-        installed, shared = _drop_fnd_packages(build, runtime)
-        _write_manifest(build, requirements, installed, shared)
-        _make_readable(build)
-        _swap_in(build, final)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+    with _deps_dir(root, root_fd, create=True) as deps_fd:
+        assert deps_fd is not None
+        layers = deps_sandbox.prepare(sources.local_paths(), [str(root)])
+        with deps_sandbox.build_uid(str(root)) as uid, \
+                deps_sandbox.private_folder(uid) as private:
+            name, build_fd = deps_folders.make_build_dir(deps_fd, f".tmp-{digest[:12]}-", uid)
+            try:
+                say(f"installing {REQUIREMENTS} into {shown} (pip, "
+                    f"{'as uid ' + str(uid) if uid is not None else 'as this user'}, sandboxed)")
+                _pip(checked, runtime, sources, layers, uid, private, build_fd)
+                deps_folders.settle(build_fd)
+                # The build folder by its handle: no lookup from the project down again.
+                target = Path(f"/proc/self/fd/{build_fd}")
+                installed, shared = _drop_fnd_packages(target, runtime)
+                _write_manifest(build_fd, requirements, installed, shared)
+                try:
+                    deps_folders.swap_in(deps_fd, name, digest)
+                except OSError:
+                    if _manifest(deps_fd, digest) is None:  # not another fnd deps first
+                        raise
+            finally:
+                os.close(build_fd)
+                deps_folders.remove(deps_fd, name)
     listed = ", ".join(f"{name} {version}" for name, version in sorted(installed.items()))
     say(f"installed: {shown} ({listed or 'no packages'})")
     if shared:
         say("  served by fnd's own copy: "
             + ", ".join(f"{name} {version}" for name, version in sorted(shared.items())))
+
+
+@contextlib.contextmanager
+def _deps_dir(root: Path, root_fd: int, create: bool) -> Iterator[int | None]:
+    """A handle on .fnd/deps (made when ``create``), never through a symlink."""
+    fnd_fd = deps_folders.open_dir(root_fd, ".fnd", f"{root}/.fnd", create)
+    if fnd_fd is None:
+        yield None
+        return
+    try:
+        deps_fd = deps_folders.open_dir(fnd_fd, "deps", f"{root}/.fnd/deps", create)
+        try:
+            yield deps_fd
+        finally:
+            if deps_fd is not None:
+                os.close(deps_fd)
+    finally:
+        os.close(fnd_fd)
+
+
+def _manifest(deps_fd: int, digest: str) -> dict[str, object] | None:
+    """The finished folder's record, read without following a symlink; None when absent."""
+    try:
+        fd = open_beneath(deps_fd, f"{digest}/{MANIFEST}")
+    except (OSError, ValueError):
+        return None
+    try:
+        data = json.loads(os.read(fd, 1 << 20))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else None
 
 
 def prune(project: Path, say: Say = print) -> None:
@@ -105,50 +166,34 @@ def prune(project: Path, say: Say = print) -> None:
     still import from theirs until then.
     """
     root = _root(project)
-    top = root / DEPS_DIR
+    root_fd = os.open(root, _DIR)
     try:
-        current = deps_hash((root / REQUIREMENTS).read_bytes())
-    except FileNotFoundError:
-        current = None
-    except OSError as exc:
-        raise DepsError(f"{root / REQUIREMENTS} cannot be read: {exc.strerror}") from None
-    removed = 0
-    for entry in sorted(top.iterdir()) if top.is_dir() else []:
-        if entry.name == current:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-        removed += 1
-        say(f"removed: {DEPS_DIR}/{entry.name}")
+        try:
+            current: str | None = deps_hash(read_project_file(root_fd, REQUIREMENTS))
+        except FileNotFoundError:
+            current = None
+        removed = 0
+        with _deps_dir(root, root_fd, create=False) as deps_fd:
+            for name in deps_folders.entries(deps_fd) if deps_fd is not None else []:
+                if name == current:
+                    continue
+                assert deps_fd is not None
+                deps_folders.remove(deps_fd, name)
+                removed += 1
+                say(f"removed: .fnd/deps/{name}")
+    except (RequirementsError, FolderError) as exc:
+        raise DepsError(str(exc)) from None
+    finally:
+        os.close(root_fd)
     if not removed:
         say("nothing to prune")
 
 
-def _requirement_lines(text: str) -> Iterator[str]:
-    """The requirement part of each line of a requirements file (options and comments out)."""
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if line and not line.startswith(("#", "-")):
-            yield line.split(" --", 1)[0].strip()  # per-requirement options: --hash=...
-
-
-def _refuse_pinned_conflicts(requirements: bytes, runtime: dict[str, str]) -> None:
+def _refuse_pinned_conflicts(checked: Checked, runtime: dict[str, str]) -> None:
     """Refuse, before anything is downloaded, a line asking for another version of a package
-    fnd runs on. Lines pip alone understands (URLs, paths) are left to the check after it."""
-    try:
-        from packaging.requirements import InvalidRequirement, Requirement
-    except ImportError:  # fnd's own dependencies do not include packaging; pip's copy does
-        from pip._vendor.packaging.requirements import (  # type: ignore
-            InvalidRequirement,
-            Requirement,
-        )
-    for line in _requirement_lines(requirements.decode("utf-8", "replace")):
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            continue
+    fnd runs on."""
+    for line in [*checked.requirements, *checked.constraints]:
+        requirement = line.requirement
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue  # not for this interpreter: pip skips it too
         name = normalize(requirement.name)
@@ -163,161 +208,80 @@ def _conflict(name: str, theirs: str, ours: str) -> str:
             "leave it out: functions can import fnd's copy)")
 
 
-def _pip(requirements: Path, target: Path, runtime: dict[str, str]) -> None:
-    # Constraints: a dependency fnd also has resolves to fnd's version, so a project asking
-    # for `requests` does not get a newer urllib3 than fnd's and a needless refusal.
-    with tempfile.NamedTemporaryFile("w", prefix="fnd-constraints-", suffix=".txt") as pins:
-        pins.write("".join(f"{name}=={version}\n" for name, version in sorted(runtime.items())
-                           if name != "fnd"))
-        pins.flush()
-        command = [sys.executable, "-m", "pip", "install", "--target", str(target),
-                   "--requirement", str(requirements), "--constraint", pins.name,
-                   "--no-input", "--disable-pip-version-check", "--no-warn-script-location"]
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                                text=True, check=False)
-    if result.returncode != 0:
-        lines = [line for line in (result.stdout + result.stderr).splitlines()
-                 if line.strip() and "is ignored: it is neither" not in line]
-        tail = "\n".join(f"  pip: {line}" for line in lines[-_PIP_TAIL:])
-        why = ""
-        if "(constraint)" in result.stdout + result.stderr:
-            why = (": a requirement needs another version of a package fnd itself runs on "
-                   "(pip's '(constraint)' lines are fnd's versions)")
-        raise DepsError(f"pip could not install {REQUIREMENTS} (exit {result.returncode})"
-                        f"{why}; nothing was changed\n{tail}")
-
-
-def _distributions(target: Path) -> Iterator[tuple[Path, str, str]]:
-    """(dist-info folder, name, version) of every distribution installed in ``target``."""
-    for info in sorted(target.glob("*.dist-info")):
-        try:
-            headers = HeaderParser().parsestr((info / "METADATA").read_text("utf-8", "replace"))
-        except OSError:
-            continue
-        if headers["Name"] and headers["Version"]:
-            yield info, str(headers["Name"]), str(headers["Version"])
+def _pip(checked: Checked, runtime: dict[str, str], sources: Sources,
+         layers: deps_sandbox.Layers, uid: int | None, private: str, build_fd: int) -> None:
+    """pip, in the build sandbox, on the files fnd wrote; raises DepsError when it fails."""
+    inputs = {
+        "requirements.txt": checked.requirements_file(),
+        # Constraints: a dependency fnd also has resolves to fnd's version, so a project
+        # asking for `requests` does not get a newer urllib3 than fnd's and a needless refusal.
+        "fnd-constraints.txt": "".join(f"{name}=={version}\n"
+                                       for name, version in sorted(runtime.items())
+                                       if name != "fnd"),
+        "project-constraints.txt": checked.constraints_file(),
+    }
+    for name, text in inputs.items():
+        fd = os.open(os.path.join(private, name),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with open(fd, "w") as file:
+            os.fchmod(fd, 0o644)
+            file.write(text)
+    command = [sys.executable, "-m", "pip", "install",
+               "--target", f"/proc/self/fd/{build_fd}",
+               "--requirement", os.path.join(private, "requirements.txt"),
+               "--constraint", os.path.join(private, "fnd-constraints.txt"),
+               "--constraint", os.path.join(private, "project-constraints.txt"),
+               "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
+               "--no-cache-dir", *sources.pip_args()]
+    result = deps_sandbox.run(command, layers, uid, private, build_fd, BUILD_TIMEOUT)
+    if result.returncode == 0:
+        return
+    lines = [line for line in result.output.splitlines()
+             if line.strip() and "is ignored: it is neither" not in line]
+    tail = "\n".join(f"  pip: {line}" for line in lines[-_PIP_TAIL:])
+    why = ""
+    if "(constraint)" in result.output:
+        why = (": a requirement needs another version of a package fnd itself runs on "
+               "(pip's '(constraint)' lines are fnd's versions)")
+    elif "No matching distribution" in result.output and not sources.allow_sdist:
+        why = (": fnd deps installs wheels only; a package published only as source (sdist) "
+               "needs the operator's fnd deps --allow-sdist")
+    raise DepsError(f"pip could not install {REQUIREMENTS} (exit {result.returncode})"
+                    f"{why}; nothing was changed\n{tail}")
 
 
 def _drop_fnd_packages(
     target: Path, runtime: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Remove the distributions fnd has too (same version); refuse another version.
-    Returns (kept, removed) as {normalized name: version}."""
+    """Remove the distributions fnd has too (same version); refuse another version, and any
+    other way the folder brings one of fnd's modules. Returns (kept, removed) as
+    {normalized name: version}."""
     kept: dict[str, str] = {}
     shared: dict[str, str] = {}
-    for info, name, version in _distributions(target):
+    for info, name, version in deps_checks.distributions(target):
         key = normalize(name)
         ours = runtime.get(key)
         if ours is None:
             kept[key] = version
         elif ours == version:
-            _uninstall(target, info)
+            deps_checks.uninstall(target, info)
             shared[key] = version
         else:
             raise DepsError(_conflict(key, f" {version} (as pip resolved it)", ours))
-    _refuse_shadowing(target, runtime)
+    deps_checks.refuse_shadowing(target, runtime)
     return kept, shared
 
 
-def top_level_names(paths: Iterable[str]) -> set[str]:
-    """The importable top-level names among a distribution's files (paths as in RECORD)."""
-    names: set[str] = set()
-    for path in paths:
-        first, slash, _ = path.partition("/")
-        if first.startswith(".") or first.endswith((".dist-info", ".data")) \
-                or first == "__pycache__":
-            continue  # scripts (../../bin), metadata, caches
-        if slash:
-            names.add(first)
-        elif first.endswith(".py"):
-            names.add(first.removesuffix(".py"))
-        elif first.endswith(".so"):
-            names.add(first.split(".", 1)[0])
-    return names
-
-
-def _refuse_shadowing(target: Path, runtime: dict[str, str]) -> None:
-    """Refuse a project package under another name that brings a module of one of fnd's
-    (PyPI's `dotenv` and fnd's `python-dotenv` are both `import dotenv`): first on the path,
-    it would replace fnd's for every import not done yet in the worker."""
-    ours: dict[str, str] = {}
-    for name in runtime:
-        files = importlib.metadata.files(name) or []
-        ours.update((module, name) for module in top_level_names(str(f) for f in files))
-    for info, name, version in _distributions(target):
-        with open(info / "RECORD", newline="") as record:
-            modules = top_level_names(row[0] for row in csv.reader(record) if row)
-        for module in sorted(modules & set(ours)):
-            raise DepsError(f"{name} {version} provides the module `{module}`, which is fnd's "
-                            f"own (from {ours[module]} {runtime[ours[module]]}): a project "
-                            "cannot replace it; use another package")
-
-
-def _uninstall(target: Path, info: Path) -> None:
-    """Delete one distribution's files, as listed in its RECORD, from ``target``."""
-    folders: set[Path] = set()
-    with open(info / "RECORD", newline="") as record:
-        for row in csv.reader(record):
-            if not row:
-                continue
-            # pip --target installs under <tmp>/lib/python and moves that folder's content
-            # and its scripts (<tmp>/bin) into the target: "../../bin/x" is target/bin/x.
-            name = row[0].removeprefix("../../")
-            path = (target / name).resolve()
-            if not path.is_relative_to(target.resolve()):
-                continue  # a RECORD entry outside the folder is not ours to delete
-            path.unlink(missing_ok=True)
-            folders.update(p for p in path.parents if p.is_relative_to(target) and p != target)
-    shutil.rmtree(info, ignore_errors=True)
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        shutil.rmtree(folder / "__pycache__", ignore_errors=True)
-        with contextlib.suppress(OSError):  # only once empty: another one may share it
-            folder.rmdir()
-
-
-def _write_manifest(target: Path, requirements: bytes, installed: dict[str, str],
+def _write_manifest(build_fd: int, requirements: bytes, installed: dict[str, str],
                     shared: dict[str, str]) -> None:
-    (target / MANIFEST).write_text(json.dumps({
+    text = json.dumps({
         "requirements_sha256": hashlib.sha256(requirements).hexdigest(),
         "interpreter": interpreter_tag(),
         "installed": installed,
         "shared": shared,  # left to fnd's copy: the folder is stale once these change
-    }, indent=2, sort_keys=True) + "\n")
-
-
-def _make_traversable(root: Path, top: Path) -> None:
-    """.fnd and .fnd/deps exist and worker uids may pass through them (umask or not)."""
-    top.mkdir(parents=True, exist_ok=True)
-    for folder in (root / ".fnd", top):
-        mode = stat.S_IMODE(folder.stat().st_mode)
-        if mode & 0o555 != 0o555:
-            folder.chmod(mode | 0o555)
-
-
-def _make_readable(target: Path) -> None:
-    """Directories a+rx, files a+r: worker uids import from here, whatever pip's umask made."""
-    for folder, dirs, files in os.walk(target):
-        for name in [*dirs, *files, ""]:
-            path = os.path.join(folder, name) if name else folder
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            need = 0o555 if stat.S_ISDIR(st.st_mode) else 0o444
-            if st.st_mode & need != need:
-                os.chmod(path, stat.S_IMODE(st.st_mode) | need)
-
-
-def _swap_in(build: Path, final: Path) -> None:
-    """Rename the finished folder into place; a stale one with the same name goes aside first
-    (two renames: a worker starting in between finds no folder and fails its imports)."""
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".old-{final.name[:12]}-", dir=final.parent))
-        os.rename(final, old / final.name)
-        os.rename(build, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    try:
-        os.rename(build, final)
-    except OSError:
-        if read_manifest(final) is None:  # not another fnd deps finishing first
-            raise
+    }, indent=2, sort_keys=True) + "\n"
+    fd = os.open(MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644, dir_fd=build_fd)
+    with open(fd, "w") as file:
+        os.fchmod(fd, 0o644)  # whatever the umask: worker uids read it
+        file.write(text)

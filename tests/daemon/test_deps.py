@@ -1,5 +1,6 @@
 """`fnd deps` against real pip: the folder's name, idempotence, modes under umask 077, pruning,
-and the refusal of another version of one of fnd's own packages; the daemon's side check."""
+and the refusal of another version of one of fnd's own packages; the daemon's side check.
+The packages these tests make come from a folder given as the operator's --find-links."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fnd.ctl.deps import DepsError, install, prune
+from fnd.ctl.deps_requirements import Sources
 from fnd.daemon.deps import (
     DEPS_DIR,
     MANIFEST,
@@ -193,6 +195,13 @@ def test_a_folder_made_against_other_versions_of_fnd_packages_is_stale_and_rebui
     assert [p.name for p in (project / DEPS_DIR).iterdir()] == [folder.name]
 
 
+def _wheelhouse(project: Path) -> Path:
+    """A folder of packages beside the project (the operator's --find-links)."""
+    folder = project.parent / "wheels"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    return folder
+
+
 def _wheel(folder: Path, name: str, requires: str = "", module: str = "") -> Path:
     """A minimal pure-Python wheel of ``name`` 1.0, with the module ``module`` (default: the
     name) and one dependency ``requires``."""
@@ -224,10 +233,10 @@ def test_a_dependency_needing_another_version_of_an_fnd_package_fails_in_pip_and
     project = _project()
     try:
         # Not pinned in requirements.txt itself: only pip's resolution meets fnd's version.
-        wheel = _wheel(project.parent, "fnd_test_needs_old_msgpack", "msgpack<1")
-        (project / "requirements.txt").write_text(f"{wheel}\n")
+        _wheel(_wheelhouse(project), "fnd_test_needs_old_msgpack", "msgpack<1")
+        (project / "requirements.txt").write_text("fnd_test_needs_old_msgpack\n")
         with pytest.raises(DepsError) as refused:
-            install(project, lambda _line: None)
+            install(project, lambda _line: None, Sources(find_links=(str(_wheelhouse(project)),)))
         message = str(refused.value)
         assert "a requirement needs another version of a package fnd itself runs on" in message
         assert f"(constraint) msgpack=={version('msgpack')}" in message  # pip's words, shown
@@ -239,13 +248,33 @@ def test_a_dependency_needing_another_version_of_an_fnd_package_fails_in_pip_and
 def test_a_package_bringing_a_module_of_fnd_under_another_name_is_refused() -> None:
     project = _project()
     try:
-        wheel = _wheel(project.parent, "fnd_test_not_dotenv", module="dotenv")
-        (project / "requirements.txt").write_text(f"{wheel}\n")
+        _wheel(_wheelhouse(project), "fnd_test_not_dotenv", module="dotenv")
+        (project / "requirements.txt").write_text("fnd_test_not_dotenv\n")
         with pytest.raises(DepsError) as refused:
-            install(project, lambda _line: None)
+            install(project, lambda _line: None, Sources(find_links=(str(_wheelhouse(project)),)))
         assert str(refused.value).startswith(
             "fnd_test_not_dotenv 1.0 provides the module `dotenv`, which is fnd's own (from "
             f"python-dotenv {version('python-dotenv')})")
         assert [p.name for p in (project / DEPS_DIR).iterdir()] == []
+    finally:
+        shutil.rmtree(project.parent)
+
+
+def test_a_hash_pinned_requirement_installs_and_a_wrong_hash_is_refused_by_pip() -> None:
+    project = _project()
+    try:
+        wheel = _wheel(_wheelhouse(project), "fnd_test_hashed")
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        sources = Sources(find_links=(str(_wheelhouse(project)),))
+        wrong = "0" * 64
+        (project / "requirements.txt").write_text(f"fnd_test_hashed==1.0 --hash=sha256:{wrong}\n")
+        with pytest.raises(DepsError, match="THESE PACKAGES DO NOT MATCH THE HASHES"):
+            install(project, lambda _line: None, sources)
+        (project / "requirements.txt").write_text(
+            f"fnd_test_hashed==1.0 \\\n    --hash=sha256:{digest}\n")
+        said: list[str] = []
+        install(project, said.append, sources)
+        assert said[-1].endswith("(fnd-test-hashed 1.0)")
+        assert (_folder(project) / "fnd_test_hashed" / "__init__.py").is_file()
     finally:
         shutil.rmtree(project.parent)
