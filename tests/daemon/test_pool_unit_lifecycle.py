@@ -6,6 +6,7 @@ See test_pool_unit.py for how these tests work.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -18,17 +19,21 @@ from tests.daemon.pool_harness import Scene, holding, run, until
 
 
 # -- slots -----------------------------------------------------------------------------------
+def _leave_something(fake: FakeSpawner) -> Callable[[FakeWorker, m.Message], None]:
+    """A call whose worker dies leaving a process in its slot that resists the first kill."""
+    def leave(worker: FakeWorker, invoke: m.Message) -> None:
+        fake.leftovers.add(worker.slot)
+        fake.stubborn.add(worker.slot)
+        worker.exit(exit_code(1))
+    return leave
+
+
 def test_a_slot_with_leftovers_is_killed_and_kept_out_of_use_until_empty(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "_SWEEP_INTERVAL", 0.01)
     fake = FakeSpawner()
 
-    def leave_something(worker: FakeWorker, invoke: m.Message) -> None:
-        fake.leftovers.add(worker.slot)
-        fake.stubborn.add(worker.slot)
-        worker.exit(exit_code(1))
-
-    fake.on_invoke = leave_something
+    fake.on_invoke = _leave_something(fake)
 
     async def body(s: Scene) -> None:
         assert (await s.invoke()).status == 502
@@ -61,12 +66,7 @@ def test_a_slot_has_its_system_v_objects_removed_once_empty_and_before_reuse(
 
     fake.spawn = spawn_checked  # type: ignore[method-assign, assignment]
 
-    def leave_something(worker: FakeWorker, invoke: m.Message) -> None:
-        fake.leftovers.add(worker.slot)
-        fake.stubborn.add(worker.slot)
-        worker.exit(exit_code(1))
-
-    fake.on_invoke = leave_something
+    fake.on_invoke = _leave_something(fake)
 
     async def body(s: Scene) -> None:
         assert (await s.invoke()).status == 502
