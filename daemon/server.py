@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from fnd import __version__
-from fnd.daemon import output_cap, socket_claim
+from fnd.daemon import memory, output_cap, socket_claim
 from fnd.daemon.app import FrontEnd
 from fnd.daemon.canary import self_check
 from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
@@ -192,6 +192,7 @@ class Daemon:
         server = TimeoutServer(
             self.front.handle,
             header_timeout=self.config.header_timeout,
+            max_connections=self.config.max_connections,
             keepalive_timeout=self.config.keepalive_timeout,
             max_line_size=64 * 1024,
             max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
@@ -364,6 +365,7 @@ def serve(project_dir: str | Path, flags: dict[str, Any], config_file: str | Non
     except SandboxUnavailable as exc:
         raise StartupError(f"sandbox: {exc}") from None
     _use_uvloop()
+    memory.return_large_buffers()  # what slow clients made the daemon hold goes back after
     return asyncio.run(_serve(config, sandbox, flags, config_file, project_dir))
 
 
