@@ -21,7 +21,7 @@ from fnd.daemon.config import Config, load_config, unknown_environment, unknown_
 from fnd.daemon.control import ControlServer, default_control_path
 from fnd.daemon.deps import DepsMismatch, installed_folder
 from fnd.daemon.http_timeouts import TimeoutServer
-from fnd.daemon.listen import start_sites
+from fnd.daemon.listen import make_fd_room, start_sites
 from fnd.daemon.logs import get_logger
 from fnd.daemon.metrics import render_metrics, start_metrics_server
 from fnd.daemon.pool import FunctionsBroken, Pool, PoolError
@@ -204,6 +204,9 @@ class Daemon:
         self._runner = web.ServerRunner(server, handle_signals=False,
                                         shutdown_timeout=self.config.drain_timeout)
         await self._runner.setup()
+        warning = make_fd_room(self.config.max_connections)
+        if warning is not None:
+            _log.warning("max_connections above the descriptor limit", reason=warning)
         self.listen_address = await start_sites(self._runner, self.config)
         if self.config.metrics_port is not None:
             try:
