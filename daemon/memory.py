@@ -23,7 +23,7 @@ _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 # Allocations from here up get their own mapping: an answer's chunks and whole answers do,
 # the small objects of a hello-world request never do (no new syscalls on that path).
-MMAP_THRESHOLD = 256 * 1024
+MMAP_THRESHOLD = 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024  # free heap top beyond this goes back at once
 
 
