@@ -87,14 +87,16 @@ class StreamedAnswer(web.StreamResponse):
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         body, self._answer = self._answer, b""
         size = len(body)
+        if request.method == "HEAD":  # the length alone: nothing is held
+            self.content_length = size
+            return await super().prepare(request)
         if not self._budget.reserve(size):
             return await self._refuse(request, size)
         try:
             self.content_length = size
             writer = await super().prepare(request)
             assert isinstance(writer, StreamWriter)
-            if request.method != "HEAD":
-                await self._send(request, writer, memoryview(body))
+            await self._send(request, writer, memoryview(body))
             await super().write_eof()
             return writer
         finally:

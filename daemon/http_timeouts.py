@@ -76,6 +76,8 @@ class _HeadTimeoutHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:  # refused at connection_made: closing, nothing to read
+            return
         if self._head_since is None and (self._last_body is None or self._last_body.is_eof()):
             self._start_head_clock()
         if self._head_since is not None:
