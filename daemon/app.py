@@ -14,10 +14,11 @@ import time
 import traceback
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
-from fnd.daemon import calls
+from fnd.daemon import answer_stream, calls
+from fnd.daemon.answer_stream import AnswerBudget, AnswerFacts, StreamedAnswer
 from fnd.daemon.asset_files import AssetFiles, AssetGone
 from fnd.daemon.asset_response import AssetResponse
 from fnd.daemon.calls import Call, Invocation, Outcome, text_outcome
@@ -30,9 +31,12 @@ from fnd.daemon.project import Project, Route
 from fnd.daemon.signature_gate import SignatureGate, parse_proxies
 from fnd.daemon.stats import Stats
 
-INVOCATION_HEADER = "X-Fnd-Invocation-Id"
+INVOCATION_HEADER = answer_stream.INVOCATION_HEADER
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what fnd accepts as a forwarded request id
 _FUNCTION_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+# Never served, whatever the path (README: 405): a tunnel or an echo of the request's headers.
+_REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _log = get_logger("fnd")
 _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -68,6 +72,8 @@ class FrontEnd:
         self._gate = SignatureGate(config, self._context_defaults.get("AUTH_TOKEN"),
                                    self._proxies)
         self._fixed_domain = _fixed_domain(config)
+        # Fixed at start (a reload keeps it): the bound holds across generations.
+        self.budget = AnswerBudget(config.max_buffered_mb * 1024 * 1024)
 
     def set_project(self, config: Config, project: Project) -> None:
         """Swap in a re-scanned project (reload): one assignment, so no request sees a mix."""
@@ -99,7 +105,7 @@ class FrontEnd:
             response = self._answer(invocation, text_outcome(exc.status, kind, exc.reason))
         except Exception as exc:  # a bug here fails this one request, never the connection
             response = self._internal_error(request, exc, invocation)
-        if self.draining:
+        if self.draining or response.status == 408:
             response.force_close()  # "Connection: close": the client (nginx) moves on
         return response
 
@@ -107,6 +113,14 @@ class FrontEnd:
         self, request: web.BaseRequest, invocation: Invocation
     ) -> web.StreamResponse:
         config, project, assets = self.config, self.project, self.assets  # one generation
+        if request.method in _REFUSED_METHODS:
+            return self._answer(invocation, text_outcome(
+                405, calls.REJECTED, f"method {request.method} is not allowed",
+                Allow="GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"))
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.lower() != "100-continue":
+            raise EventError(417, f"Expect {_shown(expect)} is not supported "
+                                  "(only 100-continue is)")
         path = request.path
         route = project.lookup(path) if path != "/" else project.index()
         domain = self._domain_name(request)  # a bad Host is refused whatever the path
@@ -129,7 +143,7 @@ class FrontEnd:
             raise EventError(405, f"method {request.method} is not allowed")
         check_request_headers(request.raw_headers, config.max_header_bytes,
                               config.max_header_count)
-        body = await _read_body(request, config.max_request_body)
+        body = await _read_body(request, config.max_request_body, config.body_timeout)
         content_type = request.headers.get("Content-Type", "")
         parsed = read_body(content_type, body)  # the one read; a malformed body keeps its error
         if route.visibility == "protected":
@@ -159,6 +173,10 @@ class FrontEnd:
             isolated=config.isolated(route.path),
         )
         outcome = await self.pool.invoke(call)  # the call writes its own log line
+        if len(outcome.body) > answer_stream.STREAM_ABOVE:
+            return StreamedAnswer(outcome.status, _headers(outcome, invocation.id), outcome.body,
+                                  self.budget, config.send_timeout,
+                                  AnswerFacts(invocation.id, route.path, call.worker_pid))
         return _response(outcome, invocation.id)
 
     async def _asset(
@@ -181,7 +199,8 @@ class FrontEnd:
         def sent(status: int) -> None:  # once the file is sent (or the client left)
             invocation.end(status, calls.OK if status < 400 else calls.REJECTED)
 
-        response = AssetResponse(opened, route.file, self._loop, sent)
+        response = AssetResponse(opened, route.file, self._loop, sent, self.config.send_timeout,
+                                 invocation.id)
         response.headers[INVOCATION_HEADER] = invocation.id
         return response
 
@@ -260,16 +279,33 @@ def _shown(text: str) -> str:
     return repr(raw)[1:] + ("..." if len(text) > 64 else "")
 
 
-async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+async def _read_body(request: web.BaseRequest, limit: int, timeout: float) -> bytes:
+    """The whole body; 413 beyond ``limit`` bytes, 408 when not complete within ``timeout``
+    (counted from now, as the head has just arrived; a body that came with its head needs
+    no timer)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise EventError(413, f"request body of {declared} bytes is over the {limit} byte limit")
     if not request.body_exists:
         return b""
+    content = request.content
+    if content.is_eof():
+        return await _collect(content, limit)
+    if (request.version >= (1, 1) and request.transport is not None
+            and request.headers.get("Expect", "").lower() == "100-continue"):
+        request.transport.write(_CONTINUE)  # the client waits for this before its body
+    try:
+        async with asyncio.timeout(timeout):
+            return await _collect(content, limit)
+    except TimeoutError:
+        raise EventError(408, f"request body not complete within {timeout:g} s") from None
+
+
+async def _collect(content: StreamReader, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_any():
+        async for chunk in content.iter_any():
             size += len(chunk)
             if size > limit:
                 raise EventError(413, f"request body is over the {limit} byte limit")
@@ -284,9 +320,14 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
-def _response(outcome: Outcome, invocation_id: str) -> web.Response:
+def _headers(outcome: Outcome, invocation_id: str) -> CIMultiDict[str]:
     headers = CIMultiDict(
         (name, value) for name, value in outcome.headers if name.lower() not in _FRAMING_HEADERS
     )
     headers[INVOCATION_HEADER] = invocation_id
-    return web.Response(status=outcome.status, body=outcome.body or None, headers=headers)
+    return headers
+
+
+def _response(outcome: Outcome, invocation_id: str) -> web.Response:
+    return web.Response(status=outcome.status, body=outcome.body or None,
+                        headers=_headers(outcome, invocation_id))

@@ -7,7 +7,9 @@ file :mod:`fnd.daemon.asset_files` opened and checked, and closes it when done.
 What it does, as FileResponse did: Content-Type by extension (text types with
 ``charset=utf-8``), ETag and Last-Modified with 304 on a conditional GET and 412 on failed
 preconditions, a single Range (206, or 416), HEAD, and the body through ``loop.sendfile``
-(chunked reads in the executor where the loop has no sendfile, as under uvloop). Only the
+(chunked reads in the executor where the loop has no sendfile, as under uvloop; there a
+client that takes nothing for ``send_timeout`` is cut off, as for a function's large answer:
+docs/operating.md#slow-clients). Only the
 route's own file is ever sent, never a pre-compressed ``.gz``/``.br`` twin (that could be
 another route, even a private one).
 
@@ -26,7 +28,9 @@ from pathlib import Path
 
 from aiohttp import ETag, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
 
+from fnd.daemon.answer_stream import AnswerFacts, cut_off, drained
 from fnd.daemon.asset_files import OpenedAsset
 
 _CHUNK = 256 * 1024
@@ -61,7 +65,8 @@ def _content_type(name: str) -> str:
 class AssetResponse(web.StreamResponse):
     def __init__(
         self, opened: OpenedAsset, name: Path, loop: asyncio.AbstractEventLoop,
-        on_sent: Callable[[int], None],
+        on_sent: Callable[[int], None], send_timeout: float = 60.0,
+        invocation_id: str = "",
     ) -> None:
         super().__init__()
         self._file = opened.file
@@ -69,6 +74,8 @@ class AssetResponse(web.StreamResponse):
         self._name = name
         self._loop = loop
         self._on_sent = on_sent
+        self._send_timeout = send_timeout
+        self._invocation_id = invocation_id
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
@@ -111,28 +118,33 @@ class AssetResponse(web.StreamResponse):
         if count == 0 or request.method == hdrs.METH_HEAD:
             return await super().prepare(request)
         writer = await super().prepare(request)  # sends the headers now
-        assert writer is not None
+        assert isinstance(writer, StreamWriter)
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
         try:
             await self._loop.sendfile(transport, self._file, offset, count)
         except NotImplementedError:
-            await self._copy(writer, offset, count)
+            await self._copy(request, writer, offset, count)
         await super().write_eof()
         return writer
 
-    async def _copy(self, writer: AbstractStreamWriter, offset: int, count: int) -> None:
+    async def _copy(self, request: web.BaseRequest, writer: StreamWriter, offset: int,
+                    count: int) -> None:
         """No sendfile on this loop: read chunks in the executor, write them out."""
         fd = self._file.fileno()
+        size = count
         while count > 0:
             chunk = await self._loop.run_in_executor(None, os.pread, fd, min(_CHUNK, count),
                                                      offset)
             if not chunk:  # truncated since the fstat: send what there is
                 break
-            await writer.write(chunk)
+            await writer.write(chunk, drain=False)
             offset += len(chunk)
             count -= len(chunk)
+            if not await drained(request, writer, self._send_timeout):
+                cut_off(request, self._send_timeout, AnswerFacts(self._invocation_id, None, None),
+                        size - count, size)
         await writer.drain()
 
     async def _unsatisfiable(

@@ -56,6 +56,10 @@ class Config:
     drain_timeout: float = 30.0
     header_timeout: float = 10.0  # a request head must be complete this long after it starts
     keepalive_timeout: float = 15.0  # an idle connection is closed after this long
+    body_timeout: float = 60.0  # a request body must be complete this long after its head
+    send_timeout: float = 60.0  # a client that takes nothing of an answer this long is cut off
+    max_connections: int = 1000  # client connections; one more: 503 and closed
+    max_buffered_mb: int = 64  # large answers held for clients, all connections together
     # Recycling bounds what one worker's code can leave behind (docs/security.md).
     max_requests: int = 10000  # 0: never recycle by count
     max_requests_jitter: int = 1000
@@ -304,7 +308,8 @@ def _validate(config: Config) -> None:
             f"workers_max ({config.workers_max}) is below workers_min ({config.workers_min})"
         )
     for name in ("timeout", "queue_timeout", "drain_timeout", "idle_timeout", "header_timeout",
-                 "keepalive_timeout"):
+                 "keepalive_timeout", "body_timeout", "send_timeout", "max_connections",
+                 "max_buffered_mb"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     for name in ("max_requests", "max_requests_jitter", "max_worker_age"):
@@ -332,6 +337,11 @@ def _validate(config: Config) -> None:
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     _check_frame_fits(config)
+    if config.max_buffered_mb * _MIB < config.max_response_body:
+        raise ConfigError(
+            f"max_buffered_mb = {config.max_buffered_mb} cannot hold one answer of "
+            f"max_response_body ({config.max_response_body} bytes): raise it to at least "
+            f"{-(-config.max_response_body // _MIB)}")
 
 
 # What a worker frame holds besides the body, at most (see _check_frame_fits).

@@ -1,4 +1,4 @@
-"""Connection timeouts aiohttp lacks: a client must finish each request head in time.
+"""Connection limits aiohttp lacks: heads in time, connections counted, no HTTP/0.9.
 
 aiohttp closes a connection that has no complete request after ``keepalive_timeout``, counted
 from the connection's start or the previous response, whatever arrives meanwhile. fnd splits
@@ -13,6 +13,14 @@ that as nginx does (``client_header_timeout`` / ``keepalive_timeout``):
 
 The cost for a well-behaved client is one clock read per request and one timer per connection,
 re-armed lazily when it fires; body bytes never touch it.
+
+Two more rules live here, at the connection (docs/operating.md#slow-clients):
+
+- ``max_connections``: a connection beyond it gets a minimal 503 (``Retry-After: 1``) and is
+  closed at once, before any request is read; ``connection refused`` is logged at most once a
+  second, with the count refused since the last line.
+- An HTTP/0.9 request (``GET /x`` with no version) is answered 400 and closed, never with a
+  version-less 200: it comes from a scanner or a broken proxy, never from a client of fnd.
 """
 
 from __future__ import annotations
@@ -20,12 +28,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp import HttpVersion10, web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from fnd.daemon.logs import get_logger
 
 _log = get_logger("fnd")
+_HTTP09 = "HTTP/0.9 requests are not supported"
+_BUSY_TEXT = b"too many connections, try again\n"
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+         % (len(_BUSY_TEXT), _BUSY_TEXT))
 
 
 class _HeadTimeoutHandler(RequestHandler):
@@ -35,8 +51,9 @@ class _HeadTimeoutHandler(RequestHandler):
     ``_process_keepalive``); tests/e2e/test_front_hardening.py checks the behaviour end to end.
     """
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: TimeoutServer, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._server = manager
         self._head_timeout = header_timeout
         self._head_since: float | None = None  # when the current, incomplete head began
         self._head_bytes = False  # has a byte of it arrived (not so at a connection's start)
@@ -44,6 +61,11 @@ class _HeadTimeoutHandler(RequestHandler):
         self._last_body: Any = None  # the last request's payload: bytes of it are no head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._server.admit():
+            self._manager = None  # never counted: connection_lost has nothing to undo
+            transport.write(_BUSY)  # type: ignore[attr-defined]
+            transport.close()  # after the 503 is flushed
+            return
         super().connection_made(transport)
         self._start_head_clock()
 
@@ -54,6 +76,8 @@ class _HeadTimeoutHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:  # refused at connection_made: closing, nothing to read
+            return
         if self._head_since is None and (self._last_body is None or self._last_body.is_eof()):
             self._start_head_clock()
         if self._head_since is not None:
@@ -61,9 +85,20 @@ class _HeadTimeoutHandler(RequestHandler):
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:  # a head is complete (bytes after it start a new one)
+            self._refuse_http09(self._request_count - count)
             self._head_since = None
             self._head_bytes = False
             self._last_body = self._messages[-1][1] if self._messages else None
+
+    def _refuse_http09(self, new: int) -> None:
+        """Turn each new HTTP/0.9 request into aiohttp's own 400 (which closes)."""
+        messages = self._messages
+        for index in range(len(messages) - new, len(messages)):
+            message = messages[index][0]
+            if isinstance(message, RawRequestMessage) and message.version < HttpVersion10:
+                _log.info("request refused", status=400, reason=_HTTP09)
+                messages[index] = (_ErrInfo(status=400, exc=BadHttpMessage(_HTTP09),
+                                            message=_HTTP09), EMPTY_PAYLOAD)
 
     def _process_keepalive(self) -> None:
         if self._head_since is not None:  # a head is arriving: its own deadline is in charge
@@ -104,11 +139,28 @@ class _HeadTimeoutHandler(RequestHandler):
 
 
 class TimeoutServer(web.Server):
-    """``web.Server`` whose connections enforce ``header_timeout`` (see the module doc)."""
+    """``web.Server`` whose connections enforce the module doc's rules."""
 
-    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, header_timeout: float, max_connections: int = 1000,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout
+        self._max_connections = max_connections
+        self._refused = 0  # since the last "connection refused" line
+        self._refused_logged = -1.0
+
+    def admit(self) -> bool:
+        """Whether one more connection may be served; a refusal is counted and logged."""
+        if len(self._connections) < self._max_connections:
+            return True
+        self._refused += 1
+        now = self._loop.time()
+        if now - self._refused_logged >= 1.0:  # a flood of refusals: one line a second
+            _log.warning("connection refused", max_connections=self._max_connections,
+                         refused=self._refused, status=503,
+                         reason="max_connections client connections are open")
+            self._refused, self._refused_logged = 0, now
+        return False
 
     def __call__(self) -> RequestHandler:
         return _HeadTimeoutHandler(self, loop=self._loop, header_timeout=self._header_timeout,

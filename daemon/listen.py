@@ -1,8 +1,14 @@
-"""Where fnd listens: sockets passed by systemd (LISTEN_FDS), a unix socket, or TCP."""
+"""Where fnd listens: sockets passed by systemd (LISTEN_FDS), a unix socket, or TCP.
+
+Room for ``max_connections`` is made here too (docs/operating.md#slow-clients): the soft
+``RLIMIT_NOFILE`` is raised towards the hard one so that the cap, not ``EMFILE`` at accept,
+is what a flood of connections meets.
+"""
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 
 from aiohttp import web
@@ -10,6 +16,23 @@ from aiohttp import web
 from fnd.daemon import socket_claim
 from fnd.daemon.config import Config
 from fnd.daemon.systemd import listen_fds
+
+_FD_ROOM = 1024  # descriptors besides client connections: workers' pipes, files, logs
+
+
+def make_fd_room(max_connections: int) -> str | None:
+    """Raise the soft descriptor limit to fit ``max_connections``; a warning if it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + _FD_ROOM
+    if soft >= wanted:
+        return None
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        return (f"max_connections = {max_connections} needs about {wanted} file descriptors; "
+                f"RLIMIT_NOFILE allows {raised} (raise LimitNOFILE= in the unit or lower "
+                "max_connections), else accept() fails with EMFILE before the cap")
+    return None
 
 
 async def start_sites(runner: web.ServerRunner, config: Config) -> str:

@@ -14,14 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from fnd import __version__
-from fnd.daemon import output_cap, socket_claim
+from fnd.daemon import memory, output_cap, socket_claim
 from fnd.daemon.app import FrontEnd
 from fnd.daemon.canary import self_check
 from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
 from fnd.daemon.control import ControlServer, default_control_path
 from fnd.daemon.deps import DepsMismatch, installed_folder
 from fnd.daemon.http_timeouts import TimeoutServer
-from fnd.daemon.listen import start_sites
+from fnd.daemon.listen import make_fd_room, start_sites
 from fnd.daemon.logs import get_logger
 from fnd.daemon.metrics import render_metrics, start_metrics_server
 from fnd.daemon.pool import FunctionsBroken, Pool, PoolError
@@ -192,6 +192,7 @@ class Daemon:
         server = TimeoutServer(
             self.front.handle,
             header_timeout=self.config.header_timeout,
+            max_connections=self.config.max_connections,
             keepalive_timeout=self.config.keepalive_timeout,
             max_line_size=64 * 1024,
             max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
@@ -203,6 +204,9 @@ class Daemon:
         self._runner = web.ServerRunner(server, handle_signals=False,
                                         shutdown_timeout=self.config.drain_timeout)
         await self._runner.setup()
+        warning = make_fd_room(self.config.max_connections)
+        if warning is not None:
+            _log.warning("max_connections above the descriptor limit", reason=warning)
         self.listen_address = await start_sites(self._runner, self.config)
         if self.config.metrics_port is not None:
             try:
@@ -364,6 +368,7 @@ def serve(project_dir: str | Path, flags: dict[str, Any], config_file: str | Non
     except SandboxUnavailable as exc:
         raise StartupError(f"sandbox: {exc}") from None
     _use_uvloop()
+    memory.return_large_buffers()  # what slow clients made the daemon hold goes back after
     return asyncio.run(_serve(config, sandbox, flags, config_file, project_dir))
 
 

@@ -91,6 +91,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keepalive_timeout", float, 15.0,
             "close a connection idle this long between requests: no request, no byte of "
             "the next one", flag=True, metavar="SECONDS", unit="s"),
+    Setting("body_timeout", float, 60.0,
+            "a request body must be complete this long after its head (in total, however it "
+            "trickles); else 408 and the connection is closed", unit="s"),
+    Setting("send_timeout", float, 60.0,
+            "a client that takes nothing of a large answer for this long is cut off and the "
+            "answer's buffers freed", unit="s"),
+    Setting("max_connections", int, 1000,
+            "client connections at most; one more gets a minimal 503 and is closed at once "
+            "(worst case with the defaults: 1000 x 64 KiB of small answers in transports)"),
+    Setting("max_buffered_mb", int, 64,
+            "answers over 64 KiB held for clients, across all connections, at most; one more "
+            "gets 503 with `Retry-After` (at most 64 MB of buffered answers)", unit="MB"),
     Setting("max_requests", int, 10000, "recycle a worker after this many calls; 0: never"),
     Setting("max_requests_jitter", int, 1000,
             "up to this many calls added at random to `max_requests` per worker, so that "

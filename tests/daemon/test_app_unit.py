@@ -439,3 +439,69 @@ def test_invocation_ids_are_unique(tmp_path: Path) -> None:
 
     run(tmp_path, scenario)
 
+
+
+# -- HTTP edges and slow clients -----------------------------------------------------------
+def test_connect_and_trace_are_405_wherever_they_go(tmp_path: Path) -> None:
+    async def scenario(env: Env) -> None:
+        for method, path in (("TRACE", "/hello"), ("TRACE", "/nope"), ("TRACE", "/style.css"),
+                             ("CONNECT", "/hello")):
+            response = await env.client.request(method, path)
+            assert response.status == 405, (method, path)
+            assert await response.text() == f"method {method} is not allowed\n"
+            assert "OPTIONS" in response.headers["Allow"]
+        assert env.pool.calls == []
+
+    run(tmp_path, scenario)
+
+
+def test_an_unknown_expectation_is_417_and_100_continue_is_honoured(tmp_path: Path) -> None:
+    async def scenario(env: Env) -> None:
+        response = await env.client.get("/hello", headers={"Expect": "999-bogus"})
+        assert response.status == 417
+        assert await response.text() == ("Expect '999-bogus' is not supported "
+                                          "(only 100-continue is)\n")
+        response = await env.client.post("/hello", data={"Body": "hi"}, expect100=True)
+        assert response.status == 200
+        assert (await response.json())["event"]["Body"] == "hi"
+        assert len(env.pool.calls) == 1
+
+    run(tmp_path, scenario)
+
+
+def test_a_body_not_complete_within_body_timeout_is_408_and_closes(tmp_path: Path) -> None:
+    async def trickle() -> Any:
+        for _ in range(50):
+            yield b"x"
+            await asyncio.sleep(0.05)
+
+    async def scenario(env: Env) -> None:
+        response = await env.client.post("/hello", data=trickle())
+        assert response.status == 408
+        assert await response.text() == "request body not complete within 0.3 s\n"
+        assert response.headers["Connection"].lower() == "close"
+        assert env.line()["status"] == 408 and env.pool.calls == []
+
+    run(tmp_path, scenario, body_timeout=0.3)
+
+
+def test_a_large_answer_is_streamed_whole_within_the_budget(tmp_path: Path) -> None:
+    big = b"y" * (3 * 65536 + 7)
+
+    async def scenario(env: Env) -> None:
+        env.pool.answer = calls.Outcome(200, [("Content-Type", "text/plain"),
+                                              ("X-Mine", "1")], big, calls.OK)
+        response = await env.client.get("/hello")
+        assert response.status == 200 and response.headers["X-Mine"] == "1"
+        assert response.headers["Content-Length"] == str(len(big))
+        assert await response.read() == big
+        response = await env.client.head("/hello")
+        assert response.status == 200 and await response.read() == b""
+        assert env.front.budget.held == 0
+        env.front.budget.held = env.front.budget.limit - len(big) + 1  # others hold the rest
+        response = await env.client.get("/hello")
+        assert response.status == 503 and response.headers["Retry-After"] == "1"
+        assert "X-Mine" not in response.headers and INVOCATION_HEADER in response.headers
+        assert (await response.text()).startswith("the daemon already holds 4 MB of answers")
+
+    run(tmp_path, scenario, max_buffered_mb=4)

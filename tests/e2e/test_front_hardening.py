@@ -206,3 +206,62 @@ def test_requests_on_a_kept_alive_connection(fnd: FndServer) -> None:
     with requests.Session() as session:
         for _ in range(5):
             assert session.get(fnd.url + "/hello", timeout=10).text == "hello"
+
+
+# -- HTTP edges ------------------------------------------------------------------------------
+
+def _whole_answer(fnd: FndServer, request: bytes) -> bytes:
+    """Everything the daemon sends on a fresh connection until it closes it (or 10 s)."""
+    with socket.create_connection(_address(fnd), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_an_http_0_9_request_is_400_and_closed(fnd: FndServer) -> None:
+    answer = _whole_answer(fnd, b"GET /hello\r\n\r\n")
+    assert answer.startswith(b"HTTP/1."), answer
+    assert answer.split(b"\r\n")[0].split(b" ")[1] == b"400", answer
+    assert b"hello" not in answer.partition(b"\r\n\r\n")[2]
+    _served_quickly(fnd)
+
+
+def test_an_unknown_expectation_is_417(fnd: FndServer) -> None:
+    status, body = _raw(fnd, b"GET /hello HTTP/1.1\r\nHost: a.example\r\nExpect: 999-bogus\r\n"
+                             b"Connection: close\r\n\r\n")
+    assert (status, body) == (417, b"Expect '999-bogus' is not supported "
+                                   b"(only 100-continue is)\n")
+    _served_quickly(fnd)
+
+
+def test_expect_100_continue_gets_its_interim_answer_then_the_call(fnd: FndServer) -> None:
+    body = b"a=1&b=2"
+    with socket.create_connection(_address(fnd), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a.example\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(1)
+            assert chunk, interim
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        status, answer = _read_response(sock)
+    assert status == 200
+    event = json.loads(answer)["event"]
+    assert (event["a"], event["b"]) == ("1", "2")
+
+
+@pytest.mark.parametrize("request_line", [b"CONNECT a.example:443 HTTP/1.1",
+                                          b"TRACE /hello HTTP/1.1", b"TRACE /nowhere HTTP/1.1",
+                                          b"TRACE /style.css HTTP/1.1"])
+def test_connect_and_trace_are_405(fnd: FndServer, request_line: bytes) -> None:
+    answer = _whole_answer(fnd, request_line + b"\r\nHost: a.example:443\r\n"
+                                               b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), answer
+    method = request_line.split(b" ")[0]
+    assert answer.endswith(b"method " + method + b" is not allowed\n"), answer
+    _served_quickly(fnd)
