@@ -43,9 +43,10 @@ class ScratchMounts:
         self.root = root
         self.size_bytes = size_bytes
         self.uid_base = uid_base
-        # slot -> an O_PATH fd of its tmpfs' root. Held open, it keeps the mount's id from
+        # An O_PATH fd of each slot's tmpfs root. Held open, it keeps the mount's id from
         # being reused, so an equal id on the slot folder proves the mount there is this one.
-        self._mounted: dict[int, int] = {}
+        self._mounted: dict[int, tuple[int, int]] = {}  # slot -> (that fd, its mount id)
+        self._bare = fd_mounts.mount_id(root.fd)  # the mount a slot folder is on unmounted
 
     def path(self, slot: int) -> str:
         return os.path.join(self.root.path, f"slot-{slot}")
@@ -63,21 +64,22 @@ class ScratchMounts:
         """A fresh tmpfs on the bare slot folder; an fd of its root is kept."""
         fd = self._open(slot)
         try:
-            if fd_mounts.mount_id(fd) != fd_mounts.mount_id(self.root.fd):
+            if fd_mounts.mount_id(fd) != self._bare:
                 raise ScratchError(errno.EBUSY, f"{self.path(slot)} already has a mount "
                                                 "this fnd did not make; left alone")
             fd_mounts.mount_tmpfs(fd, SOURCE, self._options(slot), self.path(slot))
         finally:
             os.close(fd)
-        self._mounted[slot] = self._open(slot)
+        mine = self._open(slot)
+        self._mounted[slot] = (mine, fd_mounts.mount_id(mine))
 
     def _unmount(self, slot: int) -> None:
         """Detach the slot's tmpfs, only if the mount there is the one this daemon made."""
-        mine = self._mounted.pop(slot)
+        mine, mount = self._mounted.pop(slot)
         try:
             fd = self._open(slot)
             try:
-                if fd_mounts.mount_id(fd) != fd_mounts.mount_id(mine):
+                if fd_mounts.mount_id(fd) != mount:
                     raise ScratchError(errno.EBUSY, f"the mount on {self.path(slot)} is not "
                                                     "the one this fnd made; left alone")
             finally:
