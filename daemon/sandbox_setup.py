@@ -7,9 +7,8 @@ layer and the reason; in permissive mode it becomes a warning
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 from fnd.daemon.cgroups import CgroupError, Cgroups
@@ -18,7 +17,8 @@ from fnd.daemon.control import default_control_path
 from fnd.daemon.logs import get_logger
 from fnd.daemon.privileges import missing_capabilities, unwritable_cgroup_files
 from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
-from fnd.daemon.scratch import ScratchMounts, sweep_stale
+from fnd.daemon.scratch import ScratchMounts
+from fnd.daemon.scratch_root import ScratchRoot, sweep_stale
 from fnd.daemon.slot_probe import SlotProbe
 from fnd.daemon.sysv_ipc import remove_owned_by
 from fnd.daemon.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
@@ -35,7 +35,7 @@ class SandboxUnavailable(Exception):
 class SandboxSetup:
     settings: ResolvedSettings  # sent to the zygote as is, every default filled in
     cgroups: Cgroups | None
-    scratch_root: str
+    root: ScratchRoot  # every slot's scratch folder is made below it
     warnings: list[str] = field(default_factory=list)
     _probe: SlotProbe | None = None
     scratch: ScratchMounts | None = None  # None: scratch folders are not size-limited
@@ -123,7 +123,7 @@ class SandboxSetup:
             self.cgroups.cleanup()
         if self.scratch is not None:
             self.scratch.cleanup()
-        shutil.rmtree(self.scratch_root, ignore_errors=True)
+        self.root.remove()
         self.remove_ipc()
         if self.uids is not None:  # last: no worker of ours is left under these uids
             self.uids.release()
@@ -132,18 +132,23 @@ class SandboxSetup:
 
 def prepare_sandbox(config: Config) -> SandboxSetup:
     strict = config.sandbox == "strict"
+    with contextlib.suppress(OSError):  # what a daemon of ours that died left behind
+        sweep_stale()
     # Per daemon, so that two daemons on one host never share (and wipe) scratch folders.
-    scratch_root = os.path.join(tempfile.gettempdir(), f"fnd-{os.getpid()}-scratch")
+    try:
+        root = ScratchRoot.create()
+    except OSError as exc:
+        raise SandboxUnavailable(f"scratch: cannot make the scratch root: {exc}") from None
     resolved = resolve({
         "mode": "strict" if strict else "permissive",
         "uid_base": FIRST_UID if config.uid_base is None else config.uid_base,
         "memory_bytes": config.memory_mb * 1024 * 1024,
         "network": config.network,
         "project_dir": str(config.project_dir),
-        "scratch_root": scratch_root,
+        "scratch_root": root.path,
         "scratch_bytes": config.scratch_mb * 1024 * 1024,
     })
-    setup = SandboxSetup(resolved, None, scratch_root)
+    setup = SandboxSetup(resolved, None, root)
     if os.geteuid() != 0:
         setup.warnings.append(
             "not running as root: workers run as this user, without per-worker uids or cgroups"
@@ -186,8 +191,7 @@ def _claim_uids(setup: SandboxSetup, strict: bool, config: Config) -> None:
 
 def _mount_scratch(setup: SandboxSetup, strict: bool, config: Config) -> None:
     """Mount slot 0's scratch now, so that a host where this cannot work is known at start."""
-    sweep_stale(os.path.dirname(setup.scratch_root))
-    scratch = ScratchMounts(setup.scratch_root, config.scratch_mb * 1024 * 1024,
+    scratch = ScratchMounts(setup.root, config.scratch_mb * 1024 * 1024,
                             setup.settings["uid_base"])
     try:
         scratch.prepare(0)

@@ -1,92 +1,55 @@
 """Per-slot scratch folders with a size limit: one tmpfs per slot, mounted by the daemon.
 
-A worker's only writable place is ``scratch_root/slot-N``. Without a bound, a function could
-fill the host's disk through it. Each slot gets its own tmpfs (``size=scratch_bytes``, owned
-by the slot's uid, mode 0700), so a write beyond the bound fails inside the function with
-ENOSPC; tmpfs pages are charged to the memory cgroup of the process that writes them, so a
-worker's files also count against its ``memory_mb``.
+A worker's only writable place is ``<scratch root>/slot-N`` (daemon/scratch_root.py). Without
+a bound, a function could fill the host's disk through it. Each slot gets its own tmpfs
+(``size=scratch_bytes``, owned by the slot's uid, mode 0700), so a write beyond the bound
+fails inside the function with ENOSPC; tmpfs pages are charged to the memory cgroup of the
+process that writes them, so a worker's files also count against its ``memory_mb``.
 
 Emptying is a fresh mount rather than deleting files: it costs the same (~0.1 ms) whatever
 the worker left, and a process that is still dying can only write into the detached old
 mount, which is freed with its last open file. Mounting needs CAP_SYS_ADMIN (the daemon runs
 as root; the unit file grants it to the daemon, workers never hold it).
 
+Every mount is made on, and removed through, a file descriptor opened below the root's fd
+without following symlinks; an fd of each mount's root is kept, and only a mount with that
+fd's mount id is ever unmounted (docs/sandbox.md#scratch).
+
 Usage::
 
-    scratch = ScratchMounts(root, size_bytes, uid_base)
+    scratch = ScratchMounts(root, size_bytes, uid_base)   # root: a ScratchRoot
     scratch.prepare(slot)        # before the slot's worker is forked: mounted and empty
     scratch.release(slot)        # when the slot's last process is gone: empty again
-    scratch.cleanup()            # at stop: unmount everything, remove the root
+    scratch.cleanup()            # at stop: unmount what this daemon mounted
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import re
-import shutil
 
-_MS_NOSUID = 0x2
-_MS_NODEV = 0x4
-_MNT_DETACH = 0x2
-_ROOT_MODE = 0o711  # workers may traverse to their own dir, not list the others
-_STALE = re.compile(r"fnd-(\d+)-scratch")
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+from fnd.daemon import fd_mounts
+from fnd.daemon.fd_mounts import MountError as ScratchError
+from fnd.daemon.scratch_root import SOURCE, ScratchRoot
 
-
-class ScratchError(OSError):
-    """A slot's scratch tmpfs could not be mounted or emptied; the message says why."""
-
-
-def _error(code: int, what: str) -> ScratchError:
-    hint = " (needs CAP_SYS_ADMIN)" if code == errno.EPERM else ""
-    return ScratchError(code, f"{what}: {os.strerror(code)}{hint}")
-
-
-def _mount_tmpfs(path: str, options: str) -> None:
-    if _libc.mount(b"fnd-scratch", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                   options.encode()) != 0:
-        raise _error(ctypes.get_errno(), f"cannot mount a tmpfs on {path}")
-
-
-def _umount(path: str) -> bool:
-    """Detach the mount at ``path``; False if nothing was mounted there."""
-    if _libc.umount2(path.encode(), _MNT_DETACH) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOENT):
-        return False
-    raise _error(code, f"cannot unmount {path}")
-
-
-def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Every tmpfs mount point of this mount namespace."""
-    points = []
-    with open(mountinfo) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) >= 5 and right.split()[:1] == ["tmpfs"]:
-                points.append(fields[4].replace("\\040", " "))
-    return points
+__all__ = ["ScratchError", "ScratchMounts"]
 
 
 class ScratchMounts:
-    """The scratch tmpfs of every slot of this daemon."""
+    """The scratch tmpfs of every slot of this daemon, by mount id."""
 
-    def __init__(self, root: str, size_bytes: int, uid_base: int) -> None:
+    def __init__(self, root: ScratchRoot, size_bytes: int, uid_base: int) -> None:
         self.root = root
         self.size_bytes = size_bytes
         self.uid_base = uid_base
-        self._mounted: set[int] = set()
+        # An O_PATH fd of each slot's tmpfs root. Held open, it keeps the mount's id from
+        # being reused, so an equal id on the slot folder proves the mount there is this one.
+        self._mounted: dict[int, tuple[int, int]] = {}  # slot -> (that fd, its mount id)
+        self._bare = fd_mounts.mount_id(root.fd)  # the mount a slot folder is on unmounted
 
     def path(self, slot: int) -> str:
-        return os.path.join(self.root, f"slot-{slot}")
+        return os.path.join(self.root.path, f"slot-{slot}")
 
     def _options(self, slot: int) -> str:
         uid = self.uid_base + slot
@@ -94,65 +57,74 @@ class ScratchMounts:
         inodes = max(1024, self.size_bytes // 4096)
         return f"size={self.size_bytes},nr_inodes={inodes},mode=0700,uid={uid},gid={uid}"
 
+    def _open(self, slot: int) -> int:
+        return fd_mounts.open_dir(f"slot-{slot}", self.root.fd)
+
+    def _mount(self, slot: int) -> None:
+        """A fresh tmpfs on the bare slot folder; an fd of its root is kept."""
+        fd = self._open(slot)
+        try:
+            if fd_mounts.mount_id(fd) != self._bare:
+                raise ScratchError(errno.EBUSY, f"{self.path(slot)} already has a mount "
+                                                "this fnd did not make; left alone")
+            fd_mounts.mount_tmpfs(fd, SOURCE, self._options(slot), self.path(slot))
+        finally:
+            os.close(fd)
+        mine = self._open(slot)
+        self._mounted[slot] = (mine, fd_mounts.mount_id(mine))
+
+    def _unmount(self, slot: int) -> None:
+        """Detach the slot's tmpfs, only if the mount there is the one this daemon made."""
+        mine, mount = self._mounted.pop(slot)
+        try:
+            fd = self._open(slot)
+            try:
+                if fd_mounts.mount_id(fd) != mount:
+                    raise ScratchError(errno.EBUSY, f"the mount on {self.path(slot)} is not "
+                                                    "the one this fnd made; left alone")
+            finally:
+                os.close(fd)
+            fd_mounts.unmount(mine, self.path(slot))
+        finally:
+            os.close(mine)
+
     def prepare(self, slot: int) -> str:
         """Mount the slot's tmpfs (first use) or make sure it is empty. Raises ScratchError."""
-        path = self.path(slot)
         if slot not in self._mounted:
-            os.makedirs(self.root, mode=_ROOT_MODE, exist_ok=True)
             with contextlib.suppress(FileExistsError):
-                os.mkdir(path, 0o700)
-            while os.path.ismount(path) and _umount(path):  # left by an earlier daemon
-                pass
-            _mount_tmpfs(path, self._options(slot))
-            self._mounted.add(slot)
+                os.mkdir(f"slot-{slot}", 0o700, dir_fd=self.root.fd)
+            self._mount(slot)
         elif self.has_files(slot):
             self.release(slot)
-        return path
+        return self.path(slot)
 
     def has_files(self, slot: int) -> bool:
         """Anything left in the slot's scratch (one directory read)."""
         if slot not in self._mounted:
             return False
         try:
-            with os.scandir(self.path(slot)) as entries:
-                return next(entries, None) is not None
+            fd = os.open(f"slot-{slot}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, dir_fd=self.root.fd)
         except OSError:
             return True  # unreadable: start it afresh
+        try:
+            with os.scandir(fd) as entries:
+                return next(entries, None) is not None
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
 
     def release(self, slot: int) -> None:
         """Empty the slot's scratch: a fresh tmpfs in place of the old one."""
         if slot not in self._mounted:
             return
-        path = self.path(slot)
-        _umount(path)
-        try:
-            _mount_tmpfs(path, self._options(slot))
-        except ScratchError:
-            self._mounted.discard(slot)  # prepare() tries again from scratch
-            raise
+        self._unmount(slot)  # not mounted any more as far as prepare() knows, if this fails
+        self._mount(slot)
 
     def cleanup(self) -> None:
-        """Unmount every slot's tmpfs and remove the root (at stop)."""
+        """Unmount every slot's tmpfs this daemon made (at stop)."""
         for slot in sorted(self._mounted):
             with contextlib.suppress(OSError):
-                _umount(self.path(slot))
+                self._unmount(slot)
         self._mounted.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def sweep_stale(parent: str) -> list[str]:
-    """Unmount and remove scratch mounts of daemons that are gone (``fnd-<pid>-scratch``)."""
-    removed = []
-    prefix = parent.rstrip("/") + "/"
-    for point in mount_points():
-        if not point.startswith(prefix):
-            continue
-        match = _STALE.fullmatch(point[len(prefix):].split("/", 1)[0])
-        if not match or os.path.exists(f"/proc/{match[1]}"):
-            continue
-        with contextlib.suppress(OSError):
-            _umount(point)
-            removed.append(point)
-    for point in removed:
-        shutil.rmtree(os.path.dirname(point), ignore_errors=True)
-    return removed

@@ -18,7 +18,7 @@ from fnd.daemon import memory, output_cap, socket_claim
 from fnd.daemon.app import FrontEnd
 from fnd.daemon.canary import self_check
 from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
-from fnd.daemon.control import ControlServer, default_control_path
+from fnd.daemon.control import ControlServer, check_folder, default_control_path
 from fnd.daemon.deps import DepsMismatch, installed_folder
 from fnd.daemon.http_timeouts import TimeoutServer
 from fnd.daemon.listen import make_fd_room, start_sites
@@ -137,6 +137,7 @@ class Daemon:
         started = time.monotonic()
         try:  # before any worker starts: a second fnd on the same sockets stops at once
             http_socket = None if socket_activated() else self.config.unix  # systemd's own
+            check_folder(self.control.path)  # before it is trusted with the socket
             for path in (self.control.path, http_socket):
                 if path:
                     socket_claim.claim(path)

@@ -4,7 +4,8 @@ Binding a unix socket where a file exists means removing the file first (asyncio
 silently). If a running fnd owns that path, the newcomer would take its clients, and when the
 newcomer exits the path is gone: the first one can no longer be reached. So before binding,
 fnd connects to the path: someone answering → refuse, naming them; nobody → a stale file from
-a run that ended without cleaning up, removed.
+a run that ended without cleaning up, removed. A refused connection is the proof, not a pid:
+it holds whatever pid namespace the other daemon runs in.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ whose ranges overlap would share uids: RLIMIT_NPROC counts, and a worker of one 
 the other's workers. So each daemon claims its range for its whole life: it keeps a file
 `<first>-<last>` in LOCK_DIR open with an exclusive flock and records its pid, project and
 control socket in it. The kernel drops the lock when the process ends, however it ends: a
-file whose lock can be taken is a leftover, removed at the next scan. Scans and claims hold a
-lock on the folder itself, so two daemons starting at once never pick the same range.
+file whose lock can be taken is a leftover, removed at the next scan. The lock, not the
+recorded pid, is the proof: it holds across pid namespaces, so a daemon in a container or
+under `unshare --pid` never takes a live neighbour's range (its pid is only shown). Scans
+and claims hold a lock on the folder itself, so two daemons starting at once never pick the
+same range.
 
 Unset `uid_base`: the first free block of BLOCK uids (more for big pools) from FIRST_UID,
 below systemd's DynamicUser= range, then above 65535, that no live daemon holds and no

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +19,7 @@ import pytest
 
 from fnd.ctl.client import request as control_request
 from fnd.daemon.output_cap import SLACK
+from fnd.daemon.scratch_root import roots_of
 from fnd.protocol.sandbox_settings import MiB
 from tests.fndserver import FndServer, running, until
 
@@ -37,7 +37,8 @@ def fnd() -> Iterator[FndServer]:
 
 
 def _scratch_root(fnd: FndServer) -> str:
-    return os.path.join(tempfile.gettempdir(), f"fnd-{fnd.process.pid}-scratch")
+    [root] = roots_of(fnd.process.pid)
+    return root
 
 
 def _next_request_works(fnd: FndServer) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from fnd.daemon.scratch_root import roots_of
 from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
 from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server
@@ -161,7 +161,7 @@ def test_write_outside_scratch_is_refused(fnd: FndServer) -> None:
 def test_write_inside_scratch_works(fnd: FndServer) -> None:
     result = attempt(fnd, "/write_scratch")
     assert result["text"] == "scratch works"
-    scratch_root = os.path.join(tempfile.gettempdir(), f"fnd-{fnd.process.pid}-scratch")
+    [scratch_root] = roots_of(fnd.process.pid)
     assert re.fullmatch(re.escape(scratch_root) + r"/slot-\d+", result["cwd"])
     assert result["tmpdir"] == result["cwd"]
 

@@ -4,23 +4,33 @@ Both daemons run with default settings, side by side, as they would under fnd@a 
 each holds a range of worker uids no other fnd uses, and a function of project A, whatever it
 tries, cannot read project B's files, signal or trace B's workers, or talk to B's daemon. A
 daemon told to use uids another one holds refuses to start, naming the holder.
+
+State on the host that every daemon sees (scratch folders and mounts, cgroups, uid claims,
+sockets) is judged by its namespace: a daemon in another pid namespace never takes this one's,
+and folders another user planted are neither used nor mounted on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from fnd.ctl.client import request as control_request
+from fnd.daemon.fd_mounts import mounts
+from fnd.daemon.scratch_root import roots_of
 from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
 
 pytestmark = pytest.mark.root_only  # worker uids
@@ -175,3 +185,108 @@ def test_a_range_is_free_again_once_its_daemon_is_gone() -> None:
     with running("project_b", env={"FND_UID_BASE": str(taken["first"]),
                                    "FND_WORKERS_MIN": "1"}) as second:
         assert second.status()["uids"]["first"] == taken["first"]
+
+
+# --- host-wide state: each daemon judges only its own pid namespace --------------------------
+
+NOBODY = 65534
+
+
+def _in_new_pid_namespace(command: list[str]) -> list[str]:
+    # --kill-child: should the test fail first, the SIGTERM that ends unshare reaches fnd.
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", *command]
+
+
+def _writes_to_scratch_work(fnd: FndServer) -> None:
+    """Every answer of a function that writes a file in its cwd (its scratch) is a 200."""
+    for _ in range(4):
+        answer = fnd.get("/leave_file")
+        assert answer.status_code == 200, answer.text
+
+
+def _stop_namespace_init(fnd: FndServer) -> None:
+    """SIGTERM to the `fnd serve` that is PID 1 of the namespace (unshare forwards nothing);
+    unshare then exits with its exit code."""
+    [init] = psutil.Process(fnd.process.pid).children()
+    init.send_signal(signal.SIGTERM)
+    assert fnd.process.wait(30) == 0
+    fnd.wait_for(lambda line: line.get("event") == "stopped")
+
+
+def _reload(fnd: FndServer) -> None:
+    answer = asyncio.run(control_request(fnd.control, {"cmd": "reload"}))
+    assert answer["ok"] is True, answer
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_a_daemon_in_another_pid_namespace_leaves_this_ones_scratch_alone() -> None:
+    with running("bounds") as first:  # workers_max 2: one worker, room for a reload
+        _writes_to_scratch_work(first)
+        # As fnd as PID 1 of a container, or the PID-1 tests, start one.
+        with running("bounds", wrap=_in_new_pid_namespace) as second:
+            assert second.get("/leave_file").status_code == 200
+            # Uid claims are judged by their lock, not by a pid: the ranges stay apart.
+            assert not set(_uids(first)) & set(_uids(second))
+            _writes_to_scratch_work(first)
+            _reload(first)
+            _writes_to_scratch_work(first)
+            assert first.status()["ok"] is True
+            _stop_namespace_init(second)
+        # Its clean-up at stop did not take the first one's scratch with it either.
+        _writes_to_scratch_work(first)
+        _reload(first)
+        _writes_to_scratch_work(first)
+        status = first.status()
+        assert status["ok"] is True and not status["broken"], status
+
+
+def _plant_as_nobody(parent: Path, names: list[str], target: Path) -> None:
+    """As another user would: each name a folder whose slot-0 and slot-1 point at target."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            for name in names:
+                with contextlib.suppress(FileExistsError):
+                    (parent / name).mkdir()
+                    for slot in ("slot-0", "slot-1"):
+                        (parent / name / slot).symlink_to(target)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_decoy_scratch_folders_of_another_user_neither_stop_fnd_nor_get_mounted_on() -> None:
+    parent = Path(tempfile.gettempdir())
+    target = Path(tempfile.mkdtemp(prefix="fnd-test-target-"))
+    (target / "kept").write_text("unchanged")
+    os.chown(target, NOBODY, NOBODY)
+    # The old root's name carried only the daemon's pid: plant it for the next pids, one of
+    # which the daemon below gets; and the new pattern for a pid that runs nothing.
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    top = int(Path("/proc/sys/kernel/pid_max").read_text())
+    names = [f"fnd-{(last + i) % top}-scratch" for i in range(1, 3000)]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    names.append(f"fnd-scratch-{os.stat('/proc/self/ns/pid').st_ino}-{dead}-decoy")
+    _plant_as_nobody(parent, names, target)
+    try:
+        with running("bounds", "--workers-min", "2") as fnd:
+            _writes_to_scratch_work(fnd)
+            assert str(target) not in [m.point for m in mounts()]
+            assert os.listdir(target) == ["kept"]
+            assert (parent / names[-1] / "slot-0").is_symlink()  # not swept: not fnd's
+            [root] = roots_of(fnd.process.pid)  # its own, fresh, root's alone
+            assert fnd.get("/leave_file").json()["cwd"].startswith(root + "/slot-")
+            assert os.lstat(root).st_uid == 0
+    finally:
+        for point in [m.point for m in mounts()]:
+            if point == str(target):  # what an fnd that fell for the decoy mounted there
+                subprocess.run(["umount", "-l", point], check=False)
+        for name in names:
+            shutil.rmtree(parent / name, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
