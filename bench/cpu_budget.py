@@ -38,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import hey
 from bench.peers_systems import PEER_PROJECTS, fnd
-from fnd.daemon.cgroups import Cgroups
+from fnd.daemon.sandbox.cgroups import Cgroups
 from fnd.protocol import FrameDecoder, encode
 from fnd.protocol import messages as m
 from fnd.worker import loop as worker_loop
-from fnd.worker import output, sandbox, sandbox_process
+from fnd.worker import output, sandbox
 from fnd.worker import zygote as _zygote  # noqa: F401 - the zygote's imports, so the same memory
+from fnd.worker.sandbox import process as sandbox_process
 
 CORES = os.cpu_count() or 1
 STAGES = ("fork + exit", "+ sandbox", "+ ready", "+ invoke, kill")

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BENCH, FndInstance, Load, fnd_instance, wrk  # noqa: E402
 from fnd.ctl.client import request  # noqa: E402
-from fnd.worker import sandbox_seccomp  # noqa: E402
-from fnd.worker.sandbox_libc import PR_SET_NO_NEW_PRIVS, prctl  # noqa: E402
+from fnd.worker.sandbox import seccomp as sandbox_seccomp  # noqa: E402
+from fnd.worker.sandbox.libc import PR_SET_NO_NEW_PRIVS, prctl  # noqa: E402
 
 HELLO = BENCH / "projects" / "hello"
 MiB = 1024 * 1024

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import msgpack  # noqa: F401 - part of the zygote's runtime, so part of what fork copies
 import twilio.rest  # noqa: F401
 
-from fnd.daemon.cgroups import Cgroups
+from fnd.daemon.sandbox.cgroups import Cgroups
 from fnd.worker import sandbox
 
 _TIMES = struct.Struct("dd")

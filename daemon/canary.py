@@ -20,7 +20,7 @@ from fnd import worker
 from fnd.daemon.calls import Call, Invocation
 from fnd.daemon.config import Config
 from fnd.daemon.logs import get_logger
-from fnd.daemon.pool import Pool, PoolError
+from fnd.daemon.pool.pool import Pool, PoolError
 
 _log = get_logger("fnd")
 FUNCTION_FILE = str(Path(worker.__path__[0]) / "canary_function.py")

@@ -17,7 +17,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from fnd.daemon.hostname import url_host
+from fnd.daemon.http.hostname import url_host
 from fnd.daemon.settings_table import BY_NAME, names
 from fnd.protocol.frames import MAX_FRAME
 

@@ -23,7 +23,7 @@ reader). Routes store the real path with the file's device and inode, and HTTP p
 looked up in a dict and never joined onto the filesystem, so path traversal cannot happen by
 construction. Symlinks are followed here, at scan time only: serving an asset reopens the
 recorded real path with no symlink followed and checks it is still the same file
-(:mod:`fnd.daemon.asset_files`).
+(:mod:`fnd.daemon.http.asset_files`).
 
 Problems are collected, never raised: ``--strict`` is the caller's business. The daemon never
 imports user code; functions are only parsed with :mod:`ast` to report syntax errors early.

@@ -14,23 +14,25 @@ from typing import Any
 from aiohttp import web
 
 from fnd import __version__
-from fnd.daemon import memory, output_cap, socket_claim
-from fnd.daemon.app import FrontEnd
 from fnd.daemon.canary import self_check
 from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
-from fnd.daemon.control import ControlServer, check_folder, default_control_path
 from fnd.daemon.deps import DepsMismatch, installed_folder
-from fnd.daemon.http_timeouts import TimeoutServer
-from fnd.daemon.listen import make_fd_room, start_sites
+from fnd.daemon.http import memory
+from fnd.daemon.http.app import FrontEnd
+from fnd.daemon.http.listen import make_fd_room, start_sites
+from fnd.daemon.http.timeouts import TimeoutServer
 from fnd.daemon.logs import get_logger
-from fnd.daemon.metrics import render_metrics, start_metrics_server
-from fnd.daemon.pool import FunctionsBroken, Pool, PoolError
+from fnd.daemon.ops import socket_claim
+from fnd.daemon.ops.control import ControlServer, check_folder, default_control_path
+from fnd.daemon.ops.metrics import render_metrics, start_metrics_server
+from fnd.daemon.ops.systemd import Notifier, socket_activated, watchdog_loop
+from fnd.daemon.ops.watch import Watcher
+from fnd.daemon.pool import output_cap
+from fnd.daemon.pool.pool import FunctionsBroken, Pool, PoolError
+from fnd.daemon.pool.spawner import ZygoteSpawner
 from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
-from fnd.daemon.sandbox_setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
-from fnd.daemon.spawner import ZygoteSpawner
+from fnd.daemon.sandbox.setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from fnd.daemon.stats import Stats
-from fnd.daemon.systemd import Notifier, socket_activated, watchdog_loop
-from fnd.daemon.watch import Watcher
 from fnd.protocol import messages as m
 from fnd.protocol.sandbox_settings import ResolvedSettings
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
 
-from fnd.daemon import calls, deaths
+from fnd.daemon import calls
 from fnd.daemon.logs import get_logger
+from fnd.daemon.pool import deaths
 
 # Upper bounds (seconds) of the latency histograms; +Inf is implied. Hello-world through the
 # worker hop is ~0.2 ms and the default time limit is 5 s, so this spans both ends.
@@ -25,9 +26,9 @@ BUCKETS: tuple[float, ...] = (
 NO_FUNCTION = "-"  # the function label for requests that matched no function (404s, assets)
 OUTCOMES = (calls.OK, calls.ERROR, calls.TIMEOUT, calls.CRASH, calls.OVERLOAD, calls.REJECTED)
 # Worker restarts that mean a worker died under us, as opposed to a planned recycle/reload or
-# a kill we decided (timeout, unclean); names from fnd.daemon.deaths. Many of them in a short
+# a kill we decided (timeout, unclean); names from fnd.daemon.pool.deaths. Many of them in a short
 # time is a "crash storm".
-CRASH_REASONS = deaths.UNPLANNED  # one vocabulary: daemon/deaths.py
+CRASH_REASONS = deaths.UNPLANNED  # one vocabulary: daemon/pool/deaths.py
 CRASH_WINDOW = 60.0  # seconds that recent_crashes() looks back
 # fnd's own invocations (the start-up self-check): logged, never counted. No project route can
 # start so, since the project scan skips dot names.

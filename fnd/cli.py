@@ -186,7 +186,7 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fnd.daemon.pid1 import become_init_if_pid1
+    from fnd.daemon.ops.pid1 import become_init_if_pid1
 
     become_init_if_pid1()  # first: as PID 1, this process stays the init, the child serves
     from fnd.daemon.server import StartupError, serve

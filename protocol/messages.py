@@ -77,7 +77,7 @@ class WorkerConfig(TypedDict, total=False):
 # -- the frames, one declaration each (the table above in types) ------------------------
 # Senders build them as literals annotated with these types, so mypy checks every field at
 # no run-time cost (a TypedDict is a plain dict). A received frame is a Message until it is
-# checked: the daemon checks a worker's frames in daemon/frame_check.py (untrusted), the
+# checked: the daemon checks a worker's frames in daemon/pool/frame_check.py (untrusted), the
 # worker checks INVOKE in worker/loop.py.
 
 class Configure(TypedDict):

@@ -29,8 +29,8 @@ Keys:
   readable_paths      extra read-only paths on top of the interpreter, venv, /usr and /etc
   hidden_paths        paths never readable even when under a readable path (project_dir and
                       scratch_root are always hidden except for what is granted explicitly)
-  cgroup_dirs         the worker's own cgroup dirs, made by daemon/cgroups.py; "{slot}" in an
-                      entry is replaced by the slot number
+  cgroup_dirs         the worker's own cgroup dirs, made by daemon/sandbox/cgroups.py; "{slot}" in
+                      an entry is replaced by the slot number
 
 The worker answers with a report ``{layer: value}``: "on", a detail such as "abi 7" or
 "61003", "off: reason" for a layer that should be there and is not, or "n/a: reason" for a

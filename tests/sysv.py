@@ -1,4 +1,4 @@
-"""Real System V objects for the tests of the daemon's IPC belt (daemon/sysv_ipc.py).
+"""Real System V objects for the tests of the daemon's IPC belt (daemon/sandbox/sysv_ipc.py).
 
 Made by root with libc, handed to a worker uid with IPC_SET (owner) or made by a child that
 runs as that uid (creator), removed with IPC_RMID whatever the test's outcome.
@@ -11,7 +11,7 @@ import ctypes
 import os
 from collections.abc import Iterator
 
-from fnd.daemon.sysv_ipc import IpcObject, listed, remove
+from fnd.daemon.sandbox.sysv_ipc import IpcObject, listed, remove
 
 IPC_PRIVATE = 0
 IPC_CREAT = 0o1000

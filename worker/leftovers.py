@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from fnd.worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, prctl  # loaded once, in the zygote
+from fnd.worker.sandbox.libc import PR_SET_CHILD_SUBREAPER, prctl  # loaded once, in the zygote
 
 _thread_count: Callable[[], int] = getattr(_thread, "_count", lambda: threading.active_count() - 1)
 

@@ -24,8 +24,9 @@ from fnd.protocol import messages as m
 
 # Imported here, before any fork, so every worker starts with the runtime already loaded.
 from fnd.worker import loop as worker_loop
-from fnd.worker import output, sandbox, sandbox_process
-from fnd.worker.sandbox_libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
+from fnd.worker import output, sandbox
+from fnd.worker.sandbox import process as sandbox_process
+from fnd.worker.sandbox.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
 
 _FDS_PER_SPAWN = 3
 

@@ -1,6 +1,6 @@
 """The operator's side of the control socket: send one JSON request, read one JSON answer.
 
-The server side, and the socket's default path, are in ``fnd.daemon.control``.
+The server side, and the socket's default path, are in ``fnd.daemon.ops.control``.
 """
 
 from __future__ import annotations

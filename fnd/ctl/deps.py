@@ -41,7 +41,7 @@ from fnd.daemon.deps import (
     normalize,
     stale_shared,
 )
-from fnd.daemon.safe_open import open_beneath
+from fnd.daemon.http.safe_open import open_beneath
 
 _PIP_TAIL = 15  # lines of pip's output shown when it fails
 BUILD_TIMEOUT = 1800.0  # seconds pip may take, downloads and builds included

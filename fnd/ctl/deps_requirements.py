@@ -20,7 +20,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 
-from fnd.daemon.safe_open import open_beneath
+from fnd.daemon.http.safe_open import open_beneath
 
 try:
     from packaging.requirements import InvalidRequirement, Requirement

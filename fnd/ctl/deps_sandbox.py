@@ -2,7 +2,7 @@
 
 pip runs whatever a package's build asks (an sdist's setup.py), so it gets what a worker
 gets and no more. As root, fnd claims a free block of uids the way a daemon claims its
-workers' (:mod:`fnd.daemon.uid_claim`: no live daemon holds it, no process runs as it) and
+workers' (:mod:`fnd.daemon.sandbox.uid_claim`: no live daemon holds it, no process runs as it) and
 runs pip as its first uid, which is therefore neither root nor any project's worker uid.
 The child forks, drops to that uid, sets no_new_privs, applies Landlock and the workers'
 seccomp filter (network allowed), then execs pip: all three survive exec. Landlock grants
@@ -30,12 +30,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fnd.daemon import uid_claim
-from fnd.worker import sandbox_landlock as landlock
-from fnd.worker import sandbox_paths as paths
-from fnd.worker import sandbox_seccomp as seccomp
-from fnd.worker.sandbox_identity import die_with_parent, drop_to, no_new_privs
-from fnd.worker.sandbox_process import close_fds
+from fnd.daemon.sandbox import uid_claim
+from fnd.worker.sandbox import landlock, paths, seccomp
+from fnd.worker.sandbox.identity import die_with_parent, drop_to, no_new_privs
+from fnd.worker.sandbox.process import close_fds
 
 OUTPUT_TAIL = 64 * 1024  # bytes of pip's output kept (its last lines are shown on failure)
 HIDDEN = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/root")

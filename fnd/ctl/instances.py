@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from fnd.daemon.control import default_control_path
+from fnd.daemon.ops.control import default_control_path
 
 RUN_DIR = "/run/fnd"
 

@@ -1,5 +1,5 @@
 """A stand-in for the pool under the real front-end: what FrontEnd calls (``invoke``), no
-processes. It ends each call the way the real pool does (daemon/pool.py): a refused call is
+processes. It ends each call the way the real pool does (daemon/pool/pool.py): a refused call is
 resolved without a worker; a call a worker takes gets a pid, is answered, then completed.
 """
 

@@ -15,8 +15,8 @@ import signal
 from collections.abc import Callable
 from typing import cast
 
-from fnd.daemon.spawner import SpawnEvents
-from fnd.daemon.zygote_client import SpawnedPipes, ZygoteError
+from fnd.daemon.pool.spawner import SpawnEvents
+from fnd.daemon.pool.zygote_client import SpawnedPipes, ZygoteError
 from fnd.protocol import FrameDecoder, encode
 from fnd.protocol import messages as m
 from fnd.protocol.sandbox_settings import LAYERS

@@ -12,7 +12,7 @@ from typing import Any
 
 from fnd.daemon.calls import Call, Invocation, Outcome
 from fnd.daemon.config import Config
-from fnd.daemon.pool import Pool
+from fnd.daemon.pool.pool import Pool
 from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import FakeSpawner, FakeWorker

@@ -1,8 +1,8 @@
-"""The budget of large answers held for clients (daemon/answer_stream.py)."""
+"""The budget of large answers held for clients (daemon/http/answer_stream.py)."""
 
 from __future__ import annotations
 
-from fnd.daemon.answer_stream import AnswerBudget
+from fnd.daemon.http.answer_stream import AnswerBudget
 
 MB = 1024 * 1024
 

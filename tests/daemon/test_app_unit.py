@@ -1,4 +1,4 @@
-"""The front-end (daemon/app.py) over real HTTP, with a fake pool under it: no processes.
+"""The front-end (daemon/http/app.py) over real HTTP, with a fake pool under it: no processes.
 
 aiohttp's test server runs the real ``FrontEnd.handle``; tests/daemon/fake_pool.py stands in
 for the pool. Each request's one log line is read from the real Stats, through a logger that
@@ -18,8 +18,8 @@ from aiohttp.test_utils import RawTestServer, TestClient
 from twilio.request_validator import RequestValidator
 
 from fnd.daemon import calls
-from fnd.daemon.app import INVOCATION_HEADER, FrontEnd
 from fnd.daemon.config import Config, load_config
+from fnd.daemon.http.app import INVOCATION_HEADER, FrontEnd
 from fnd.daemon.project import scan_project
 from fnd.daemon.stats import Stats
 from tests.daemon.fake_pool import WORKER_PID, FakePool

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fnd.daemon.asset_files import AssetFiles
-from fnd.daemon.asset_response import AssetResponse
+from fnd.daemon.http.asset_files import AssetFiles
+from fnd.daemon.http.asset_response import AssetResponse
 from fnd.daemon.project import scan_project
 
 BIG = "".join(f"{i:08d}\n" for i in range(100_000))  # 900 kB: several chunks

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.cgroups import CgroupError, Cgroups, _parse_mountinfo, _parse_proc_cgroup, detect
+from fnd.daemon.sandbox.cgroups import (
+    CgroupError,
+    Cgroups,
+    _parse_mountinfo,
+    _parse_proc_cgroup,
+    detect,
+)
 from tests.processes import reap
 
 MiB = 1024 * 1024
@@ -50,7 +56,7 @@ def cg() -> Iterator[Cgroups]:
 
 @contextlib.contextmanager
 def _subreaper() -> Iterator[None]:
-    from fnd.worker.sandbox_libc import prctl
+    from fnd.worker.sandbox.libc import prctl
 
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     try:

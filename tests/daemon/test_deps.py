@@ -31,7 +31,7 @@ from fnd.daemon.deps import (
     interpreter_tag,
     wanted_folder,
 )
-from fnd.daemon.sandbox_check import check_readable_for_uid
+from fnd.daemon.sandbox.read_check import check_readable_for_uid
 
 # six: tiny and not one of fnd's; python-dotenv: one of fnd's, so it must be left to fnd's copy.
 REQUIREMENTS = "six\npython-dotenv\n"

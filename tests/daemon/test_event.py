@@ -10,7 +10,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
-from fnd.daemon.event import (
+from fnd.daemon.http.event import (
     MAX_JSON_DEPTH,
     NO_BODY,
     EventError,

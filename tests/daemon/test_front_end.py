@@ -17,9 +17,9 @@ import structlog
 from aiohttp.test_utils import make_mocked_request
 
 from fnd.daemon import logs
-from fnd.daemon.app import FrontEnd
 from fnd.daemon.calls import Call, Outcome
 from fnd.daemon.config import load_config
+from fnd.daemon.http.app import FrontEnd
 from fnd.daemon.project import scan_project
 from fnd.daemon.stats import Stats
 

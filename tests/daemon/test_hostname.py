@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fnd.daemon.hostname import url_host, valid_host
+from fnd.daemon.http.hostname import url_host, valid_host
 
 
 @pytest.mark.parametrize("host", [

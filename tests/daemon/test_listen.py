@@ -1,4 +1,4 @@
-"""Room for max_connections (daemon/listen.py): the soft descriptor limit is raised to fit."""
+"""Room for max_connections (daemon/http/listen.py): the soft descriptor limit is raised to fit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 _CHILD = """
 import resource, sys
-from fnd.daemon.listen import make_fd_room
+from fnd.daemon.http.listen import make_fd_room
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, int(sys.argv[1])))
 warning = make_fd_room(1000)
 print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], warning is not None)

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fnd.daemon import calls
-from fnd.daemon.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
+from fnd.daemon.ops.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
 from fnd.daemon.stats import BUCKETS, Histogram, Stats
 
 # -- the parser and the rules on top --------------------------------------------------------

@@ -14,8 +14,10 @@ import signal
 
 import pytest
 
-from fnd.daemon import calls, deaths, pool_queue, worker_proc
-from fnd.daemon import pool as pool_module
+from fnd.daemon import calls
+from fnd.daemon.pool import deaths, worker_proc
+from fnd.daemon.pool import pool as pool_module
+from fnd.daemon.pool import queue as pool_queue
 from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import (
     SIGKILLED,

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from fnd.daemon import deaths
-from fnd.daemon import pool as pool_module
-from fnd.daemon.pool import FunctionsBroken, PoolError
+from fnd.daemon.pool import deaths
+from fnd.daemon.pool import pool as pool_module
+from fnd.daemon.pool.pool import FunctionsBroken, PoolError
 from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import FakeSpawner, FakeWorker, exit_code, hang
 from tests.daemon.pool_harness import Scene, holding, run, until

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fnd.daemon.privileges import missing_capabilities
+from fnd.daemon.sandbox.privileges import missing_capabilities
 
 _ALL = "000001ffffffffff"
 

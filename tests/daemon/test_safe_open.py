@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon import safe_open
-from fnd.daemon.asset_files import AssetFiles, AssetGone
+from fnd.daemon.http import safe_open
+from fnd.daemon.http.asset_files import AssetFiles, AssetGone
+from fnd.daemon.http.safe_open import open_beneath, open_directory
 from fnd.daemon.project import scan_project
-from fnd.daemon.safe_open import open_beneath, open_directory
 
 
 @pytest.fixture(params=["openat2", "walk"])

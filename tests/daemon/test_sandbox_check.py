@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon import sandbox_check
-from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
+from fnd.daemon.sandbox import read_check as sandbox_check
+from fnd.daemon.sandbox.read_check import check_readable_for_uid, interpreter_paths, project_paths
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
 

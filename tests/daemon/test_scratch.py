@@ -1,5 +1,5 @@
-"""Per-slot scratch tmpfs (daemon/scratch.py) below a scratch root made and swept by fd
-(daemon/scratch_root.py), with real mounts (run as root, as CI does)."""
+"""Per-slot scratch tmpfs (daemon/sandbox/scratch.py) below a scratch root made and swept by fd
+(daemon/sandbox/scratch_root.py), with real mounts (run as root, as CI does)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.fd_mounts import mounts
-from fnd.daemon.output_cap import SLACK, OutputCap, Verdict
-from fnd.daemon.scratch import ScratchError, ScratchMounts
-from fnd.daemon.scratch_root import ScratchRoot, pid_namespace, sweep_stale
+from fnd.daemon.pool.output_cap import SLACK, OutputCap, Verdict
+from fnd.daemon.sandbox.fd_mounts import mounts
+from fnd.daemon.sandbox.scratch import ScratchError, ScratchMounts
+from fnd.daemon.sandbox.scratch_root import ScratchRoot, pid_namespace, sweep_stale
 
 MiB = 1024 * 1024
 NOBODY = 65534
@@ -190,7 +190,7 @@ def test_a_decoy_planted_by_another_uid_is_left_alone() -> None:
         shutil.rmtree(tmp_path)
 
 
-# --- the daemon's output cap (daemon/output_cap.py) --------------------------------------------
+# --- the daemon's output cap (daemon/pool/output_cap.py) ------------------------------------------
 
 
 def test_output_cap_counts_per_invocation_and_cuts_once() -> None:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, MultiDict
 from twilio.request_validator import RequestValidator
 
-from fnd.daemon.signature import TrustedProxies, check_signature, signed_url, url_for_request
+from fnd.daemon.http.signature import TrustedProxies, check_signature, signed_url, url_for_request
 
 TOKEN = "12345678901234567890123456789012"
 OTHER_TOKEN = "abcdefabcdefabcdefabcdefabcdefab"

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fnd.daemon import systemd
-from fnd.daemon.systemd import Notifier, listen_fds, watchdog_loop
+from fnd.daemon.ops import systemd
+from fnd.daemon.ops.systemd import Notifier, listen_fds, watchdog_loop
 
 DEADLINE = 5.0  # generous upper bound for anything that should happen "now"
 
@@ -232,7 +232,7 @@ os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
 
 CHILD = """
 import fcntl, json, os, socket
-from fnd.daemon.systemd import listen_fds
+from fnd.daemon.ops.systemd import listen_fds
 socks = listen_fds()
 report = {
     "env": sorted(k for k in os.environ if k.startswith("LISTEN_")),

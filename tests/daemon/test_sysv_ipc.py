@@ -1,4 +1,4 @@
-"""The daemon's System V IPC belt (daemon/sysv_ipc.py): the /proc/sysvipc parser, and (as
+"""The daemon's System V IPC belt (daemon/sandbox/sysv_ipc.py): the /proc/sysvipc parser, and (as
 root) real objects removed by owner and by creator while others' stay."""
 
 # ruff: noqa: E501 - the kernel's tables below are quoted as it prints them
@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from fnd.daemon import sysv_ipc
-from fnd.daemon.sysv_ipc import IpcObject
-from fnd.daemon.uid_claim import claim
+from fnd.daemon.sandbox import sysv_ipc
+from fnd.daemon.sandbox.sysv_ipc import IpcObject
+from fnd.daemon.sandbox.uid_claim import claim
 from tests import sysv
 
 # As the kernel (6.x) prints them: fixed-width columns, decimal keys.

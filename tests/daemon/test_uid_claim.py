@@ -1,4 +1,5 @@
-"""Worker uid ranges (daemon/uid_claim.py), held by real processes in a private lock folder."""
+"""Worker uid ranges (daemon/sandbox/uid_claim.py), held by real processes in a private lock
+folder."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.uid_claim import BLOCK, FIRST_UID, UidRangeTaken, claim, live_holders
+from fnd.daemon.sandbox.uid_claim import BLOCK, FIRST_UID, UidRangeTaken, claim, live_holders
 
 _HOLD = """
 import sys
-from fnd.daemon.uid_claim import claim
+from fnd.daemon.sandbox.uid_claim import claim
 held = claim({base}, 8, "/srv/fnd/other", "/run/fnd/other/control.sock", lock_dir={dir!r})
 print(held.first, held.last, flush=True)
 sys.stdin.read()  # hold it until told to go (or killed)

@@ -1,4 +1,5 @@
-"""The dev-mode watcher's snapshots (daemon/watch.py) and the death causes (daemon/deaths.py)."""
+"""The dev-mode watcher's snapshots (daemon/ops/watch.py) and the death causes
+(daemon/pool/deaths.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from fnd.daemon import deaths, logs
-from fnd.daemon.watch import Watcher, changes, snapshot
+from fnd.daemon import logs
+from fnd.daemon.ops.watch import Watcher, changes, snapshot
+from fnd.daemon.pool import deaths
 
 
 def _project(tmp_path: Path) -> Path:

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fnd.daemon.privileges import CAPABILITIES
+from fnd.daemon.sandbox.privileges import CAPABILITIES
 
 MANIFESTS = Path(__file__).parents[2] / "deploy" / "kubernetes"
 KUBERNETES = "1.33.0"  # the version the manifests are checked against

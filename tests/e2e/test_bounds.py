@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fnd.ctl.client import request as control_request
-from fnd.daemon.output_cap import SLACK
-from fnd.daemon.scratch_root import roots_of
+from fnd.daemon.pool.output_cap import SLACK
+from fnd.daemon.sandbox.scratch_root import roots_of
 from fnd.protocol.sandbox_settings import MiB
 from tests.fndserver import FndServer, running, until
 

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fnd.daemon.scratch_root import roots_of
+from fnd.daemon.sandbox.scratch_root import roots_of
 from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
 from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server

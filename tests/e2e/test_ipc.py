@@ -3,7 +3,7 @@ both isolation modes (docs/sandbox.md#system-v-ipc).
 
 A function cannot make System V segments, queues or semaphores, POSIX message queues or
 POSIX shared memory (seccomp, Landlock); a slot's System V objects, however they came to be,
-are removed by the daemon once the slot is empty (daemon/sysv_ipc.py); a function can
+are removed by the daemon once the slot is empty (daemon/sandbox/sysv_ipc.py); a function can
 neither bind nor listen.
 """
 

@@ -29,8 +29,8 @@ import psutil
 import pytest
 
 from fnd.ctl.client import request as control_request
-from fnd.daemon.fd_mounts import mounts
-from fnd.daemon.scratch_root import roots_of
+from fnd.daemon.sandbox.fd_mounts import mounts
+from fnd.daemon.sandbox.scratch_root import roots_of
 from tests.fndserver import FIXTURES, FndServer, running, until, world_readable_copy
 
 pytestmark = pytest.mark.root_only  # worker uids

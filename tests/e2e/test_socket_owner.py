@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.scratch_root import roots_of
+from fnd.daemon.sandbox.scratch_root import roots_of
 from tests.fndserver import FIXTURES, FndServer, running, world_readable_copy
 
 

@@ -162,7 +162,7 @@ def test_killed_zygote_is_restarted_and_requests_keep_flowing() -> None:
 
 def test_zygote_that_cannot_start_stops_serve_with_the_reason() -> None:
     # The real CLI, with the zygote's module name pointing at nothing.
-    script = ("import sys, fnd.daemon.zygote_client as z;"
+    script = ("import sys, fnd.daemon.pool.zygote_client as z;"
               "z.ZYGOTE_MODULE = 'fnd.worker.no_such_zygote';"
               "from fnd.cli import main; sys.exit(main(sys.argv[1:]))")
 

@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
-from fnd.daemon import uid_claim
-from fnd.daemon.cgroups import Cgroups
+from fnd.daemon.sandbox import uid_claim
+from fnd.daemon.sandbox.cgroups import Cgroups
 from fnd.protocol.sandbox_settings import LAYERS, MiB, default_data_bytes, missing_layers
 from fnd.worker import sandbox
-from fnd.worker import sandbox_seccomp as seccomp_module
-from fnd.worker.sandbox_libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
+from fnd.worker.sandbox import seccomp as seccomp_module
+from fnd.worker.sandbox.libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
 from tests.processes import reap
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fnd.worker import sandbox_paths
-from fnd.worker.sandbox_paths import readable
+from fnd.worker.sandbox import paths as sandbox_paths
+from fnd.worker.sandbox.paths import readable
 
 
 @pytest.fixture

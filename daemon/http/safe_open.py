@@ -13,7 +13,7 @@ gives the same guarantee with a few more syscalls.
 
 Files are opened ``O_NONBLOCK`` so that a FIFO swapped in for a file cannot hang the opening
 thread; for a regular file the flag changes nothing. Checking *what* was opened (a regular
-file, the one expected) is the caller's business: see :mod:`fnd.daemon.asset_files`.
+file, the one expected) is the caller's business: see :mod:`fnd.daemon.http.asset_files`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fnd.daemon import socket_claim
+from fnd.daemon.ops import socket_claim
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _MAX_REQUEST = 64 * 1024

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from fnd.daemon.cgroups import Cgroups
+from fnd.daemon.sandbox.cgroups import Cgroups
 
 
 class SlotProbe:

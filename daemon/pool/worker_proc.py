@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fnd.daemon import calls, deaths, frame_check, output_cap
+from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
-from fnd.daemon.frame_check import FrameError
 from fnd.daemon.logs import get_logger
-from fnd.daemon.zygote_client import SpawnedPipes
+from fnd.daemon.pool import deaths, frame_check, output_cap
+from fnd.daemon.pool.frame_check import FrameError
+from fnd.daemon.pool.zygote_client import SpawnedPipes
 from fnd.protocol import AsyncFrameReader, ProtocolError, encode
 from fnd.protocol import messages as m
 

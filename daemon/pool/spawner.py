@@ -13,8 +13,8 @@ import os
 import signal
 from typing import Protocol
 
-from fnd.daemon.sandbox_setup import SandboxSetup
-from fnd.daemon.zygote_client import SpawnedPipes, ZygoteClient
+from fnd.daemon.pool.zygote_client import SpawnedPipes, ZygoteClient
+from fnd.daemon.sandbox.setup import SandboxSetup
 from fnd.protocol import messages as m
 
 _PF_EXITING = 0x4  # the kernel's flag for a task inside exit(), set before its fds close

@@ -39,12 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
-from fnd.worker import sandbox_identity as identity
-from fnd.worker import sandbox_landlock as landlock
-from fnd.worker import sandbox_limits as limits
-from fnd.worker import sandbox_paths as paths
-from fnd.worker import sandbox_process as process
-from fnd.worker import sandbox_seccomp as seccomp
+from fnd.worker.sandbox import identity, landlock, limits, paths, process, seccomp
 
 # Settings that change what prepare() builds; the others are read by apply() itself.
 _PREPARE_KEYS = (

@@ -6,7 +6,7 @@ import resource
 import threading
 
 from fnd.protocol.sandbox_settings import ResolvedSettings
-from fnd.worker.sandbox_libc import M_ARENA_MAX, mallopt
+from fnd.worker.sandbox.libc import M_ARENA_MAX, mallopt
 
 
 def shrink_memory_reservations(arena_max: int, stack_bytes: int) -> str:

@@ -2,7 +2,7 @@
 
 aiohttp's FileResponse opens its file by path when the response is prepared; a path can be
 swapped for a symlink after the scan, so this response never touches a path: it sends the
-file :mod:`fnd.daemon.asset_files` opened and checked, and closes it when done.
+file :mod:`fnd.daemon.http.asset_files` opened and checked, and closes it when done.
 
 What it does, as FileResponse did: Content-Type by extension (text types with
 ``charset=utf-8``), ETag and Last-Modified with 304 on a conditional GET and 412 on failed
@@ -30,8 +30,8 @@ from aiohttp import ETag, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 
-from fnd.daemon.answer_stream import AnswerFacts, cut_off, drained
-from fnd.daemon.asset_files import OpenedAsset
+from fnd.daemon.http.answer_stream import AnswerFacts, cut_off, drained
+from fnd.daemon.http.asset_files import OpenedAsset
 
 _CHUNK = 256 * 1024
 _FALLBACK_TYPE = "application/octet-stream"

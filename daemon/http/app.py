@@ -17,18 +17,19 @@ from typing import Any
 from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
-from fnd.daemon import answer_stream, calls
-from fnd.daemon.answer_stream import AnswerBudget, AnswerFacts, StreamedAnswer
-from fnd.daemon.asset_files import AssetFiles, AssetGone
-from fnd.daemon.asset_response import AssetResponse
+from fnd.daemon import calls
 from fnd.daemon.calls import Call, Invocation, Outcome, text_outcome
 from fnd.daemon.config import Config, ConfigError
-from fnd.daemon.event import EventError, build_event, check_request_headers, read_body
-from fnd.daemon.hostname import url_host, valid_host
+from fnd.daemon.http import answer_stream
+from fnd.daemon.http.answer_stream import AnswerBudget, AnswerFacts, StreamedAnswer
+from fnd.daemon.http.asset_files import AssetFiles, AssetGone
+from fnd.daemon.http.asset_response import AssetResponse
+from fnd.daemon.http.event import EventError, build_event, check_request_headers, read_body
+from fnd.daemon.http.hostname import url_host, valid_host
+from fnd.daemon.http.signature_gate import SignatureGate, parse_proxies
 from fnd.daemon.logs import get_logger
-from fnd.daemon.pool import Pool
+from fnd.daemon.pool.pool import Pool
 from fnd.daemon.project import Project, Route
-from fnd.daemon.signature_gate import SignatureGate, parse_proxies
 from fnd.daemon.stats import Stats
 
 INVOCATION_HEADER = answer_stream.INVOCATION_HEADER

@@ -1,7 +1,7 @@
 """Open the file an asset route recorded at scan time, and nothing else.
 
 Routes keep the real path of each asset and the device and inode it had when the project was
-scanned. Serving reopens it through :func:`fnd.daemon.safe_open.open_beneath` from a handle on
+scanned. Serving reopens it through :func:`fnd.daemon.http.safe_open.open_beneath` from a handle on
 the project folder taken once per route table: no symlink is followed at any component (a
 link swapped in after the scan is refused, wherever it points), and the opened file must be
 the very file the scan saw. A file replaced by a new one, even a regular file, is refused
@@ -19,8 +19,8 @@ import weakref
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from fnd.daemon.http.safe_open import open_beneath, open_directory
 from fnd.daemon.project import Route
-from fnd.daemon.safe_open import open_beneath, open_directory
 
 
 class AssetGone(Exception):

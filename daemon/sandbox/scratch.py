@@ -1,7 +1,7 @@
 """Per-slot scratch folders with a size limit: one tmpfs per slot, mounted by the daemon.
 
-A worker's only writable place is ``<scratch root>/slot-N`` (daemon/scratch_root.py). Without
-a bound, a function could fill the host's disk through it. Each slot gets its own tmpfs
+A worker's only writable place is ``<scratch root>/slot-N`` (daemon/sandbox/scratch_root.py).
+Without a bound, a function could fill the host's disk through it. Each slot gets its own tmpfs
 (``size=scratch_bytes``, owned by the slot's uid, mode 0700), so a write beyond the bound
 fails inside the function with ENOSPC; tmpfs pages are charged to the memory cgroup of the
 process that writes them, so a worker's files also count against its ``memory_mb``.
@@ -29,9 +29,9 @@ import contextlib
 import errno
 import os
 
-from fnd.daemon import fd_mounts
-from fnd.daemon.fd_mounts import MountError as ScratchError
-from fnd.daemon.scratch_root import SOURCE, ScratchRoot
+from fnd.daemon.sandbox import fd_mounts
+from fnd.daemon.sandbox.fd_mounts import MountError as ScratchError
+from fnd.daemon.sandbox.scratch_root import SOURCE, ScratchRoot
 
 __all__ = ["ScratchError", "ScratchMounts"]
 

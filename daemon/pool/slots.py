@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from fnd.daemon.logs import get_logger
-from fnd.daemon.spawner import Spawner
+from fnd.daemon.pool.spawner import Spawner
 
 _log = get_logger("fnd.pool")
 EXIT_STATUS_WAIT = 2.0  # how long a slot kill waits for its worker's exit status

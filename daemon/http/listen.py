@@ -13,9 +13,9 @@ import socket
 
 from aiohttp import web
 
-from fnd.daemon import socket_claim
 from fnd.daemon.config import Config
-from fnd.daemon.systemd import listen_fds
+from fnd.daemon.ops import socket_claim
+from fnd.daemon.ops.systemd import listen_fds
 
 _FD_ROOM = 1024  # descriptors besides client connections: workers' pipes, files, logs
 

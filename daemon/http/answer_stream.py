@@ -27,7 +27,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
-from fnd.daemon import memory
+from fnd.daemon.http import memory
 from fnd.daemon.logs import get_logger
 
 _log = get_logger("fnd")

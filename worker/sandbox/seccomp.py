@@ -22,7 +22,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from fnd.worker.sandbox_libc import PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prctl
+from fnd.worker.sandbox.libc import PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prctl
 
 DENIED = (
     "ptrace",

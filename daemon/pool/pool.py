@@ -22,18 +22,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fnd.daemon import calls, deaths
+from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
-from fnd.daemon.cgroups import CgroupError
 from fnd.daemon.config import Config
-from fnd.daemon.frame_check import Limits
 from fnd.daemon.logs import get_logger
-from fnd.daemon.pool_queue import WaitQueue
-from fnd.daemon.slots import EXIT_STATUS_WAIT, Slots
-from fnd.daemon.spawner import Spawner
+from fnd.daemon.pool import deaths
+from fnd.daemon.pool.frame_check import Limits
+from fnd.daemon.pool.queue import WaitQueue
+from fnd.daemon.pool.slots import EXIT_STATUS_WAIT, Slots
+from fnd.daemon.pool.spawner import Spawner
+from fnd.daemon.pool.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
+from fnd.daemon.pool.zygote_client import ZygoteError
+from fnd.daemon.sandbox.cgroups import CgroupError
 from fnd.daemon.stats import Stats
-from fnd.daemon.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
-from fnd.daemon.zygote_client import ZygoteError
 from fnd.protocol import messages as m
 from fnd.protocol.sandbox_settings import missing_layers
 
@@ -82,7 +83,8 @@ class Pool:
         # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
         self._loop = asyncio.get_running_loop()
         self._on_fatal = on_fatal
-        self.spawner = spawner  # processes, the zygote and the slots' cgroups (daemon/spawner.py)
+        self.spawner = spawner  # processes, the zygote and the slots' cgroups
+        # (daemon/pool/spawner.py)
         self.limits = _limits(config)
         self._slots = Slots(self._loop, spawner, 2 * config.workers_max, self._top_up_soon)
         self._top_up_due = False  # a top-up is scheduled (events schedule one, never nest it)

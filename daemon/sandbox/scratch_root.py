@@ -24,7 +24,7 @@ import shutil
 import stat
 import tempfile
 
-from fnd.daemon import fd_mounts
+from fnd.daemon.sandbox import fd_mounts
 
 PREFIX = "fnd-scratch-"
 SOURCE = "fnd-scratch"  # the source name of every scratch tmpfs (mountinfo shows it)

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from fnd import __version__
-from fnd.daemon import deaths
+from fnd.daemon.pool import deaths
 from fnd.daemon.stats import OUTCOMES, Histogram, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

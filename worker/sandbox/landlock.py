@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from fnd.worker.sandbox_libc import syscall
+from fnd.worker.sandbox.libc import syscall
 
 FS_EXECUTE = 1 << 0
 FS_WRITE_FILE = 1 << 1

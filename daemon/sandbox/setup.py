@@ -11,17 +11,17 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 
-from fnd.daemon.cgroups import CgroupError, Cgroups
 from fnd.daemon.config import Config
-from fnd.daemon.control import default_control_path
 from fnd.daemon.logs import get_logger
-from fnd.daemon.privileges import missing_capabilities, unwritable_cgroup_files
-from fnd.daemon.sandbox_check import check_readable_for_uid, interpreter_paths, project_paths
-from fnd.daemon.scratch import ScratchMounts
-from fnd.daemon.scratch_root import ScratchRoot, sweep_stale
-from fnd.daemon.slot_probe import SlotProbe
-from fnd.daemon.sysv_ipc import remove_owned_by
-from fnd.daemon.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
+from fnd.daemon.ops.control import default_control_path
+from fnd.daemon.sandbox.cgroups import CgroupError, Cgroups
+from fnd.daemon.sandbox.privileges import missing_capabilities, unwritable_cgroup_files
+from fnd.daemon.sandbox.read_check import check_readable_for_uid, interpreter_paths, project_paths
+from fnd.daemon.sandbox.scratch import ScratchMounts
+from fnd.daemon.sandbox.scratch_root import ScratchRoot, sweep_stale
+from fnd.daemon.sandbox.slot_probe import SlotProbe
+from fnd.daemon.sandbox.sysv_ipc import remove_owned_by
+from fnd.daemon.sandbox.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
 from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
 
 _log = get_logger("fnd.sandbox")

@@ -2,7 +2,7 @@
 
 One parent group ``fnd-<daemon pid>`` under the daemon's own cgroup, and one child group
 ``slot-N`` per worker slot with the memory and pids limits. The worker joins its slot's
-group(s) itself, right after fork and while still root (worker/sandbox.py); the daemon uses
+group(s) itself, right after fork and while still root (worker/sandbox/__init__.py); the daemon uses
 the groups to kill everything a worker left behind (``kill_slot``: children can setsid away
 from the worker's process group), to tell an OOM kill from a crash (``oom_killed``), to read
 CPU use, and removes them at shutdown (``cleanup``).

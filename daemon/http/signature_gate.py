@@ -1,6 +1,6 @@
 """The door of protected functions and assets: may this request go in?
 
-``fnd.daemon.signature`` knows how to check an ``X-Twilio-Signature``; this module decides what
+``fnd.daemon.http.signature`` knows how to check an ``X-Twilio-Signature``; this module decides what
 the client gets when the check fails, so that the front-end only asks one question. Public
 routes never get here: the front-end tests ``route.visibility`` first, so they pay nothing.
 
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 from fnd.daemon import calls
 from fnd.daemon.calls import Outcome, text_outcome
 from fnd.daemon.config import Config, ConfigError
-from fnd.daemon.event import NO_BODY, ParsedBody
+from fnd.daemon.http.event import NO_BODY, ParsedBody
+from fnd.daemon.http.signature import TrustedProxies, check_signature, url_for_request
 from fnd.daemon.logs import get_logger
-from fnd.daemon.signature import TrustedProxies, check_signature, url_for_request
 
 if TYPE_CHECKING:
     from aiohttp.web import BaseRequest
@@ -62,7 +62,7 @@ class SignatureGate:
     ) -> Outcome | None:
         """None to let the request in; else the answer (401 function, 403 asset, 500).
 
-        ``parsed`` is the body as fnd.daemon.event.read_body read it, malformed or not (an
+        ``parsed`` is the body as fnd.daemon.http.event.read_body read it, malformed or not (an
         asset's request carries no parameters: NO_BODY).
         """
         if self._skip:

@@ -11,8 +11,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fnd.daemon.deaths import describe_returncode
 from fnd.daemon.logs import get_logger
+from fnd.daemon.pool.deaths import describe_returncode
 from fnd.protocol import FrameDecoder, ProtocolError, encode
 from fnd.protocol import messages as m
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from fnd.worker.sandbox_libc import (
+from fnd.worker.sandbox.libc import (
     PR_GET_DUMPABLE,
     PR_GET_NO_NEW_PRIVS,
     PR_SET_DUMPABLE,
