@@ -34,7 +34,7 @@ from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_pr
 from fnd.daemon.sandbox.setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
 from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
-from fnd.protocol.sandbox_settings import ResolvedSettings
+from fnd.protocol.sandbox_config import SandboxConfig
 
 _log = get_logger("fnd")
 _STATUS_INTERVAL = 5.0  # seconds between systemd STATUS= updates
@@ -45,7 +45,7 @@ class StartupError(Exception):
 
 
 def worker_config(
-    config: Config, project: Project, sandbox: ResolvedSettings
+    config: Config, project: Project, sandbox: SandboxConfig
 ) -> m.WorkerConfig:
     """The non-secret part of the configuration that workers get at birth via the zygote."""
     deps = str(project.deps) if project.deps is not None else ""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, TypedDict
 
-from fnd.protocol.sandbox_settings import ResolvedSettings
+from fnd.protocol.sandbox_config import SandboxConfig
 
 CONFIGURE: Final = "configure"
 ZYGOTE_READY: Final = "zygote_ready"
@@ -71,7 +71,7 @@ class WorkerConfig(TypedDict, total=False):
     cookie_secure_default: bool
     twilio_api_base_url: str | None
     max_output: int  # function output per invocation in bytes, then one warning; 0: no cap
-    sandbox: ResolvedSettings
+    sandbox: SandboxConfig
 
 
 # -- the frames, one declaration each (the table above in types) ------------------------

@@ -36,7 +36,7 @@ from fnd.daemon.pool.zygote_client import ZygoteError
 from fnd.daemon.sandbox.cgroups import CgroupError
 from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
-from fnd.protocol.sandbox_settings import missing_layers
+from fnd.protocol.sandbox_config import missing_layers
 
 _log = get_logger("fnd.pool")
 _ZYGOTE_RESTARTS = 5  # consecutive failed zygote restarts before the daemon gives up

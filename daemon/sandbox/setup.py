@@ -22,7 +22,7 @@ from fnd.daemon.sandbox.scratch_root import ScratchRoot, sweep_stale
 from fnd.daemon.sandbox.slot_probe import SlotProbe
 from fnd.daemon.sandbox.sysv_ipc import remove_owned_by
 from fnd.daemon.sandbox.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
-from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
+from fnd.protocol.sandbox_config import SandboxConfig, resolve
 
 _log = get_logger("fnd.sandbox")
 
@@ -33,7 +33,7 @@ class SandboxUnavailable(Exception):
 
 @dataclass
 class SandboxSetup:
-    settings: ResolvedSettings  # sent to the zygote as is, every default filled in
+    settings: SandboxConfig  # sent to the zygote as is, every default filled in
     cgroups: Cgroups | None
     root: ScratchRoot  # every slot's scratch folder is made below it
     warnings: list[str] = field(default_factory=list)

@@ -19,7 +19,7 @@ from fnd.daemon.pool.spawner import SpawnEvents
 from fnd.daemon.pool.zygote_client import SpawnedPipes, ZygoteError
 from fnd.protocol import FrameDecoder, encode
 from fnd.protocol import messages as m
-from fnd.protocol.sandbox_settings import LAYERS
+from fnd.protocol.sandbox_config import LAYERS
 
 SIGKILLED = signal.SIGKILL.value  # the wait status of a process killed by SIGKILL
 ALL_LAYERS = {name: "on" for name in LAYERS}

@@ -20,7 +20,7 @@ import pytest
 from fnd.ctl.client import request as control_request
 from fnd.daemon.pool.output_cap import SLACK
 from fnd.daemon.sandbox.scratch_root import roots_of
-from fnd.protocol.sandbox_settings import MiB
+from fnd.protocol.sandbox_config import MiB
 from tests.fndserver import FndServer, running, until
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts

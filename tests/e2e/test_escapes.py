@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from fnd.daemon.sandbox.scratch_root import roots_of
-from fnd.protocol.sandbox_settings import LAYERS, MiB, missing_layers
+from fnd.protocol.sandbox_config import LAYERS, MiB, missing_layers
 from tests.fndserver import FndServer, running, until
 from tests.hits import HitRecorder, hit_server
 from tests.twilio_fake import TwilioFake, twilio_fake

@@ -31,7 +31,7 @@ import pytest
 
 from fnd.daemon.sandbox import uid_claim
 from fnd.daemon.sandbox.cgroups import Cgroups
-from fnd.protocol.sandbox_settings import LAYERS, MiB, default_data_bytes, missing_layers
+from fnd.protocol.sandbox_config import LAYERS, MiB, default_data_bytes, missing_layers
 from fnd.worker import sandbox
 from fnd.worker.sandbox import seccomp as seccomp_module
 from fnd.worker.sandbox.libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall

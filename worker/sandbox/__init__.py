@@ -20,7 +20,7 @@ keep_fds, prepared)``, which runs these steps in this order (docs/sandbox.md#the
   seccomp       the filter compiled by ``prepare``            required
   network       "allowed", or "blocked (...)" when settings["network"] is False
 
-and returns the report ``{layer: value}`` (see protocol/sandbox_settings.py for the values).
+and returns the report ``{layer: value}`` (see protocol/sandbox_config.py for the values).
 In strict mode a required layer that cannot be applied raises :class:`SandboxError`
 ("layer: reason"); in permissive mode it is reported as "off: reason" and the worker runs.
 Without root the uid change is "n/a" and the cgroup is "n/a" unless the daemon gave one.
@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fnd.protocol.sandbox_settings import ResolvedSettings, resolve
+from fnd.protocol.sandbox_config import SandboxConfig, resolve
 from fnd.worker.sandbox import identity, landlock, limits, paths, process, seccomp
 
 # Settings that change what prepare() builds; the others are read by apply() itself.
@@ -73,7 +73,7 @@ class Prepared:
 _cache: Prepared | None = None
 
 
-def _key(s: ResolvedSettings) -> tuple[object, ...]:
+def _key(s: SandboxConfig) -> tuple[object, ...]:
     values: dict[str, object] = dict(s)
     return tuple(repr(values[k]) for k in _PREPARE_KEYS)
 

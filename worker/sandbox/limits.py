@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 import threading
 
-from fnd.protocol.sandbox_settings import ResolvedSettings
+from fnd.protocol.sandbox_config import SandboxConfig
 from fnd.worker.sandbox.libc import M_ARENA_MAX, mallopt
 
 
@@ -20,7 +20,7 @@ def shrink_memory_reservations(arena_max: int, stack_bytes: int) -> str:
     return " ".join(parts) or "default"
 
 
-def wanted_limits(s: ResolvedSettings, own_uid: bool = True) -> list[tuple[str, int, int]]:
+def wanted_limits(s: SandboxConfig, own_uid: bool = True) -> list[tuple[str, int, int]]:
     """(name, resource, value) for every rlimit to set: no core files, and each configured
     limit (a setting of 0 means that limit is not set). RLIMIT_NPROC counts every process and
     thread of the uid, so it is only set when the worker has a uid of its own."""
@@ -36,7 +36,7 @@ def wanted_limits(s: ResolvedSettings, own_uid: bool = True) -> list[tuple[str, 
     return limits
 
 
-def apply_rlimits(s: ResolvedSettings, own_uid: bool = True) -> str:
+def apply_rlimits(s: SandboxConfig, own_uid: bool = True) -> str:
     """Set each limit with soft == hard. Without CAP_SYS_RESOURCE a hard limit can only go
     down, so a wanted value above the current hard limit becomes that hard limit."""
     parts = []

@@ -1,6 +1,6 @@
-"""Sandbox settings shared by the daemon (which fills them in) and the worker (which applies them).
+"""The sandbox configuration both sides share: the daemon fills it in, the worker applies it.
 
-The daemon puts one :class:`ResolvedSettings` map in ``WorkerConfig["sandbox"]``, made by
+The daemon puts one :class:`SandboxConfig` map in ``WorkerConfig["sandbox"]``, made by
 :func:`resolve` from the keys it sets; every other key gets its default there, once.
 
 Keys:
@@ -64,7 +64,7 @@ LAYERS = (
 )
 
 
-class ResolvedSettings(TypedDict):
+class SandboxConfig(TypedDict):
     mode: Literal["strict", "permissive"]
     uid_base: int
     memory_bytes: int
@@ -99,10 +99,10 @@ def default_scratch_root() -> str:
     return os.path.join(tempfile.gettempdir(), name)
 
 
-def resolve(settings: Mapping[str, object]) -> ResolvedSettings:
+def resolve(settings: Mapping[str, object]) -> SandboxConfig:
     """Fill in every default; raise ValueError on a value of the wrong kind."""
     s = dict(settings)
-    known = set(ResolvedSettings.__annotations__)
+    known = set(SandboxConfig.__annotations__)
     unknown = sorted(set(s) - known)
     if unknown:
         raise ValueError(f"unknown sandbox setting(s): {', '.join(unknown)}")
@@ -110,7 +110,7 @@ def resolve(settings: Mapping[str, object]) -> ResolvedSettings:
     if mode not in ("strict", "permissive"):
         raise ValueError(f"sandbox mode must be 'strict' or 'permissive', got {mode!r}")
     memory = _int(s, "memory_bytes", 256 * MiB)
-    resolved: ResolvedSettings = {
+    resolved: SandboxConfig = {
         "mode": "strict" if mode == "strict" else "permissive",
         "uid_base": _int(s, "uid_base", 61000),
         "memory_bytes": memory,
