@@ -1,25 +1,34 @@
 """One typed, frozen configuration: flags > FND_* environment > fnd.toml > defaults.
 
+Each setting is declared once, as a field of `Config`: its type and default are the field's,
+and `setting(...)` adds its help, whether `fnd serve` has a flag for it, its choices and bounds,
+and whether workers receive it. Its `fnd.toml` key is the field's name and its environment
+variable `FND_<NAME>`. The loader, the validation here, the `fnd serve` flags and the README
+table (`fnd.daemon.config_cli`) and what a worker receives (`Config.worker_settings`) are all
+derived from these fields; tests/daemon/test_config_declared_once.py fails on a second copy.
+
 The project's variables (`.env` and `[env]`) are secrets: they live in `Config.env`, are sent to
 workers per invocation, and never reach the zygote or a log line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import tomllib
+import typing
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from dotenv import dotenv_values
 
 from fnd.daemon.http.hostname import url_host
-from fnd.daemon.settings_table import BY_NAME, names
 from fnd.protocol.frames import MAX_FRAME
+from fnd.protocol.messages import WorkerSettings
 
 
 class ConfigError(Exception):
@@ -27,6 +36,61 @@ class ConfigError(Exception):
 
 
 _MIB = 1024 * 1024
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one `Config` field declares; `kind` is int, float, bool, str or tuple (of str)."""
+
+    name: str
+    kind: type
+    optional: bool  # None is a value: "not set"
+    default: Any
+    help: str
+    flag: bool = False  # `fnd serve --name-with-dashes`
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    exclusive: bool = False  # among the flags of which at most one may be given (where to listen)
+    positive: bool = False  # must be above 0
+    minimum: int | None = None
+    maximum: int | None = None
+    zero_is_off: bool = False  # 0 turns the feature off (said when a value is below minimum)
+    worker: bool = False  # every worker receives it, under this name (WorkerSettings)
+    unit: str = ""  # shown after the default in the README
+    shown: str | None = None  # the README's default, where the value alone says too little
+
+    @property
+    def variable(self) -> str:
+        return "FND_" + self.name.upper()
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is refused by this setting's choices or bounds (None: it is not)."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            allowed = " or ".join(repr(choice) for choice in self.choices)
+            return f"{self.name} must be {allowed}, got {value!r}"
+        if self.positive and value <= 0:
+            return f"{self.name} must be positive"
+        if self.maximum is not None and not (self.minimum or 0) <= value <= self.maximum:
+            return f"{self.name} {value} is out of range"
+        if self.minimum is not None and value < self.minimum:
+            if self.minimum:
+                return f"{self.name} must be at least {self.minimum}"
+            return f"{self.name} must be 0 (off) or positive" if self.zero_is_off \
+                else f"{self.name} must not be negative"
+        return None
+
+
+def setting(default: _T, help: str, **declared: Any) -> _T:
+    """A `Config` field that is a setting: its default, its help and the rest of its
+    `Setting` (name, kind and default are filled in from the field itself)."""
+    return field(default=default, metadata={"setting": (help, declared)})
 
 
 @dataclass(frozen=True)
@@ -37,55 +101,121 @@ class FunctionSettings:
     isolation: str | None = None
 
 
-# Each field is declared in daemon/settings_table.py; tests/daemon/test_settings_table.py
-# keeps the names, types and defaults here in step with it.
 @dataclass(frozen=True)
 class Config:
     project_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 3000
-    unix: str | None = None
-    control: str | None = None
-    metrics_port: int | None = None
-    workers_min: int = 2
-    workers_max: int = 4
-    queue_max: int = 1024
-    queue_timeout: float = 10.0
-    timeout: float = 5.0
-    idle_timeout: float = 60.0
-    drain_timeout: float = 30.0
-    header_timeout: float = 10.0  # a request head must be complete this long after it starts
-    keepalive_timeout: float = 15.0  # an idle connection is closed after this long
-    body_timeout: float = 60.0  # a request body must be complete this long after its head
-    send_timeout: float = 60.0  # a client that takes nothing of an answer this long is cut off
-    max_connections: int = 1000  # client connections; one more: 503 and closed
-    max_buffered_mb: int = 64  # large answers held for clients, all connections together
+    host: str = setting("127.0.0.1", "address to bind", flag=True)
+    port: int = setting(3000, "TCP port to listen on; 0 picks a free one",
+                        flag=True, exclusive=True, minimum=0, maximum=65535)
+    unix: str | None = setting(None, "listen on this unix socket instead of TCP",
+                               flag=True, metavar="PATH", exclusive=True)
+    control: str | None = setting(
+        None, "the 0600 control socket of `fnd status` / `fnd reload`", flag=True,
+        metavar="PATH", shown="`$RUNTIME_DIRECTORY/control.sock`, else `/run/fnd/control.sock` "
+                              "(root) or `/tmp/fnd-$UID/control.sock`")
+    metrics_port: int | None = setting(
+        None, "also serve Prometheus metrics on 127.0.0.1:PORT/metrics", flag=True,
+        metavar="PORT")
+    workers_min: int = setting(2, "warm workers kept at all times", flag=True, minimum=1)
+    workers_max: int = setting(4, "most workers under load", flag=True)
+    queue_max: int = setting(
+        1024, "calls waiting beyond the pool (FIFO) at most; one more gets 503 with `Retry-After`")
+    queue_timeout: float = setting(
+        10.0, "longest wait in that queue; beyond it 503 with `Retry-After`", unit="s",
+        positive=True)
+    timeout: float = setting(5.0, "time limit per invocation; 504 at the limit", flag=True,
+                             unit="s", positive=True)
+    idle_timeout: float = setting(
+        60.0, "idle workers above `workers_min` retire after this long", unit="s", positive=True)
+    drain_timeout: float = setting(
+        30.0, "on SIGTERM, calls in flight may finish for this long", unit="s", positive=True)
+    header_timeout: float = setting(
+        10.0, "a request head must be complete this long after its first byte (or the "
+        "connection's start); else 408 and the connection is closed",
+        flag=True, metavar="SECONDS", unit="s", positive=True)
+    keepalive_timeout: float = setting(
+        15.0, "close a connection idle this long between requests: no request, no byte of the "
+        "next one", flag=True, metavar="SECONDS", unit="s", positive=True)
+    body_timeout: float = setting(
+        60.0, "a request body must be complete this long after its head (in total, however it "
+        "trickles); else 408 and the connection is closed", unit="s", positive=True)
+    send_timeout: float = setting(
+        60.0, "a client that takes nothing of a large answer for this long is cut off and the "
+        "answer's buffers freed", unit="s", positive=True)
+    max_connections: int = setting(
+        1000, "client connections at most; one more gets a minimal 503 and is closed at once "
+        "(worst case with the defaults: 1000 x 64 KiB of small answers in transports)",
+        positive=True)
+    max_buffered_mb: int = setting(
+        64, "answers over 64 KiB held for clients, across all connections, at most; one more "
+        "gets 503 with `Retry-After` (at most 64 MB of buffered answers)", unit="MB",
+        positive=True)
     # Recycling bounds what one worker's code can leave behind (docs/security.md).
-    max_requests: int = 10000  # 0: never recycle by count
-    max_requests_jitter: int = 1000
-    max_worker_age: float = 3600.0  # seconds; 0: never recycle by age
-    isolation: str = "worker"  # "invocation": a fresh worker for every call
-    allow_broken: bool = False  # start / reload even when some functions cannot run
-    max_rss_mb: int = 0  # 0: never recycle by RSS
-    dev: bool = False
-    strict: bool = False
-    no_signatures: bool = False
-    log_format: str | None = None  # "json" | "console" | None (decide by terminal)
-    max_request_body: int = 1 * _MIB
-    max_response_body: int = 4 * _MIB
-    max_header_bytes: int = 15 * 1024
-    max_header_count: int = 90
-    cors: bool = True
-    cookie_secure: bool = True
-    public_url: str | None = None
-    twilio_api_base_url: str | None = None
-    trusted_proxies: tuple[str, ...] = ("unix",)
-    sandbox: str = "strict"  # "strict" | "permissive"
-    memory_mb: int = 256
-    scratch_mb: int = 64  # each worker's scratch tmpfs; 0: not limited
-    max_output: int = 1 * _MIB  # function output logged per invocation; 0: not limited
-    network: bool = True
-    uid_base: int | None = None  # None: a free range is claimed at start
+    max_requests: int = setting(10000, "recycle a worker after this many calls; 0: never",
+                                minimum=0, zero_is_off=True)
+    max_requests_jitter: int = setting(
+        1000, "up to this many calls added at random to `max_requests` per worker, so that "
+        "workers do not all recycle together", minimum=0, zero_is_off=True)
+    max_worker_age: float = setting(3600.0, "recycle a worker older than this; 0: never",
+                                    unit="s", minimum=0, zero_is_off=True)
+    isolation: str = setting(
+        "worker", "`invocation`: a fresh worker for every call, killed after it (also per "
+        "function)", flag=True, choices=("worker", "invocation"))
+    allow_broken: bool = setting(
+        False, "serve the functions that load even when others cannot (always on with --dev); "
+        "otherwise each problem is printed and nothing starts or reloads", flag=True)
+    max_rss_mb: int = setting(
+        0, "recycle a worker whose RSS after a call is above this many MiB; 0: never",
+        shown="0 (off)")
+    dev: bool = setting(
+        False, "development mode: reload on edits, console logs, tracebacks in 500 bodies",
+        flag=True, worker=True)
+    strict: bool = setting(False, "refuse to start if any function or asset has a problem",
+                           flag=True)
+    no_signatures: bool = setting(
+        False, "with --dev: skip X-Twilio-Signature checks (warns per request)", flag=True)
+    log_format: str | None = setting(
+        None, "`json` or `console`; unset: console in a terminal or with --dev, else json",
+        flag=True, choices=("json", "console"))
+    max_request_body: int = setting(
+        1 * _MIB, "largest request body accepted, bytes (413 beyond); a value one 8 MiB worker "
+        "frame cannot carry (about 3.4 MiB) is refused at start",
+        flag=True, metavar="BYTES", shown="1 MiB", minimum=0)
+    max_response_body: int = setting(
+        4 * _MIB, "largest response body a function may send, bytes (500 beyond); at most "
+        "about 7.9 MiB", flag=True, metavar="BYTES", shown="4 MiB", minimum=0, worker=True)
+    max_header_bytes: int = setting(
+        15 * 1024, "largest head of a request (431 beyond) or of a response (500 beyond), bytes",
+        minimum=0, worker=True)
+    max_header_count: int = setting(
+        90, "most header fields of a request (431 beyond) or of a response (500 beyond)",
+        minimum=0, worker=True)
+    cors: bool = setting(True, "fnd answers `OPTIONS` itself (204 and CORS headers)")
+    cookie_secure: bool = setting(
+        True, "cookies a function sets get `HttpOnly` and `Secure` unless they say otherwise",
+        worker=True)
+    public_url: str | None = setting(
+        None, "URL used to check signatures; its host is `context.DOMAIN_NAME`")
+    twilio_api_base_url: str | None = setting(
+        None, "send `getTwilioClient()` requests to a compatible server instead of Twilio",
+        worker=True)
+    trusted_proxies: tuple[str, ...] = setting(
+        ("unix",), "peers whose `X-Forwarded-*` headers are believed (comma-separated in the "
+        "environment)")
+    sandbox: str = setting(
+        "strict", "`permissive` starts even when a protection cannot be applied (with a "
+        "warning)", choices=("strict", "permissive"))
+    memory_mb: int = setting(256, "memory limit of each worker", unit="MiB", minimum=0)
+    scratch_mb: int = setting(
+        64, "size of each worker's scratch folder (its own tmpfs; a write beyond it fails with "
+        "`ENOSPC`); 0: no limit", unit="MiB", minimum=0)
+    max_output: int = setting(
+        1 * _MIB, "function output logged per invocation, bytes; the rest is dropped with one "
+        "warning; 0: no limit", shown="1 MiB", minimum=0, worker=True)
+    network: bool = setting(True, "workers may reach the network")
+    uid_base: int | None = setting(
+        None, "the first worker's uid; unset: the first range no other fnd on the host holds "
+        "(docs/sandbox.md#worker-uids)", shown="auto, from 61000")
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     functions: Mapping[str, FunctionSettings] = field(
         default_factory=lambda: MappingProxyType({})
@@ -110,6 +240,10 @@ class Config:
             return override.isolation == "invocation"
         return self.isolation == "invocation"
 
+    def worker_settings(self) -> WorkerSettings:
+        """The settings every worker receives, under their own names (declared worker=True)."""
+        return cast(WorkerSettings, {name: getattr(self, name) for name in _FOR_WORKER})
+
     def context_defaults(self) -> dict[str, str | None]:
         """The context fields every invocation starts from (docs/handlers.md#context).
 
@@ -128,38 +262,32 @@ class Config:
         return base
 
 
-# Settings that may appear in fnd.toml / FND_* / flags, with the type each is parsed as
-# (declared in daemon/settings_table.py).
-_INT = names(int, optional=False)
-_FLOAT = names(float, optional=False)
-_BOOL = names(bool, optional=False)
-_STR = names(str, optional=False)
-_OPTIONAL_STR = names(str, optional=True)
-_OPTIONAL_INT = names(int, optional=True)
+def _declared(declared: dataclasses.Field[Any], hint: Any) -> Setting:
+    help_text, rest = declared.metadata["setting"]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    kind = typing.get_origin(hint) or hint
+    if optional:
+        kind = next(arg for arg in args if arg is not type(None))
+    return Setting(declared.name, kind, optional, declared.default, help_text, **rest)
 
 
-_ISOLATIONS = ("worker", "invocation")
+_HINTS = typing.get_type_hints(Config)
+SETTINGS: tuple[Setting, ...] = tuple(
+    _declared(f, _HINTS[f.name]) for f in dataclasses.fields(Config) if "setting" in f.metadata)
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+_FOR_WORKER = tuple(s.name for s in SETTINGS if s.worker)
 _DESCRIBED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _kind(name: str) -> type:
-    if name in _INT or name in _OPTIONAL_INT:
-        return int
-    if name in _FLOAT:
-        return float
-    if name in _BOOL:
-        return bool
-    return str
-
-
 def _coerce(name: str, value: Any, source: str) -> Any:
-    if name == "trusted_proxies":
+    kind = BY_NAME[name].kind
+    if kind is tuple:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: trusted_proxies must be a list of addresses")
+            raise ConfigError(f"{source}: {name} must be a list of addresses")
         return tuple(value)
-    kind = _kind(name)
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()
         try:
@@ -244,9 +372,9 @@ def _from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, Fu
         route = name if name.startswith("/") else "/" + name
         isolation = _coerce("isolation", table["isolation"], str(path)) \
             if "isolation" in table else None
-        if isolation not in (None, *_ISOLATIONS):
-            raise ConfigError(f"{path}: [functions.{name!r}] isolation must be "
-                              f"'worker' or 'invocation', got {isolation!r}")
+        problem = BY_NAME["isolation"].problem(isolation)
+        if problem:
+            raise ConfigError(f"{path}: [functions.{name!r}] {problem}")
         functions[route] = FunctionSettings(
             timeout=_coerce("timeout", table["timeout"], str(path)) if "timeout" in table else None,
             isolation=isolation,
@@ -286,7 +414,7 @@ def load_config(
         if value is not None:
             if key not in _SETTABLE:
                 raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key, _SETTABLE)}")
-            settings[key] = _coerce(key, value, "--" + key.replace("_", "-"))
+            settings[key] = _coerce(key, value, BY_NAME[key].flag_name)
     dotenv_path = root / ".env"
     if dotenv_path.exists():
         env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
@@ -301,41 +429,21 @@ def load_config(
 
 
 def _validate(config: Config) -> None:
-    if config.workers_min < 1:
-        raise ConfigError("workers_min must be at least 1")
+    for declared in SETTINGS:
+        problem = declared.problem(getattr(config, declared.name))
+        if problem:
+            raise ConfigError(problem)
     if config.workers_max < config.workers_min:
         raise ConfigError(
             f"workers_max ({config.workers_max}) is below workers_min ({config.workers_min})"
         )
-    for name in ("timeout", "queue_timeout", "drain_timeout", "idle_timeout", "header_timeout",
-                 "keepalive_timeout", "body_timeout", "send_timeout", "max_connections",
-                 "max_buffered_mb"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be positive")
-    for name in ("max_requests", "max_requests_jitter", "max_worker_age"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name} must be 0 (off) or positive")
-    if config.isolation not in _ISOLATIONS:
-        raise ConfigError(f"isolation must be 'worker' or 'invocation', got {config.isolation!r}")
-    for name in ("memory_mb", "scratch_mb", "max_output"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name} must not be negative")
-    if config.sandbox not in {"strict", "permissive"}:
-        raise ConfigError(f"sandbox must be 'strict' or 'permissive', got {config.sandbox!r}")
-    if config.log_format not in {None, "json", "console"}:
-        raise ConfigError(f"log_format must be 'json' or 'console', got {config.log_format!r}")
     if config.no_signatures and not config.dev:
         raise ConfigError("--no-signatures is only allowed together with --dev")
-    if not 0 <= config.port <= 65535:
-        raise ConfigError(f"port {config.port} is out of range")
     if config.public_url is not None and (
             not config.public_url.startswith(("http://", "https://"))
             or not url_host(config.public_url)):
         raise ConfigError(f"public_url must be an http:// or https:// URL with a valid host, "
                           f"got {config.public_url!r}")
-    for name in ("max_request_body", "max_response_body", "max_header_bytes", "max_header_count"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name} must not be negative")
     _check_frame_fits(config)
     if config.max_buffered_mb * _MIB < config.max_response_body:
         raise ConfigError(

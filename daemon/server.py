@@ -60,13 +60,7 @@ def worker_config(
         # Runtime.getAssets() lists private assets only, as Twilio's does.
         "assets": {path: str(route.file) for path, route in project.assets.items()
                    if route.visibility == "private"},
-        "dev": config.dev,
-        "max_body": config.max_response_body,
-        "max_header_bytes": config.max_header_bytes,
-        "max_header_count": config.max_header_count,
-        "cookie_secure_default": config.cookie_secure,
-        "twilio_api_base_url": config.twilio_api_base_url,
-        "max_output": config.max_output,
+        **config.worker_settings(),
         "sandbox": sandbox.copy(),
     }
 

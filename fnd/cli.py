@@ -12,8 +12,8 @@ from typing import Any
 
 from fnd import __version__
 from fnd.daemon.config import ConfigError
+from fnd.daemon.config_cli import add_flags, flag_values
 from fnd.daemon.logs import configure_logging, get_logger
-from fnd.daemon.settings_table import add_flags, flag_values
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -56,7 +56,20 @@ class FunctionRef(TypedDict):
     file: str  # absolute path of the .py file
 
 
-class WorkerConfig(TypedDict, total=False):
+class WorkerSettings(TypedDict, total=False):
+    """The daemon's settings every worker applies, named and typed as the fields of
+    ``fnd.daemon.config.Config`` that declare ``worker=True`` (a test keeps them equal)."""
+
+    dev: bool
+    max_response_body: int
+    max_header_bytes: int
+    max_header_count: int
+    cookie_secure: bool
+    twilio_api_base_url: str | None
+    max_output: int
+
+
+class WorkerConfig(WorkerSettings, total=False):
     """Non-secret settings a worker needs from birth; passed through the zygote."""
 
     project_dir: str
@@ -64,13 +77,6 @@ class WorkerConfig(TypedDict, total=False):
     functions: dict[str, str]  # function name -> absolute file, private ones included
     sources: dict[str, bytes]  # absolute file -> its code as the daemon read it (immutable)
     assets: dict[str, str]  # private asset path -> absolute file
-    dev: bool
-    max_body: int  # response body limit in bytes
-    max_header_bytes: int
-    max_header_count: int
-    cookie_secure_default: bool
-    twilio_api_base_url: str | None
-    max_output: int  # function output per invocation in bytes, then one warning; 0: no cap
     sandbox: SandboxConfig
 
 

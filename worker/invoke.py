@@ -26,6 +26,7 @@ from fnd.worker.context import Context
 from fnd.worker.leftovers import leftover_reason
 from fnd.worker.loader import FunctionError, Loader, Style
 from fnd.worker.output import Channel, Output
+from fnd.worker.received_config import ReceivedConfig
 from fnd.worker.runtime import RuntimeAPI
 from fnd.worker.serialize import (
     Reply,
@@ -35,7 +36,6 @@ from fnd.worker.serialize import (
     reply_for,
     text_reply,
 )
-from fnd.worker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Services:
 
     channel: Channel
     output: Output
-    settings: Settings
+    settings: ReceivedConfig
     loader: Loader
     runtime: RuntimeAPI
 

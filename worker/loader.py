@@ -19,8 +19,8 @@ from collections.abc import Callable
 from types import FunctionType, ModuleType
 from typing import Any
 
+from fnd.worker.received_config import ReceivedConfig
 from fnd.worker.serialize import describe
-from fnd.worker.settings import Settings
 
 
 def use_deps(folder: str) -> None:
@@ -52,7 +52,7 @@ class FunctionError(Exception):
 
 
 class Loader:
-    def __init__(self, injected: dict[str, Any], settings: Settings) -> None:
+    def __init__(self, injected: dict[str, Any], settings: ReceivedConfig) -> None:
         self._injected = injected
         self._settings = settings
         self._modules: dict[str, ModuleType] = {}

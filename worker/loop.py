@@ -27,9 +27,9 @@ from fnd.worker.invoke import Invocation, Services, thread_excepthook, watch_pea
 from fnd.worker.leftovers import become_subreaper
 from fnd.worker.loader import FunctionError, Loader, use_deps
 from fnd.worker.output import Channel, Output, write_plain
+from fnd.worker.received_config import ReceivedConfig
 from fnd.worker.runtime import Runtime
 from fnd.worker.serialize import describe
-from fnd.worker.settings import Settings
 from fnd.worker.twilio_api import Twilio
 
 EXIT_EOF = 0
@@ -46,7 +46,7 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
     environ.reset()  # nothing inherited from the zygote; the project's variables come per call
-    settings = Settings.from_config(config)
+    settings = ReceivedConfig.from_config(config)
     use_deps(settings.deps_dir)
     channel = Channel(res_fd, settings.max_output)
     output = Output(channel)

@@ -61,8 +61,8 @@ class Response:
     def set_cookie(self, name: str, value: str, attributes: Sequence[str] = ()) -> Self:
         """Add a cookie. ``attributes`` are strings such as ``"Max-Age=3600"``, ``"Path=/"``.
 
-        fnd adds ``HttpOnly`` and ``Secure`` unless present (``cookie_secure_default``), drops
-        ``Domain``, and answers 400 for a lifetime over one day, as Twilio's runtime does.
+        fnd adds ``HttpOnly`` and ``Secure`` unless present (setting ``cookie_secure``),
+        drops ``Domain``, and answers 400 for a lifetime over one day, as Twilio's runtime does.
         """
         if isinstance(attributes, str):
             attributes = [attributes]

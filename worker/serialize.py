@@ -28,8 +28,8 @@ from fnd.protocol.http_rules import (
     STATUS_MIN,
     header_bytes,
 )
+from fnd.worker.received_config import ReceivedConfig
 from fnd.worker.response import SET_COOKIE, Response, cookie_name
-from fnd.worker.settings import Settings
 
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
@@ -62,7 +62,7 @@ class ResponseError(Exception):
         self.status = status
 
 
-def reply_for(response: Any, settings: Settings) -> Reply:
+def reply_for(response: Any, settings: ReceivedConfig) -> Reply:
     """The reply for ``callback(None, response)`` or a return-style handler's value."""
     try:
         if isinstance(response, Response):
@@ -82,7 +82,7 @@ def reply_for(response: Any, settings: Settings) -> Reply:
 
 
 def error_reply(
-    text: str, error: object, settings: Settings, reason: str, public: str | None = None
+    text: str, error: object, settings: ReceivedConfig, reason: str, public: str | None = None
 ) -> Reply:
     """A 500 for a failed invocation. ``reason`` is the one-line cause the daemon
     logs, e.g. "handler raised ValueError: boom".
@@ -170,7 +170,7 @@ def _type_name(value: Any) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
-def _from_response(response: Response, settings: Settings) -> tuple[int, Headers, bytes]:
+def _from_response(response: Response, settings: ReceivedConfig) -> tuple[int, Headers, bytes]:
     status = response.status_code
     if type(status) is not int or not STATUS_MIN <= status <= STATUS_MAX:
         raise ResponseError(f"invalid response status code {status!r}; expected 200-599")
@@ -183,7 +183,7 @@ def _from_response(response: Response, settings: Settings) -> tuple[int, Headers
     return status, headers, body
 
 
-def _header_lines(headers: dict[str, Any], settings: Settings) -> Headers:
+def _header_lines(headers: dict[str, Any], settings: ReceivedConfig) -> Headers:
     lines: Headers = []
     for name, value in headers.items():
         if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
@@ -218,7 +218,7 @@ def _header_value(name: str, value: Any) -> str:
     return text
 
 
-def _cookie(cookie: str, settings: Settings) -> str:
+def _cookie(cookie: str, settings: ReceivedConfig) -> str:
     """One Set-Cookie value made safe: no Domain, at most a day, HttpOnly; Secure."""
     first, *rest = cookie.split(";")
     attributes = [part.strip() for part in rest if part.strip()]
@@ -237,7 +237,7 @@ def _cookie(cookie: str, settings: Settings) -> str:
             )
         keys.add(key)
         kept.append(attribute)
-    if settings.cookie_secure_default:
+    if settings.cookie_secure:
         kept += [flag for flag in ("HttpOnly", "Secure") if flag.lower() not in keys]
     return "; ".join(kept)
 
@@ -255,10 +255,11 @@ def _over_one_day(key: str, value: str) -> bool:
     return expires > time.time() + ONE_DAY + _EXPIRES_SLACK
 
 
-def _check_limits(headers: Headers, body: bytes, settings: Settings) -> None:
-    if len(body) > settings.max_body:
+def _check_limits(headers: Headers, body: bytes, settings: ReceivedConfig) -> None:
+    if len(body) > settings.max_response_body:
         raise ResponseError(
-            f"response body of {len(body)} bytes exceeds the {settings.max_body} byte limit"
+            f"response body of {len(body)} bytes exceeds the "
+            f"{settings.max_response_body} byte limit"
         )
     size = sum(header_bytes(name, value) for name, value in headers)
     if len(headers) > settings.max_header_count or size > settings.max_header_bytes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnd.daemon.config import SETTINGS
 from fnd.protocol.frames import FrameDecoder, write_frame
 from fnd.protocol.messages import WorkerConfig
 from fnd.worker.loop import serve
@@ -44,12 +45,7 @@ def base_config(**overrides: Any) -> WorkerConfig:
         "project_dir": str(FIXTURES.parent),
         "functions": fixture_functions(),
         "assets": fixture_assets(),
-        "dev": False,
-        "max_body": 4 * 1024 * 1024,
-        "max_header_bytes": 15 * 1024,
-        "max_header_count": 90,
-        "cookie_secure_default": True,
-        "twilio_api_base_url": None,
+        **{s.name: s.default for s in SETTINGS if s.worker},  # the daemon's defaults
     }
     config.update(overrides)
     return config  # type: ignore[return-value]

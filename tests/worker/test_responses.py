@@ -178,12 +178,12 @@ class TestCookies:
         assert any("over one day" in line for line in outcome.lines("logging"))
 
     def test_secure_defaults_can_be_switched_off(self, make_worker: Any) -> None:
-        worker = make_worker(cookie_secure_default=False)
+        worker = make_worker(cookie_secure=False)
         assert self.cookies(worker, "cookie") == ["session=abc; Path=/"]
 
 
 def test_limits_come_from_config(make_worker: Any) -> None:
-    worker = make_worker(max_body=4, max_header_count=1)
+    worker = make_worker(max_response_body=4, max_header_count=1)
     outcome = worker.call("respond_value", {"value": "hello"})
     assert outcome.status == 500
     assert "response body of 5 bytes exceeds the 4 byte limit" in outcome.text

@@ -1,4 +1,8 @@
-"""The worker's view of its configuration: WorkerConfig resolved once, with defaults."""
+"""The configuration a worker received from the daemon (the CONFIGURE frame), read once.
+
+The settings among it keep the names of the daemon's `Config` fields (`WorkerSettings`); their
+defaults are declared there only, so the daemon always sends them.
+"""
 
 from __future__ import annotations
 
@@ -12,38 +16,36 @@ _FRAME_HEADROOM = 64 * 1024
 
 
 @dataclass(frozen=True)
-class Settings:
+class ReceivedConfig:
+    dev: bool
+    max_response_body: int
+    max_header_bytes: int
+    max_header_count: int
+    cookie_secure: bool
+    twilio_api_base_url: str | None
+    max_output: int  # function output per invocation, bytes; 0: no cap
     project_dir: str = ""
     deps_dir: str = ""
     functions: dict[str, str] = field(default_factory=dict)
     sources: dict[str, bytes] = field(default_factory=dict)
     assets: dict[str, str] = field(default_factory=dict)
-    dev: bool = False
-    max_body: int = 4 * 1024 * 1024
-    max_header_bytes: int = 15 * 1024
-    max_header_count: int = 90
-    cookie_secure_default: bool = True
-    twilio_api_base_url: str | None = None
-    max_output: int = 1024 * 1024  # function output per invocation, bytes; 0: no cap
 
     @classmethod
-    def from_config(cls, config: WorkerConfig) -> Settings:
-        base = cls()
-        max_body = config.get("max_body", base.max_body)
+    def from_config(cls, config: WorkerConfig) -> ReceivedConfig:
         return cls(
+            dev=config["dev"],
+            # A body that cannot fit in one frame could never be delivered: cap it here.
+            max_response_body=min(config["max_response_body"], MAX_FRAME - _FRAME_HEADROOM),
+            max_header_bytes=config["max_header_bytes"],
+            max_header_count=config["max_header_count"],
+            cookie_secure=config["cookie_secure"],
+            twilio_api_base_url=config["twilio_api_base_url"] or None,
+            max_output=config["max_output"],
             project_dir=config.get("project_dir", ""),
             deps_dir=config.get("deps_dir", ""),
             functions=dict(config.get("functions", {})),
             sources=dict(config.get("sources", {})),
             assets=dict(config.get("assets", {})),
-            dev=bool(config.get("dev", False)),
-            # A body that cannot fit in one frame could never be delivered: cap it here.
-            max_body=min(max_body, MAX_FRAME - _FRAME_HEADROOM),
-            max_header_bytes=config.get("max_header_bytes", base.max_header_bytes),
-            max_header_count=config.get("max_header_count", base.max_header_count),
-            cookie_secure_default=config.get("cookie_secure_default", True),
-            twilio_api_base_url=config.get("twilio_api_base_url") or None,
-            max_output=config.get("max_output", base.max_output),
         )
 
     def display_path(self, file: str) -> str:
