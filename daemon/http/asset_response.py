@@ -65,7 +65,7 @@ def _content_type(name: str) -> str:
 class AssetResponse(web.StreamResponse):
     def __init__(
         self, opened: OpenedAsset, name: Path, loop: asyncio.AbstractEventLoop,
-        on_sent: Callable[[int], None], send_timeout: float = 60.0,
+        on_sent: Callable[[int], None], send_timeout: float,
         invocation_id: str = "",
     ) -> None:
         super().__init__()

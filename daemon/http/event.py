@@ -48,8 +48,6 @@ from urllib.parse import unquote
 
 from multidict import MultiMapping
 
-MAX_HEADER_BYTES = 15 * 1024
-MAX_HEADER_FIELDS = 90
 MAX_JSON_DEPTH = 100
 
 FORM = "application/x-www-form-urlencoded"
@@ -160,10 +158,11 @@ def build_event(
 
 def check_request_headers(
     raw_headers: Iterable[tuple[bytes | str, bytes | str]],
-    max_bytes: int = MAX_HEADER_BYTES,
-    max_fields: int = MAX_HEADER_FIELDS,
+    max_bytes: int,
+    max_fields: int,
 ) -> None:
-    """Raise EventError(431) when the request's header section is over either limit."""
+    """Raise EventError(431) when the request's header section is over either limit (the
+    ``max_header_bytes`` and ``max_header_count`` settings)."""
     count = 0
     size = 0
     for name, value in raw_headers:

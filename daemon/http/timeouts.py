@@ -141,7 +141,7 @@ class _HeadTimeoutHandler(RequestHandler):
 class TimeoutServer(web.Server):
     """``web.Server`` whose connections enforce the module doc's rules."""
 
-    def __init__(self, handler: Any, *, header_timeout: float, max_connections: int = 1000,
+    def __init__(self, handler: Any, *, header_timeout: float, max_connections: int,
                  **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._header_timeout = header_timeout

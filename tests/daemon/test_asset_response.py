@@ -58,7 +58,7 @@ def serve(kind: str, tmp_path: Path, check: Check) -> list[int]:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         opened = await loop.run_in_executor(None, files.open, route)
-        return AssetResponse(opened, route.file, loop, sent.append)
+        return AssetResponse(opened, route.file, loop, sent.append, send_timeout=60.0)
 
     async def main() -> None:
         runner = web.ServerRunner(web.Server(handler))

@@ -3,7 +3,9 @@ the environment and what workers receive are derived from it, under the same nam
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import typing
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from fnd.daemon.config_cli import (
     readme_block,
     rewrite_readme,
 )
+from fnd.daemon.http.event import check_request_headers
 from fnd.daemon.project import scan_project
 from fnd.daemon.server import worker_config
 from fnd.protocol.messages import WorkerConfig, WorkerSettings
@@ -30,6 +33,12 @@ README = ROOT / "README.md"
 NOT_SETTINGS = {"project_dir", "env", "functions"}  # the project itself, not settings
 # What a worker receives besides settings: the project as the daemon scanned it, the sandbox.
 WORKER_PROJECT = {"project_dir", "deps_dir", "functions", "sources", "assets", "sandbox"}
+# The code that could declare a setting a second time (fnd/daemon etc. are symlinks to these).
+SOURCES = [ROOT / "daemon", ROOT / "worker", ROOT / "protocol", ROOT / "fnd" / "ctl",
+           ROOT / "fnd" / "author", *sorted((ROOT / "fnd").glob("*.py"))]
+
+# Parameters that share a setting's name and default by chance, not by copying it.
+NOT_COPIES = {"daemon/sandbox/cgroups.py: timeout"}  # how long cleanup waits for a cgroup
 # The `fnd serve` flags of the release before the table: none may disappear or change meaning.
 FLAGS_BEFORE = {
     "--port", "--unix", "--host", "--config", "--workers-min", "--workers-max", "--timeout",
@@ -189,3 +198,51 @@ def test_workers_receive_the_declared_settings_under_their_names(tmp_path: Path)
     assert {key: value for key, value in frame.items() if key not in WORKER_PROJECT} == {
         name: getattr(config, name) for name in sent}
     assert ReceivedConfig.from_config(frame).max_response_body == 1234
+
+
+def test_header_limits_have_no_default_outside_the_config() -> None:
+    parameters = inspect.signature(check_request_headers).parameters
+    assert all(p.default is inspect.Parameter.empty for p in parameters.values())
+
+
+def _given_defaults(tree: ast.AST) -> list[tuple[str, ast.expr]]:
+    """(name, value) for each annotated assignment, keyword default and module constant."""
+    found: list[tuple[str, ast.expr]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign | ast.Assign) and node.value is not None:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            found += [(t.id, node.value) for t in targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.arguments):
+            positional = node.posonlyargs + node.args
+            pairs = zip(positional[len(positional) - len(node.defaults):], node.defaults,
+                        strict=True)
+            found += [(arg.arg, value) for arg, value in pairs]
+            found += [(arg.arg, value) for arg, value in zip(node.kwonlyargs, node.kw_defaults,
+                                                             strict=True) if value is not None]
+    return found
+
+
+def _constant(value: ast.expr) -> object:
+    try:
+        return eval(compile(ast.Expression(value), "<default>", "eval"), {"__builtins__": {}})
+    except Exception:
+        return None  # not a constant expression
+
+
+def test_no_module_but_the_config_gives_a_setting_its_default_again() -> None:
+    """`max_header_bytes: int = 15 * 1024` or `MAX_HEADER_BYTES = 15 * 1024` outside
+    daemon/config.py is a second declaration (the worker once had its own copies)."""
+    distinctive = {s.name: s.default for s in SETTINGS
+                   if s.default is not None and not isinstance(s.default, bool)}
+    files = [path for source in SOURCES
+             for path in ([source] if source.is_file() else sorted(source.rglob("*.py")))]
+    assert ROOT / "daemon" / "config.py" in files
+    copies = []
+    for path in files:
+        if path == ROOT / "daemon" / "config.py":
+            continue
+        for name, value in _given_defaults(ast.parse(path.read_text(encoding="utf-8"))):
+            declared = distinctive.get(name.lower())
+            if declared is not None and _constant(value) == declared:
+                copies.append(f"{path.relative_to(ROOT)}: {name}")
+    assert set(copies) - NOT_COPIES == set()

@@ -10,6 +10,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
+from fnd.daemon.config import BY_NAME
 from fnd.daemon.http.event import (
     MAX_JSON_DEPTH,
     NO_BODY,
@@ -327,23 +328,27 @@ def test_inputs_not_mutated() -> None:
 
 # --- 431 (3.3) -----------------------------------------------------------------------------
 
+# The limits of a default configuration (15 KiB and 90 fields).
+DEFAULT_LIMITS = {"max_bytes": BY_NAME["max_header_bytes"].default,
+                  "max_fields": BY_NAME["max_header_count"].default}
+
 
 def test_header_limits_ok() -> None:
-    check_request_headers([(b"Host", b"x")] * 90)
+    check_request_headers([(b"Host", b"x")] * 90, **DEFAULT_LIMITS)
     value = b"v" * (15 * 1024 - 4 - 1 - 4)  # name 1 + value + 4 = exactly the limit
-    check_request_headers([(b"x", value)])
+    check_request_headers([(b"x", value)], **DEFAULT_LIMITS)
 
 
 def test_too_many_header_fields() -> None:
     with pytest.raises(EventError) as info:
-        check_request_headers([(b"X-A", b"1")] * 91)
+        check_request_headers([(b"X-A", b"1")] * 91, **DEFAULT_LIMITS)
     assert (info.value.status, info.value.reason) == (
         431, "too many request header fields (91, limit 90)")
 
 
 def test_headers_too_large() -> None:
     with pytest.raises(EventError) as info:
-        check_request_headers([(b"x", b"v" * (15 * 1024 - 4))])
+        check_request_headers([(b"x", b"v" * (15 * 1024 - 4))], **DEFAULT_LIMITS)
     assert (info.value.status, info.value.reason) == (
         431, "request headers too large (15361 bytes, limit 15360)")
 
