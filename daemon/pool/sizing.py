@@ -1,5 +1,5 @@
 """The pool's sizing policy, as plain arithmetic: how many workers to start, how many idle
-ones may retire, how long each worker lives, how long to wait after failures.
+ones may retire, each worker's recycling limits, how long to wait after failures.
 
 No processes, no clock, no event loop: `Pool` counts its workers and asks; the answers are
 unit-tested on their own (docs/pool.md#sizing, docs/pool.md#recycling).
@@ -11,7 +11,6 @@ import random
 from dataclasses import dataclass
 
 from fnd.daemon.config import Config
-from fnd.daemon.pool import deaths
 
 
 def to_start(*, live: int, idle: int, starting: int, queued: int, workers_min: int,
@@ -43,9 +42,9 @@ def backoff(failures: int, first: float, most: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Recycling:
-    """When one worker is replaced: after `max_requests` calls or `max_age` seconds
-    (0: never), each drawn with jitter so that workers started together do not all leave
-    together."""
+    """One worker's recycling limits: replaced after `max_requests` calls or `max_age`
+    seconds (0: never), each drawn with jitter so that workers started together do not all
+    leave together."""
 
     max_requests: int = 0
     max_age: float = 0.0
@@ -59,13 +58,5 @@ class Recycling:
         return cls(requests, age)
 
     def too_old(self, age: float) -> bool:
+        """Past its age limit at `age` seconds (the per-call check: WorkerProc.recycle_due)."""
         return bool(self.max_age) and age >= self.max_age
-
-    def due(self, served: int, age: float) -> str | None:
-        """The cause (daemon.pool.deaths) if a worker that served `served` calls and is `age`
-        seconds old is due for replacement, else None."""
-        if self.max_requests and served >= self.max_requests:
-            return deaths.MAX_REQUESTS
-        if self.too_old(age):
-            return deaths.MAX_AGE
-        return None

@@ -207,10 +207,14 @@ class WorkerProc:
         an older generation, its recycling limits, or over `max_rss` bytes (0: no limit)."""
         if self.generation != generation:
             return deaths.RELOAD
-        due = self.recycling.due(self.served, time.monotonic() - self.spawned_at)
-        if due is None and max_rss and self.rss > max_rss:
+        limits = self.recycling  # read inline: this runs after every call
+        if limits.max_requests and self.served >= limits.max_requests:
+            return deaths.MAX_REQUESTS
+        if limits.max_age and time.monotonic() - self.spawned_at >= limits.max_age:
+            return deaths.MAX_AGE
+        if max_rss and self.rss > max_rss:
             return deaths.MAX_RSS
-        return due
+        return None
 
     def take_call(self) -> Call | None:
         """Hand over the current call (to be answered by whoever takes it), if any."""
