@@ -6,9 +6,12 @@ time limit.
 
 Sizing (docs/pool.md#sizing): `workers_min` are always there; while any worker is busy one
 spare is kept idle or starting, plus one per queued call, up to `workers_max`, so a burst
-finds forks already under way; idle workers above the minimum retire after `idle_timeout`. A
-worker that leaves (killed, retired, crashed) is replaced the moment the daemon decides or
-notices it, never when a request needs it.
+finds forks already under way; idle workers above the minimum retire after `idle_timeout`
+(the arithmetic: daemon/pool/sizing.py). A worker that leaves (killed, retired, crashed) is
+replaced the moment the daemon decides or notices it, never when a request needs it.
+
+The processes themselves (spawning, exits, deaths, the zygote) are daemon/pool/supervisor.py;
+each worker's state is its WorkerProc's, which this module asks and commands.
 """
 
 from __future__ import annotations
