@@ -314,17 +314,6 @@ class Cgroups:
                 return len(killed)
             time.sleep(_POLL)
 
-    def wait_empty(self, slot: int, timeout: float = 2.0) -> bool:
-        """Wait (blocking, bounded) until no process is left in the slot's cgroup, dead ones
-        included: a killed process still counts against pids.max (and its uid's
-        RLIMIT_NPROC) until its parent reaps it, so the zygote should be a child subreaper."""
-        deadline = time.monotonic() + timeout
-        while self.pids(slot) or self.pids_current(slot):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL)
-        return True
-
     def pids_current(self, slot: int) -> int:
         """Tasks charged to the slot's pids controller (threads and unreaped zombies too)."""
         directory = self._dir(slot, "unified") or self._dir(slot, "pids")

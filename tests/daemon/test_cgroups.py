@@ -25,6 +25,7 @@ from fnd.daemon.sandbox.cgroups import (
     detect,
 )
 from fnd.daemon.sandbox.slot_probe import SlotProbe, parse_cpu
+from tests.cgroup_wait import wait_empty
 from tests.processes import reap
 
 MiB = 1024 * 1024
@@ -182,7 +183,7 @@ def test_pids_max_stops_forks_even_for_root(cg: Cgroups) -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child, 0)
     assert line == b"EAGAIN 15"  # 16 tasks: the child and 15 of its children
-    assert cg.wait_empty(1)
+    assert wait_empty(cg, 1)
 
 
 @pytest.mark.root_only
@@ -212,7 +213,7 @@ def test_kill_slot_kills_processes_that_left_the_process_group(cg: Cgroups) -> N
     assert cg.kill_slot(2) == 2
     assert os.WTERMSIG(reap(pid)) == signal.SIGKILL
     assert os.WTERMSIG(reap(grandchild)) == signal.SIGKILL  # orphan, reparented to us
-    assert cg.wait_empty(2)
+    assert wait_empty(cg, 2)
     assert cg.pids(2) == []
 
 
