@@ -27,7 +27,6 @@ from fnd.daemon.ops.control import ControlServer, check_folder, default_control_
 from fnd.daemon.ops.metrics import render_metrics, start_metrics_server
 from fnd.daemon.ops.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.ops.watch import Watcher
-from fnd.daemon.pool import output_cap
 from fnd.daemon.pool.pool import FunctionsBroken, Pool, PoolError
 from fnd.daemon.pool.spawner import ZygoteSpawner
 from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
@@ -113,7 +112,6 @@ class Daemon:
         self._project_arg = project_arg or config.project_dir
         self.stats = Stats()
         self.project = load_project(config)
-        output_cap.set_limit(config.max_output)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, ZygoteSpawner(sandbox), on_fatal=self._fatal)
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
@@ -291,7 +289,6 @@ class Daemon:
                     # request pairs the new route table with old workers or the reverse.
                     self.config, self.project = config, project
                     self.front.set_project(config, project)
-                    output_cap.set_limit(config.max_output)
 
                 # A raised workers_max needs more worker uids: held first, or no reload.
                 self.sandbox.grow_uids(2 * config.workers_max)

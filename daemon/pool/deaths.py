@@ -81,3 +81,19 @@ def classify(status: int | None, oom_killed: bool) -> tuple[str, str]:
     if status is not None and status >= 0 and os.WIFSIGNALED(status):
         return SIGNAL, words
     return EXIT, words
+
+
+def explain(status: int | None, oom_killed: bool, *, closed_early: bool, was_ready: bool,
+            failure: str | None) -> tuple[str, str]:
+    """(cause, words) for a worker that died without being told to, knowing its story: one
+    that closed its result pipe and was then killed broke the protocol; one that exited
+    before READY failed to start (`failure`: what it or the zygote said)."""
+    cause, words = classify(status, oom_killed)
+    if closed_early and cause in (SIGNAL, EXIT) and (
+        status is None or status < 0
+        or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+    ):
+        return PROTOCOL, "closed its result pipe and was killed"
+    if not was_ready and cause == EXIT:
+        return START_FAILED, failure or f"{words} before it was ready"
+    return cause, words

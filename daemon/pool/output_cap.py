@@ -4,12 +4,12 @@ The worker caps its output at ``max_output`` per invocation and says once how mu
 dropped, but the daemon does not rely on a worker behaving: it counts what it logs for each
 worker and invocation (its own view of which call the worker holds, never the id a frame
 claims), frames and raw fd 1/2 lines alike, and past ``max_output`` plus some slack logs one
-"function output truncated" line and drops the rest until the worker's next call.
+"function output truncated" line and drops the rest until the worker's next call. Each
+worker handle (daemon/pool/worker_proc.py) holds its own cap and its generation's limit.
 """
 
 from __future__ import annotations
 
-import weakref
 from enum import Enum
 
 from fnd.protocol.messages import line_cost
@@ -46,25 +46,3 @@ class OutputCap:
             return Verdict.LOG
         self._cut = True
         return Verdict.TRUNCATE
-
-
-_limit = 1024 * 1024
-_caps: weakref.WeakKeyDictionary[object, OutputCap] = weakref.WeakKeyDictionary()
-
-
-def set_limit(max_output: int) -> None:
-    """The configured max_output (at start and on reload)."""
-    global _limit
-    _limit = max_output
-
-
-def admit(worker: object, key: str | None, line: str) -> Verdict:
-    """The verdict for one line of ``worker``'s output during invocation ``key``."""
-    cap = _caps.get(worker)
-    if cap is None:
-        cap = _caps[worker] = OutputCap()
-    return cap.admit(key, line, _limit)
-
-
-def limit() -> int:
-    return _limit + SLACK

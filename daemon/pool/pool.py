@@ -6,9 +6,12 @@ time limit.
 
 Sizing (docs/pool.md#sizing): `workers_min` are always there; while any worker is busy one
 spare is kept idle or starting, plus one per queued call, up to `workers_max`, so a burst
-finds forks already under way; idle workers above the minimum retire after `idle_timeout`. A
-worker that leaves (killed, retired, crashed) is replaced the moment the daemon decides or
-notices it, never when a request needs it.
+finds forks already under way; idle workers above the minimum retire after `idle_timeout`
+(the arithmetic: daemon/pool/sizing.py). A worker that leaves (killed, retired, crashed) is
+replaced the moment the daemon decides or notices it, never when a request needs it.
+
+The processes themselves (spawning, exits, deaths, the zygote) are daemon/pool/supervisor.py;
+each worker's state is its WorkerProc's, which this module asks and commands.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,27 +26,18 @@ from typing import Any
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.config import Config
-from fnd.daemon.logs import get_logger
-from fnd.daemon.pool import deaths
-from fnd.daemon.pool.frame_check import Limits
+from fnd.daemon.pool import deaths, sizing
 from fnd.daemon.pool.queue import WaitQueue
-from fnd.daemon.pool.slots import EXIT_STATUS_WAIT, Slots
 from fnd.daemon.pool.spawner import Spawner
+from fnd.daemon.pool.supervisor import FunctionsBroken, PoolError, WorkerSupervisor, limits
 from fnd.daemon.pool.worker_proc import BUSY, DEAD, IDLE, STARTING, CallRefused, WorkerProc
 from fnd.daemon.pool.zygote_client import ZygoteError
-from fnd.daemon.sandbox.cgroups import CgroupError
 from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
-from fnd.protocol.sandbox_config import missing_layers
 
-_log = get_logger("fnd.pool")
-_ZYGOTE_RESTARTS = 5  # consecutive failed zygote restarts before the daemon gives up
-_ZYGOTE_BACKOFF = 0.1  # seconds before the first retry of a failed zygote restart, doubling
-# Workers failing to start one after another: back off, then give up (like gunicorn's
-# boot-error exit) instead of forking in a tight loop.
-_START_FAILURES = 10
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
-_RETIRE_GRACE = 5.0  # a retired worker that has not exited after this long is killed
+__all__ = ["FunctionsBroken", "Pool", "PoolError"]
+
+_MIB = 1024 * 1024
 # Outside checks (docs/security.md). A thread that ended a moment ago may still be counted in
 # its cgroup: re-check a few times, on the call's deadline, before calling it a leftover.
 _VERIFY_RETRIES = (0.001, 0.005, 0.02, 0.1)
@@ -55,20 +47,10 @@ _CORES = os.cpu_count() or 1
 _STUCK_GRACE = 2.0  # past its limit (or its kill) this long, a worker counts as stuck
 
 
-class PoolError(Exception):
-    """The pool could not reach a serving state; the message says why."""
+class Pool(WorkerSupervisor):
+    """Calls, the queue, the idle stack, sizing and reloads, on top of the worker processes
+    (daemon/pool/supervisor.py)."""
 
-
-class FunctionsBroken(PoolError):
-    """Some functions of a new generation cannot run; `problems` lists (route, reason)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        first = ": ".join(part for part in problems[0] if part)
-        super().__init__(f"{len(problems)} function problem(s), first: {first}")
-        self.problems = problems
-
-
-class Pool:
     def __init__(
         self,
         config: Config,
@@ -77,37 +59,13 @@ class Pool:
         spawner: Spawner,
         on_fatal: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        self.config = config
-        self.worker_config = worker_config
-        self.stats = stats
-        # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
-        self._loop = asyncio.get_running_loop()
-        self._on_fatal = on_fatal
-        self.spawner = spawner  # processes, the zygote and the slots' cgroups
-        # (daemon/pool/spawner.py)
-        self.limits = _limits(config)
-        self._slots = Slots(self._loop, spawner, 2 * config.workers_max, self._top_up_soon)
-        self._top_up_due = False  # a top-up is scheduled (events schedule one, never nest it)
+        super().__init__(config, worker_config, stats, spawner, on_fatal)
         self._sweep_timer: asyncio.TimerHandle | None = None
         self.stuck = 0
-        self.workers: dict[int, WorkerProc] = {}  # by slot, dying ones too until reaped
-        self._by_pid: dict[int, WorkerProc] = {}
-        # Capacity: workers starting, idle or busy that are not leaving (current generation
-        # and older ones still finishing a call).
-        self._live: set[WorkerProc] = set()
-        self._starting: set[WorkerProc] = set()
         self._idle: list[WorkerProc] = []  # LIFO: hot workers stay hot, the bottom retires
         self._queue = WaitQueue(self._loop, config.queue_timeout)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
-        self._spawn_after = 0.0  # loop time before which no worker is forked (back-off)
-        self._start_failures = 0
-        self._zygote_failures = 0
-        self._zygote_up = False
-        self._started = False
-        self.generation = 0
-        self.closing = False
         self._refusing = False  # the drain is over: calls get 503
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -228,7 +186,7 @@ class Pool:
             raise PoolError(failure)  # the caller says "reload failed"
         # The switch: nothing below awaits, so no call sees half of it.
         self.config, self.worker_config = config, worker_config
-        self.limits = _limits(config)
+        self.limits = limits(config)
         self.generation += 1
         self._queue.timeout = config.queue_timeout
         if switch is not None:
@@ -236,7 +194,9 @@ class Pool:
         old_idle, now = list(self._idle), time.monotonic()
         for worker in fresh:
             if worker.state == IDLE and not worker.leaving:
-                worker.idle_since = now
+                # Its CPU mark stays the one taken when it became ready: CPU used while it
+                # was held counts too.
+                worker.went_idle(now, worker.cpu_mark)
                 self._live.add(worker)
                 self._idle.append(worker)
         for worker in old_idle:
@@ -326,8 +286,7 @@ class Pool:
                 return
             if self._send(worker, call):
                 return
-        worker.idle_since = time.monotonic()
-        worker.cpu_mark = self.spawner.cpu(worker.slot)  # where it stands as it goes idle
+        worker.went_idle(time.monotonic(), self.spawner.cpu(worker.slot))
         self._idle.append(worker)
         if self._idle_timer is None and len(self._live) > self.config.workers_min:
             self._schedule_idle_check()
@@ -346,17 +305,13 @@ class Pool:
         """Fork what the pool is short of: the minimum, one spare while busy, the queue."""
         if not (self._zygote_up and self.spawner.alive):
             return  # _restart_zygote tops up once the zygote is back
-        cfg = self.config
-        live = len(self._live)
-        ready_or_starting = len(self._idle) + len(self._starting)
-        busy = live - ready_or_starting
-        if self.closing:
-            wanted = len(self._queue) - ready_or_starting  # only what the drain still needs
-        else:
-            spare = 1 if busy > 0 else 0
-            wanted = max(len(self._queue) + spare - ready_or_starting, cfg.workers_min - live)
-        count = min(wanted, cfg.workers_max - live, self._slots.spare())
-        if count <= 0:
+        count = sizing.to_start(
+            live=len(self._live), idle=len(self._idle), starting=len(self._starting),
+            queued=len(self._queue), workers_min=self.config.workers_min,
+            workers_max=self.config.workers_max, free_slots=self._slots.spare(),
+            closing=self.closing,
+        )
+        if count == 0:
             return
         delay = self._spawn_after - self._loop.time()
         if delay > 0:
@@ -370,17 +325,6 @@ class Pool:
         self._retry_timer = None
         self._top_up()
 
-    def _top_up_soon(self) -> None:
-        """A top-up from a worker's or a slot's event: run once that event is handled, so
-        that a kill or a retire never forks inside the callback that reported it."""
-        if not self._top_up_due:
-            self._top_up_due = True
-            self._loop.call_soon(self._scheduled_top_up)
-
-    def _scheduled_top_up(self) -> None:
-        self._top_up_due = False
-        self._top_up()
-
     def _schedule_idle_check(self) -> None:
         if not self._idle:
             return
@@ -391,107 +335,17 @@ class Pool:
         """Idle workers above the minimum leave after idle_timeout, oldest first."""
         self._idle_timer = None
         horizon = time.monotonic() - self.config.idle_timeout
-        while len(self._live) > self.config.workers_min and self._idle and (
-            self._idle[0].idle_since <= horizon
-        ):
-            keep_spare = len(self._live) > len(self._idle) + len(self._starting)
-            if keep_spare and len(self._idle) == 1:
-                break  # the spare for busy workers stays
-            self._idle[0].retire(deaths.IDLE)
+        count = sizing.may_retire(live=len(self._live), idle=len(self._idle),
+                                  starting=len(self._starting),
+                                  workers_min=self.config.workers_min)
+        for _ in range(count):
+            if not self._idle or self._idle[0].idle_since > horizon:
+                break
+            self._idle[0].retire(deaths.IDLE)  # leaves the idle stack (worker_leaving)
         if len(self._live) > self.config.workers_min:
             self._schedule_idle_check()
 
-    # -- workers ------------------------------------------------------------------------
-    def _spawn(self) -> WorkerProc | None:
-        slot = self._slots.take()
-        return None if slot is None else self._spawn_in(slot, False, None)
-
-    async def _spawn_fresh(self, config: Config | None, deadline: float) -> WorkerProc | None:
-        """A worker of the next generation, in a slot that may first have to come free (a
-        dying worker's, once reaped); None if none does by `deadline` (loop time)."""
-        slot = await self._slots.take_waiting(deadline - self._loop.time())
-        if slot is None:
-            return None
-        if self.closing:  # it stopped while this waited: the slot goes back, unused
-            self._slots.give_back(slot)
-            return None
-        return self._spawn_in(slot, True, config)
-
-    def _spawn_in(self, slot: int, fresh: bool, config: Config | None) -> WorkerProc:
-        cfg = config or self.config
-        worker = WorkerProc(self, slot, self.generation + 1 if fresh else self.generation)
-        if cfg.max_worker_age:
-            # Jittered too, so that a pool started at once does not retire at once.
-            worker.max_age = cfg.max_worker_age * random.uniform(1.0, 1.1)
-        if cfg.max_requests:
-            # Jitter spreads recycling out so that workers do not all restart together.
-            worker.request_limit = cfg.max_requests + random.randint(
-                0, max(0, cfg.max_requests_jitter)
-            )
-        self.workers[slot] = worker
-        if not fresh:  # a reload's next generation counts once the reload switches to it
-            self._live.add(worker)
-            self._starting.add(worker)
-        self._run(self._start_worker(worker))
-        return worker
-
-    async def _start_worker(self, worker: WorkerProc) -> None:
-        try:
-            pending = self._slots.kill_pending(worker.slot)
-            if pending is not None:
-                await pending  # the slot's previous occupants are gone before it is reused
-            if worker.state == DEAD:  # killed while it waited: no process to make
-                self._exited(worker, -1)
-                return
-            pipes = await self.spawner.spawn(worker.slot)
-            await worker.attach(pipes)
-        except (ZygoteError, OSError, CgroupError) as exc:
-            worker.failure = f"spawn failed: {exc}"
-            worker.kill(f"failed to start: {worker.failure}", deaths.START_FAILED)
-            if worker.pid is None:
-                self._exited(worker, -1)  # no process was made
-            elif worker.state == DEAD:
-                self._free_slot(worker)
-
-    def _due_for_recycling(self, worker: WorkerProc) -> str | None:
-        cfg = self.config
-        if worker.generation != self.generation:
-            return deaths.RELOAD
-        if worker.request_limit and worker.served >= worker.request_limit:
-            return deaths.MAX_REQUESTS
-        if worker.max_age and time.monotonic() - worker.spawned_at >= worker.max_age:
-            return deaths.MAX_AGE
-        if cfg.max_rss_mb and worker.rss > cfg.max_rss_mb * 1024 * 1024:
-            return deaths.MAX_RSS
-        return None
-
-    # PoolEvents, called by WorkerProc
-    def worker_ready(self, worker: WorkerProc) -> None:
-        self._starting.discard(worker)
-        if worker.pid is not None:
-            self._by_pid.setdefault(worker.pid, worker)  # READY came before SPAWNED
-        if worker.leaving:
-            return
-        missing = missing_layers(worker.layers) if self.config.sandbox == "strict" else []
-        if missing:
-            # Fail closed: a worker without every protection never gets a call.
-            details = ", ".join(f"{name} ({worker.layers.get(name, 'not reported')})"
-                                for name in missing)
-            worker.failure = f"sandbox layers missing: {details}"
-            worker.kill(f"failed to start: {worker.failure}", deaths.START_FAILED)
-            return
-        self._start_failures = 0
-        self._spawn_after = 0.0
-        worker.cpu_mark = self.spawner.cpu(worker.slot)
-        _log.info("worker ready", pid=worker.pid, slot=worker.slot, generation=worker.generation,
-                  start_ms=round((worker.ready_at - worker.spawned_at) * 1000, 1))
-        if worker.generation > self.generation:
-            return  # a reload's new worker: held until the switch
-        if worker.generation < self.generation:
-            worker.retire(deaths.RELOAD)
-        else:
-            self._release(worker)
-
+    # -- PoolEvents, called by WorkerProc (the others: supervisor.py) --------------------
     def worker_done(self, worker: WorkerProc, call: Call, clean: bool, reason: str | None) -> None:
         if not clean:
             self._finalize(call)
@@ -520,189 +374,23 @@ class Pool:
             # The worker's figure (checked finite and not negative) can claim no more than
             # its cores could have run; the cgroup counter is read only when it goes idle.
             call.cpu = min(call.cpu, (time.perf_counter() - call.started) * _CORES)
-        worker.cpu_total += call.cpu or 0.0
         self._finalize(call)
-        worker.verified_idle()
+        worker.verified_idle(call.cpu or 0.0)
         if call.isolated:
             worker.kill("served its one invocation", deaths.ISOLATION)
             return
-        recycle = self._due_for_recycling(worker)
+        recycle = worker.recycle_due(self.generation, self.config.max_rss_mb * _MIB)
         if recycle is not None:
             worker.retire(recycle)  # worker_leaving schedules its replacement
         else:
             self._release(worker)
 
-    def worker_leaving(self, worker: WorkerProc) -> None:
-        self._forget(worker)
-        if worker.retiring:
-            # An idle worker exits on EOF at once; one that does not is made to.
-            self._loop.call_later(_RETIRE_GRACE, self._kill_lingering, worker)
-        self._top_up_soon()
-
-    def _kill_lingering(self, worker: WorkerProc) -> None:
-        if worker.state != DEAD:
-            worker.kill("did not exit after it was retired", worker.cause or deaths.STOPPING)
-
     def _forget(self, worker: WorkerProc) -> None:
-        """Take a worker out of every capacity count (it is leaving or gone)."""
-        self._live.discard(worker)
-        self._starting.discard(worker)
+        super()._forget(worker)
         if worker in self._idle:
             self._idle.remove(worker)
 
-    def worker_gone(self, worker: WorkerProc) -> None:
-        self._forget(worker)
-        call = worker.take_call()
-        if worker.cause is None:
-            self._run(self._report_death(worker, call))  # waits for the exit status
-        else:
-            reason = worker.kill_reason or worker.cause
-            self._record_exit(worker, worker.cause, reason)
-            if call is not None:
-                # No-op when already answered (504 at the deadline, a result before a kill).
-                call.resolve(text_outcome(502, calls.CRASH, f"function crashed: {reason}"))
-                self._finalize(call)
-        if worker.exit_status.done():
-            self._free_slot(worker)
-        self._top_up_soon()
-
-    def kill_worker(self, worker: WorkerProc) -> None:
-        if worker.pid is not None:
-            self.spawner.kill_group(worker.pid)
-        if self.workers.get(worker.slot) is worker:  # never a later occupant of its slot
-            self._slots.kill_soon(worker.slot, worker.exit_status)
-
-    def still_running(self, worker: WorkerProc) -> bool:
-        return worker.pid is not None and self.spawner.running(worker.pid)
-
-    async def _report_death(self, worker: WorkerProc, call: Call | None) -> None:
-        """A worker died on its own: classify it from its exit status, answer its call."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(worker.exit_status), EXIT_STATUS_WAIT)
-        if worker.cause is not None:  # meanwhile explained: the zygote died and took it along
-            cause, words = worker.cause, worker.kill_reason or worker.cause
-        else:
-            status = worker.exit_status.result() if worker.exit_status.done() else None
-            cause, words = deaths.classify(status, self.spawner.oom_killed(worker.slot))
-            if worker.closed_early and cause in (deaths.SIGNAL, deaths.EXIT) and (
-                status is None or status < 0
-                or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
-            ):
-                cause, words = deaths.PROTOCOL, "closed its result pipe and was killed"
-            if not worker.ready_at and cause == deaths.EXIT:
-                cause = deaths.START_FAILED
-                words = worker.failure or f"{words} before it was ready"
-            worker.cause = cause
-        self._record_exit(worker, cause, words)
-        if call is not None:
-            call.resolve(text_outcome(502, calls.CRASH, f"function crashed: {words}"))
-            self._finalize(call)
-
-    def _record_exit(self, worker: WorkerProc, cause: str, reason: str) -> None:
-        """One counter and one log line per worker that leaves."""
-        if cause not in deaths.NOT_COUNTED:
-            self.stats.worker_restart(cause)
-        log = _log.warning if cause in deaths.UNPLANNED or cause == deaths.TIMEOUT else _log.info
-        log("worker exited", pid=worker.pid, slot=worker.slot, cause=cause, reason=reason,
-            served=worker.served, generation=worker.generation,
-            age_s=round(time.monotonic() - worker.spawned_at, 3))
-        if cause == deaths.START_FAILED:
-            self._start_failed(worker, reason)
-
-    def _start_failed(self, worker: WorkerProc, reason: str) -> None:
-        if worker.generation > self.generation or self.closing or not (
-            self._zygote_up and self.spawner.alive
-        ):
-            return  # a reload reports its own failure; a zygote restart is handled apart
-        self._start_failures += 1
-        if self._start_failures >= _START_FAILURES and self._started:
-            self._on_fatal(f"workers cannot start ({self._start_failures} failures in a row, "
-                           f"last: {reason})")
-            return
-        backoff = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._start_failures - 1))
-        self._spawn_after = self._loop.time() + backoff
-
-    def _finalize(self, call: Call) -> None:
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        call.complete()  # its log line
-
-    def _exited(self, worker: WorkerProc, status: int) -> None:
-        """Its exit status is known (-1: no process, or nobody will report one); once it is
-        also dead its slot is freed."""
-        worker.set_exit_status(status)
-        if worker.state == DEAD:
-            self._free_slot(worker)
-
-    def _free_slot(self, worker: WorkerProc) -> None:
-        if self.workers.get(worker.slot) is not worker:
-            return
-        del self.workers[worker.slot]
-        if worker.pid is not None and self._by_pid.get(worker.pid) is worker:
-            del self._by_pid[worker.pid]
-        worker.close_pipes()
-        # Anything it left goes with its cgroup; the slot is free once that is empty.
-        self._slots.kill_soon(worker.slot, worker.exit_status, release=True)
-
-    # SpawnEvents, reported by the spawner
-    def on_spawned(self, slot: int, pid: int) -> None:
-        worker = self.workers.get(slot)
-        if worker is None or worker.pid not in (None, pid):
-            return
-        worker.pid = pid
-        self._by_pid[pid] = worker
-        if worker.kill_reason is not None:
-            worker.kill(worker.kill_reason, worker.cause or deaths.STOPPING)
-
-    def on_spawn_failed(self, slot: int, reason: str) -> None:
-        worker = self.workers.get(slot)
-        if worker is not None and worker.pid is None:
-            worker.failure = reason
-            worker.set_exit_status(-1)  # first: its death frees the slot at once
-            worker.kill(f"failed to start: {reason}", deaths.START_FAILED)
-            if worker.state == DEAD:
-                self._free_slot(worker)
-
-    def on_exited(self, pid: int, status: int) -> None:
-        worker = self._by_pid.get(pid)
-        if worker is None:
-            return  # an orphan the zygote reaped as subreaper
-        self._exited(worker, status)
-
-    def on_zygote_lost(self, reason: str) -> None:
-        self._zygote_up = False
-        if self.closing:
-            return
-        _log.error("zygote lost", reason=reason)
-        self.stats.worker_restart(deaths.ZYGOTE)
-        # Its workers die with it (PDEATHSIG); nobody will report their exit statuses.
-        for worker in list(self.workers.values()):
-            worker.kill("zygote died", deaths.ZYGOTE)
-            self._exited(worker, -1)
-        self._run(self._restart_zygote())
-
-    async def _restart_zygote(self) -> None:
-        await self.spawner.stop()
-        while not self.closing:
-            try:
-                await self.spawner.start(self.worker_config, self)
-            except ZygoteError as exc:
-                self._zygote_failures += 1
-                if self._zygote_failures >= _ZYGOTE_RESTARTS:
-                    self._on_fatal(f"zygote cannot be restarted: {exc}")
-                    return
-                _log.error("zygote restart failed", reason=str(exc),
-                           attempt=self._zygote_failures)
-                # Back off, not a tight loop.
-                await asyncio.sleep(_ZYGOTE_BACKOFF * 2 ** self._zygote_failures)
-                continue
-            self._zygote_failures = 0
-            self._zygote_up = True
-            _log.info("zygote restarted", pid=self.spawner.pid)
-            self._top_up()
-            return
-
+    # -- upkeep -------------------------------------------------------------------------
     def _sweep(self) -> None:
         """Once a second: idle workers that use CPU or are too old, stuck workers, slots."""
         self._sweep_timer = self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
@@ -716,7 +404,7 @@ class Pool:
                     stuck += 1
                     worker.kill(worker.kill_reason, worker.cause or deaths.TIMEOUT)  # again
             elif worker.state == IDLE and worker in self._idle:
-                if worker.max_age and now - worker.spawned_at >= worker.max_age:
+                if worker.recycling.too_old(now - worker.spawned_at):
                     worker.retire(deaths.MAX_AGE)  # replaced at once, like any leaver
                 else:
                     self._still_idle(worker)  # kills it if it used CPU
@@ -727,11 +415,6 @@ class Pool:
                 worker.kill("busy past its time limit", deaths.TIMEOUT)
         self.stuck = stuck
         self._slots.sweep()
-
-    def _run(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- reporting ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -751,10 +434,6 @@ class Pool:
             "generation": self.generation,
             "now": time.perf_counter(),
         }
-
-
-def _limits(config: Config) -> Limits:
-    return Limits(config.max_response_body, config.max_header_count, config.max_header_bytes)
 
 
 async def _wait_ready(workers: list[WorkerProc], timeout: float) -> str | None:

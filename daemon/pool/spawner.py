@@ -1,4 +1,4 @@
-"""The seam under the pool: everything it asks of processes, the zygote and the slots' cgroups.
+"""The interface under the pool: everything it asks of processes, the zygote and the slots' cgroups.
 
 The pool decides; a `Spawner` carries the decisions out. `ZygoteSpawner` is the real one (the
 zygote channel, the sandbox's cgroups and scratch, SIGKILL); the pool's unit tests use an
@@ -55,7 +55,7 @@ class Spawner(Protocol):
 
 
 class ZygoteSpawner:
-    """The real seam: the zygote forks, the sandbox's cgroups and scratch hold the slots."""
+    """The real spawner: the zygote forks, the sandbox's cgroups and scratch hold the slots."""
 
     def __init__(self, sandbox: SandboxSetup | None = None) -> None:
         self._sandbox = sandbox

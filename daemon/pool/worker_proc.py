@@ -1,4 +1,8 @@
-"""The daemon's handle on one worker process: its pipes, its state, its current call."""
+"""The daemon's handle on one worker process: its pipes, its state, its current call.
+
+A worker's state and the facts about it (pid, times, CPU, why it left) change only here, in
+one method per transition; the pool asks and commands (docs/pool.md).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,30 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.logs import get_logger
-from fnd.daemon.pool import deaths, frame_check, output_cap
+from fnd.daemon.pool import deaths, frame_check
 from fnd.daemon.pool.frame_check import FrameError
+from fnd.daemon.pool.output_cap import SLACK, OutputCap, Verdict
+from fnd.daemon.pool.sizing import Recycling
 from fnd.daemon.pool.zygote_client import SpawnedPipes
 from fnd.protocol import AsyncFrameReader, ProtocolError, encode
 from fnd.protocol import messages as m
 
-STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+WorkerState = Literal["starting", "idle", "busy", "dead"]  # as `fnd status` shows them
+STARTING: Final = "starting"
+IDLE: Final = "idle"
+BUSY: Final = "busy"
+DEAD: Final = "dead"
 _log = get_logger("fnd.worker")
 # Python logging levels of a function's log records -> the daemon's log methods.
 _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
            "CRITICAL": "critical"}
 _MAX_OUTPUT_LINE = 8192
+_NEVER = Recycling()  # no recycling limits
 
 
 class PoolEvents(Protocol):
@@ -80,15 +91,16 @@ def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
 
 
 class WorkerProc:
-    def __init__(self, events: PoolEvents, slot: int, generation: int) -> None:
+    def __init__(self, events: PoolEvents, slot: int, generation: int,
+                 recycling: Recycling = _NEVER, max_output: int = 0) -> None:
         self.events = events
         self.slot = slot
         self.generation = generation
+        self.recycling = recycling
         self.pid: int | None = None
-        self.state = STARTING
+        self.state: WorkerState = STARTING
         self.call: Call | None = None
         self.served = 0
-        self.request_limit = 0  # recycle after this many calls; 0: never
         self.layers: dict[str, str] = {}
         self.failure: str | None = None  # why it could not start, as it or the zygote said
         self.retiring = False
@@ -109,7 +121,9 @@ class WorkerProc:
         self.answered = False  # a RESULT was accepted for the current call
         self.closed_early = False  # its result pipe closed before the daemon killed it
         self.cpu_mark: float | None = None  # the slot's CPU counter when it last went idle
-        self.max_age = 0.0  # recycle once older than this many seconds; 0: never
+        # The daemon's own cap on the output it logs per call (daemon/pool/output_cap.py).
+        self._output = OutputCap()
+        self._max_output = max_output
         self.kill_sent_at = 0.0
         self.preflight: asyncio.Future[list[tuple[str, str]]] | None = None
 
@@ -159,9 +173,48 @@ class WorkerProc:
         self._cmd.write(frame)
         return self.preflight
 
-    def verified_idle(self) -> None:
-        """The pool checked after DONE that nothing of the call is left: it may take another."""
+    def verified_idle(self, cpu: float) -> None:
+        """The pool checked after DONE that nothing of the call is left: it may take another.
+        `cpu`: the call's CPU seconds, as the pool accepted them."""
+        self.cpu_total += cpu
         self.state = IDLE
+
+    def went_idle(self, now: float, cpu: float | None) -> None:
+        """It waits for a call from `now` (time.monotonic()); `cpu` is its slot's CPU counter
+        then (None: not accounted), so that CPU used while idle can be told."""
+        self.idle_since = now
+        self.cpu_mark = cpu
+
+    def spawned(self, pid: int) -> None:
+        """The zygote made its process; a kill ordered before that is sent again, now that
+        there is a process group to kill."""
+        self.pid = pid
+        if self._kill_reason is not None:
+            self.kill(self._kill_reason, self.cause or deaths.STOPPING)
+
+    def fail_start(self, reason: str) -> None:
+        """It cannot serve (`reason` as it, the zygote or the pool said): it dies unready."""
+        self.failure = reason
+        self.kill(f"failed to start: {reason}", deaths.START_FAILED)
+
+    def died_of(self, cause: str) -> None:
+        """Why it died, once its exit status explained it (daemon.pool.deaths)."""
+        if self.cause is None:
+            self.cause = cause
+
+    def recycle_due(self, generation: int, max_rss: int) -> str | None:
+        """The cause if it should be replaced rather than take another call, else None:
+        an older generation, its recycling limits, or over `max_rss` bytes (0: no limit)."""
+        if self.generation != generation:
+            return deaths.RELOAD
+        limits = self.recycling  # read inline: this runs after every call
+        if limits.max_requests and self.served >= limits.max_requests:
+            return deaths.MAX_REQUESTS
+        if limits.max_age and time.monotonic() - self.spawned_at >= limits.max_age:
+            return deaths.MAX_AGE
+        if max_rss and self.rss > max_rss:
+            return deaths.MAX_RSS
+        return None
 
     def take_call(self) -> Call | None:
         """Hand over the current call (to be answered by whoever takes it), if any."""
@@ -268,8 +321,7 @@ class WorkerProc:
         elif kind == m.FAILED:
             if self.state != STARTING:
                 raise FrameError("failed after ready")
-            self.failure = frame_check.failed(message)
-            self.kill(f"failed to start: {self.failure}", deaths.START_FAILED)
+            self.fail_start(frame_check.failed(message))
         else:
             raise FrameError(f"unexpected message {kind!r}")
 
@@ -311,13 +363,13 @@ class WorkerProc:
 
     def _log_output(self, line: str, stream: str, invocation_id: Any, level: Any) -> None:
         """One line a function wrote, at its own level (logging) or its stream's (stderr);
-        capped per invocation (daemon.output_cap)."""
+        capped per invocation (daemon/pool/output_cap.py)."""
         call = self.call
-        verdict = output_cap.admit(self, call.id if call else None, line)
-        if verdict is not output_cap.Verdict.LOG:
-            if verdict is output_cap.Verdict.TRUNCATE:
+        verdict = self._output.admit(call.id if call else None, line, self._max_output)
+        if verdict is not Verdict.LOG:
+            if verdict is Verdict.TRUNCATE:
                 _log.warning("function output truncated", invocation_id=call.id if call else None,
-                             worker_pid=self.pid, limit=output_cap.limit(),
+                             worker_pid=self.pid, limit=self._max_output + SLACK,
                              reason="more output than max_output for this invocation: the rest "
                                     "is not logged")
             return

@@ -2,10 +2,11 @@
 
 One parent group ``fnd-<daemon pid>`` under the daemon's own cgroup, and one child group
 ``slot-N`` per worker slot with the memory and pids limits. The worker joins its slot's
-group(s) itself, right after fork and while still root (worker/sandbox/__init__.py); the daemon uses
-the groups to kill everything a worker left behind (``kill_slot``: children can setsid away
-from the worker's process group), to tell an OOM kill from a crash (``oom_killed``), to read
-CPU use, and removes them at shutdown (``cleanup``).
+group(s) itself, right after fork and while still root (worker/sandbox/__init__.py); the
+daemon uses the groups to kill everything a worker left behind (``kill_slot``: children can
+setsid away from the worker's process group), to tell an OOM kill from a crash
+(``oom_killed``), to name the counter files SlotProbe reads (``counter_path``), and removes
+them at shutdown (``cleanup``).
 
 Two layouts are supported and detected, never assumed:
   v1  memory and pids hierarchies (freezer and cpuacct used when mounted): one dir per
@@ -313,17 +314,6 @@ class Cgroups:
                 return len(killed)
             time.sleep(_POLL)
 
-    def wait_empty(self, slot: int, timeout: float = 2.0) -> bool:
-        """Wait (blocking, bounded) until no process is left in the slot's cgroup, dead ones
-        included: a killed process still counts against pids.max (and its uid's
-        RLIMIT_NPROC) until its parent reaps it, so the zygote should be a child subreaper."""
-        deadline = time.monotonic() + timeout
-        while self.pids(slot) or self.pids_current(slot):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL)
-        return True
-
     def pids_current(self, slot: int) -> int:
         """Tasks charged to the slot's pids controller (threads and unreaped zombies too)."""
         directory = self._dir(slot, "unified") or self._dir(slot, "pids")
@@ -361,26 +351,6 @@ class Cgroups:
         seen = self._oom_seen.get(slot, 0)
         self._oom_seen[slot] = count
         return count > seen
-
-    def cpu_seconds(self, slot: int) -> float | None:
-        """CPU time used by everything that ran in the slot (cumulative), if accounted."""
-        unified = self._dir(slot, "unified")
-        if unified:
-            usec = _counter(_read(os.path.join(unified, "cpu.stat"), ""), "usage_usec")
-            return None if usec is None else usec / 1e6
-        cpuacct = self._dir(slot, "cpuacct")
-        text = _read(os.path.join(cpuacct, "cpuacct.usage"), "") if cpuacct else ""
-        return int(text) / 1e9 if text.strip().isdigit() else None
-
-    def memory_peak(self, slot: int) -> int | None:
-        unified = self._dir(slot, "unified")
-        directory, name = (
-            (unified, "memory.peak")
-            if unified
-            else (self._dir(slot, "memory"), "memory.max_usage_in_bytes")
-        )
-        text = _read(os.path.join(directory, name), "") if directory else ""
-        return int(text) if text.strip().isdigit() else None
 
     # -- teardown ---------------------------------------------------------------------------
 

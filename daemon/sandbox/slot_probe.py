@@ -3,7 +3,7 @@
 The daemon does not take a worker's word that it is clean or idle (docs/security.md): after
 each call it reads the slot's task count (threads and processes, from the pids controller)
 and its CPU counter. Both files stay open per slot and are read with one pread each, since
-this runs on every request.
+this runs on every request. This is the daemon's only reader of a slot's CPU counter.
 """
 
 from __future__ import annotations
@@ -50,16 +50,20 @@ class SlotProbe:
     def cpu(self, slot: int) -> float | None:
         """CPU seconds used in the slot since it was made; None if not accounted."""
         text = self._read(slot, "cpu")
-        if not text:
-            return None
-        if text.startswith(b"usage_usec "):  # v2 cpu.stat: the first line
-            value = text[11:].partition(b"\n")[0]
-            return int(value) / 1e6 if value.isdigit() else None
-        value = text.strip()
-        return int(value) / 1e9 if value.isdigit() else None  # v1 cpuacct.usage, in ns
+        return parse_cpu(text) if text else None
 
     def close(self) -> None:
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+
+
+def parse_cpu(text: bytes) -> float | None:
+    """CPU seconds from a slot's counter file: v2 ``cpu.stat`` (``usage_usec`` is its first
+    line) or v1 ``cpuacct.usage`` (nanoseconds); None for anything else."""
+    if text.startswith(b"usage_usec "):
+        value = text[11:].partition(b"\n")[0]
+        return int(value) / 1e6 if value.isdigit() else None
+    value = text.strip()
+    return int(value) / 1e9 if value.isdigit() else None

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -23,6 +24,8 @@ from fnd.daemon.sandbox.cgroups import (
     _parse_proc_cgroup,
     detect,
 )
+from fnd.daemon.sandbox.slot_probe import SlotProbe, parse_cpu
+from tests.cgroup_wait import wait_empty
 from tests.processes import reap
 
 MiB = 1024 * 1024
@@ -180,7 +183,7 @@ def test_pids_max_stops_forks_even_for_root(cg: Cgroups) -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child, 0)
     assert line == b"EAGAIN 15"  # 16 tasks: the child and 15 of its children
-    assert cg.wait_empty(1)
+    assert wait_empty(cg, 1)
 
 
 @pytest.mark.root_only
@@ -210,7 +213,7 @@ def test_kill_slot_kills_processes_that_left_the_process_group(cg: Cgroups) -> N
     assert cg.kill_slot(2) == 2
     assert os.WTERMSIG(reap(pid)) == signal.SIGKILL
     assert os.WTERMSIG(reap(grandchild)) == signal.SIGKILL  # orphan, reparented to us
-    assert cg.wait_empty(2)
+    assert wait_empty(cg, 2)
     assert cg.pids(2) == []
 
 
@@ -231,14 +234,13 @@ def test_oom_kill_is_classified(cg: Cgroups) -> None:
     assert cg.oom_kills(4) >= 1
     assert cg.oom_killed(4) is True
     assert cg.oom_killed(4) is False  # counted once
-    peak = cg.memory_peak(4)
-    assert peak is None or peak <= 64 * MiB
 
 
 @pytest.mark.root_only
-def test_cpu_seconds_are_accounted(cg: Cgroups) -> None:
+def test_slot_probe_reads_the_cpu_counter(cg: Cgroups) -> None:
     dirs = cg.slot_dirs(5)
-    before = cg.cpu_seconds(5)
+    probe = SlotProbe(cg)
+    before = probe.cpu(5)
     if before is None:
         pytest.skip("no cpu accounting for this layout")
     pid = os.fork()
@@ -251,8 +253,36 @@ def test_cpu_seconds_are_accounted(cg: Cgroups) -> None:
         finally:
             os._exit(0)
     reap(pid)
-    after = cg.cpu_seconds(5)
+    after = probe.cpu(5)
+    probe.close()
     assert after is not None and after - before >= 0.15
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    (b"usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n", 2.5),  # v2 cpu.stat
+    (b"1500000000\n", 1.5),  # v1 cpuacct.usage, in nanoseconds
+    (b"usage_usec x\n", None),
+    (b"user_usec 5\n", None),
+    (b"", None),
+])
+def test_parse_cpu(text: bytes, seconds: float | None) -> None:
+    assert parse_cpu(text) == seconds
+
+
+def test_slot_probe_keeps_one_fd_per_counter(tmp_path: Path) -> None:
+    class Files:
+        def counter_path(self, slot: int, name: str) -> str | None:
+            return None if slot == 9 else str(tmp_path / f"{slot}.{name}")
+
+    (tmp_path / "1.cpu").write_bytes(b"usage_usec 1000\n")
+    (tmp_path / "1.tasks").write_bytes(b"3\n")
+    probe = SlotProbe(cast(Cgroups, Files()))
+    assert probe.cpu(1) == 0.001 and probe.tasks(1) == 3
+    (tmp_path / "1.cpu").write_bytes(b"usage_usec 4000\n")  # same inode: the open fd sees it
+    assert probe.cpu(1) == 0.004
+    assert probe.cpu(9) is None and probe.tasks(9) is None  # not accounted
+    assert probe.cpu(2) is None  # no such file
+    probe.close()
 
 
 @pytest.mark.root_only

@@ -15,8 +15,7 @@ import signal
 import pytest
 
 from fnd.daemon import calls
-from fnd.daemon.pool import deaths, worker_proc
-from fnd.daemon.pool import pool as pool_module
+from fnd.daemon.pool import deaths, supervisor, worker_proc
 from fnd.daemon.pool import queue as pool_queue
 from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import (
@@ -174,7 +173,7 @@ def test_a_worker_dying_mid_call_gives_502_with_why(status: int, oom: bool, reas
 
 def test_a_death_without_an_exit_status_is_still_answered(monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    monkeypatch.setattr(pool_module, "EXIT_STATUS_WAIT", 0.01)
+    monkeypatch.setattr(supervisor, "EXIT_STATUS_WAIT", 0.01)
     fake = FakeSpawner()
     fake.on_invoke = lambda worker, invoke: worker.exit(0, report=False)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fnd.daemon.pool import deaths
+from fnd.daemon.pool import deaths, supervisor
 from fnd.daemon.pool import pool as pool_module
 from fnd.daemon.pool.pool import FunctionsBroken, PoolError
 from fnd.protocol import messages as m
@@ -106,7 +106,7 @@ def test_a_slot_kill_that_fails_is_logged_and_the_slot_kept_out() -> None:
 
 
 def test_every_slot_dying_makes_new_workers_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "EXIT_STATUS_WAIT", 0.01)  # the death reports, not slots
+    monkeypatch.setattr(supervisor, "EXIT_STATUS_WAIT", 0.01)  # the death reports, not slots
     fake = FakeSpawner()
     fake.on_invoke = lambda worker, invoke: worker.exit(exit_code(1), report=False)
 
@@ -142,7 +142,7 @@ def test_a_lost_zygote_fails_the_calls_of_its_workers_and_is_restarted() -> None
 
 def test_a_zygote_that_cannot_be_restarted_stops_the_daemon(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "_ZYGOTE_BACKOFF", 0.0001)
+    monkeypatch.setattr(supervisor, "_ZYGOTE_BACKOFF", 0.0001)
     fake = FakeSpawner()
 
     async def body(s: Scene) -> None:
@@ -156,7 +156,7 @@ def test_a_zygote_that_cannot_be_restarted_stops_the_daemon(
 
 
 def test_a_zygote_restart_that_fails_once_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "_ZYGOTE_BACKOFF", 0.0001)
+    monkeypatch.setattr(supervisor, "_ZYGOTE_BACKOFF", 0.0001)
     fake = FakeSpawner()
 
     async def body(s: Scene) -> None:

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from fnd.daemon.pool import deaths
+from fnd.daemon.pool import deaths, supervisor
 from fnd.daemon.pool import pool as pool_module
 from fnd.daemon.pool.pool import PoolError
 from fnd.protocol import messages as m
@@ -197,7 +197,7 @@ def test_max_worker_age_retires_a_worker_after_its_call() -> None:
 
 
 def test_a_retired_worker_that_lingers_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "_RETIRE_GRACE", 0.01)
+    monkeypatch.setattr(supervisor, "_RETIRE_GRACE", 0.01)
     fake = FakeSpawner()
     fake.exit_on_eof = False
 
@@ -383,8 +383,8 @@ def test_the_zygote_failing_to_start_fails_the_pool() -> None:
 
 def test_workers_failing_to_start_back_off_then_the_daemon_gives_up(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "_BACKOFF_FIRST", 0.001)
-    monkeypatch.setattr(pool_module, "_BACKOFF_MAX", 0.004)
+    monkeypatch.setattr(supervisor, "_BACKOFF_FIRST", 0.001)
+    monkeypatch.setattr(supervisor, "_BACKOFF_MAX", 0.004)
     fake = FakeSpawner()
 
     async def body(s: Scene) -> None:

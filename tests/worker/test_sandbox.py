@@ -35,6 +35,7 @@ from fnd.protocol.sandbox_config import LAYERS, MiB, default_data_bytes, missing
 from fnd.worker import sandbox
 from fnd.worker.sandbox import seccomp as seccomp_module
 from fnd.worker.sandbox.libc import PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, libc, prctl, syscall
+from tests.cgroup_wait import wait_empty
 from tests.processes import reap
 
 pytestmark = pytest.mark.root_only  # worker uids, cgroups, mounts
@@ -196,7 +197,7 @@ def _kill_leftovers(env: Env) -> None:
     for pid in leftovers:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-    assert env.cgroups.wait_empty(SLOT)
+    assert wait_empty(env.cgroups, SLOT)
 
 
 def _read_line(fd: int, timeout: float) -> bytes:
