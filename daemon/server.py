@@ -15,7 +15,13 @@ from aiohttp import web
 
 from fnd import __version__
 from fnd.daemon.canary import self_check
-from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
+from fnd.daemon.config import (
+    Config,
+    ConfigError,
+    load_config,
+    unknown_environment,
+    unknown_routes,
+)
 from fnd.daemon.deps import DepsMismatch, installed_folder
 from fnd.daemon.http import memory
 from fnd.daemon.http.app import FrontEnd
@@ -32,6 +38,7 @@ from fnd.daemon.pool.pool import FunctionsBroken, Pool, PoolError
 from fnd.daemon.pool.spawner import ZygoteSpawner
 from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
 from fnd.daemon.sandbox.setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
+from fnd.daemon.sandbox.uid_claim import UidRangeTaken
 from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
 from fnd.protocol.sandbox_settings import ResolvedSettings
@@ -71,16 +78,27 @@ def worker_config(
     }
 
 
-def load_project(config: Config) -> Project:
+def read_project(config: Config) -> Project:
+    """Scan and parse the project's files: blocking work, no logging (a reload runs it in a
+    thread, whose log lines would race the event loop's batched ones)."""
     try:
         project = scan_project(config.project_dir)
     except ProjectError as exc:
         raise StartupError(str(exc)) from None
     try:
         # Not a problem that --allow-broken may serve past: every function could need them.
-        project = dataclasses.replace(project, deps=installed_folder(project.root))
+        return dataclasses.replace(project, deps=installed_folder(project.root))
     except DepsMismatch as exc:
         raise StartupError(str(exc)) from None
+
+
+def load_project(config: Config) -> Project:
+    """The project as it will be served: read, its problems logged, refused unless allowed."""
+    return accept_project(config, read_project(config))
+
+
+def accept_project(config: Config, project: Project) -> Project:
+    """Log the problems of a read project; StartupError unless --allow-broken serves them."""
     if project.problems:
         for problem in project.problems:
             _log.error("project problem", problem=problem)
@@ -289,8 +307,10 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                config = load_config(self._project_arg, self._flags, self._config_file)
-                project = load_project(config)
+                # Reading the config and parsing every function is blocking work: in a thread,
+                # so requests keep being served by the old generation meanwhile.
+                config, project = await asyncio.to_thread(self._read_generation)
+                project = accept_project(config, project)
 
                 def switch() -> None:
                     # Called by the pool in the same step as its generation switch, so no
@@ -311,7 +331,10 @@ class Daemon:
                 lines = _problem_lines(exc.problems)
                 _log.error("reload failed", reason=str(exc), problems=lines)
                 return {"ok": False, "error": str(exc), "problems": lines}
-            except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
+            except (StartupError, ConfigError, PoolError, UidRangeTaken, OSError) as exc:
+                # Keep serving the old code. These are a reload's ways to fail (a bad project
+                # or config, workers that cannot start, uids held by another daemon, files
+                # that vanished); anything else is a bug and is not disguised as one of them.
                 _log.error("reload failed", reason=str(exc))
                 return {"ok": False, "error": str(exc)}
             else:
@@ -327,6 +350,10 @@ class Daemon:
                 # The old or the new code is serving either way: systemd may leave "reloading".
                 self.notifier.ready()
                 self.notifier.status(self.status_line())
+
+    def _read_generation(self) -> tuple[Config, Project]:
+        config = load_config(self._project_arg, self._flags, self._config_file)
+        return config, read_project(config)
 
     # -- control socket -----------------------------------------------------------------
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
