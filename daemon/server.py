@@ -108,10 +108,10 @@ def accept_project(config: Config, project: Project) -> Project:
     return project
 
 
-def preflight_checks(project: Project) -> list[list[Any]]:
-    """What a new generation's check loads: [route, file, needs a handler] per function
-    that parsed (the others are already problems of the scan)."""
-    return [[path, str(route.file), route.visibility != "private"]
+def preflight_checks(project: Project) -> list[m.FunctionCheck]:
+    """What a new generation's check loads: each function that parsed (the others are
+    already problems of the scan)."""
+    return [{"route": path, "file": str(route.file), "needs_handler": route.visibility != "private"}
             for path, route in project.functions.items() if route.error is None]
 
 

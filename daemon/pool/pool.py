@@ -160,9 +160,9 @@ class Pool:
         for task in list(self._tasks):
             task.cancel()
 
-    async def preflight(self, checks: list[list[Any]], timeout: float,
+    async def preflight(self, checks: list[m.FunctionCheck], timeout: float,
                         context: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-        """Load every function (`checks`: [route, file, needs_handler]) in a worker of the
+        """Load every function (`checks`) in a worker of the
         configuration the zygote has now, and return the problems found. That worker serves
         nothing: a bootstrap may leave anything behind, so it is killed afterwards."""
         if not checks:
@@ -188,7 +188,7 @@ class Pool:
 
     async def reload(self, config: Config, worker_config: m.WorkerConfig,
                      timeout: float = 60.0, switch: Callable[[], None] | None = None,
-                     checks: list[list[Any]] | None = None) -> list[tuple[str, str]]:
+                     checks: list[m.FunctionCheck] | None = None) -> list[tuple[str, str]]:
         """Start the new generation, then switch to it in one step; old workers retire.
 
         `switch` runs inside that step (the front-end swaps its route table there), so no

@@ -147,7 +147,7 @@ class WorkerProc:
         call.worker_pid = self.pid
         self._cmd.write(frame)
 
-    def start_preflight(self, checks: list[list[Any]], context: dict[str, Any]
+    def start_preflight(self, checks: list[m.FunctionCheck], context: dict[str, Any]
                         ) -> asyncio.Future[list[tuple[str, str]]]:
         """Ask this idle worker to load every function; the future gets the problems."""
         assert self._cmd is not None and self.state == IDLE
