@@ -31,6 +31,7 @@ from fnd.daemon.logs import get_logger
 from fnd.daemon.ops import socket_claim
 from fnd.daemon.ops.control import ControlServer, check_folder, default_control_path
 from fnd.daemon.ops.metrics import render_metrics, start_metrics_server
+from fnd.daemon.ops.status import Status
 from fnd.daemon.ops.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.ops.watch import Watcher
 from fnd.daemon.pool import output_cap
@@ -369,7 +370,7 @@ class Daemon:
     def metrics_text(self) -> str:
         return render_metrics(self.stats, self.status(), self.project.functions)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         pool = self.pool.snapshot()
         return {
             "version": __version__,

@@ -26,6 +26,7 @@ from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.config import Config
 from fnd.daemon.logs import get_logger
+from fnd.daemon.ops.status import PoolSnapshot
 from fnd.daemon.pool import deaths
 from fnd.daemon.pool.frame_check import Limits
 from fnd.daemon.pool.queue import WaitQueue
@@ -734,7 +735,7 @@ class Pool:
         task.add_done_callback(self._tasks.discard)
 
     # -- reporting ----------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PoolSnapshot:
         states = {STARTING: 0, IDLE: 0, BUSY: 0}
         for worker in self.workers.values():
             if worker.state in states and not worker.leaving:
@@ -742,8 +743,9 @@ class Pool:
             elif worker.state == BUSY:
                 states[BUSY] += 1  # an old generation's worker finishing its call
         return {
-            "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max,
-                                 "stuck": self.stuck},
+            "workers": {"idle": states[IDLE], "busy": states[BUSY], "starting": states[STARTING],
+                        "min": self.config.workers_min, "max": self.config.workers_max,
+                        "stuck": self.stuck},
             "queue": len(self._queue),
             "queue_longest_wait": round(self.longest_wait(), 3),
             "per_worker": [w.snapshot() for w in self.workers.values()],

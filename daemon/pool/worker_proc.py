@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.logs import get_logger
+from fnd.daemon.ops.status import WorkerRow
 from fnd.daemon.pool import deaths, frame_check, output_cap
 from fnd.daemon.pool.frame_check import FrameError
 from fnd.daemon.pool.zygote_client import SpawnedPipes
@@ -363,7 +364,7 @@ class WorkerProc:
             if transport is not None:
                 transport.close()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> WorkerRow:
         call = self.call
         now = time.monotonic()
         return {
