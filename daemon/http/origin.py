@@ -76,7 +76,9 @@ def parse_proxies(config: Config) -> TrustedProxies:
 class Origin(NamedTuple):
     """The facts about where one request comes from (a tuple: cheap to build per request)."""
 
-    trusted: bool  # the peer is a trusted proxy *and* forwarded something
+    # The peer is a trusted proxy. A TCP peer that forwards nothing is not tested (its
+    # address is not parsed): False, as believing it would change nothing.
+    trusted: bool
     client: str | None  # the address a trusted proxy forwarded, else the peer's
     host: str | None  # the host the client used: forwarded by a trusted proxy, else Host
     scheme: str | None  # "http"/"https" as a trusted proxy forwarded it; None: the connection's
@@ -87,8 +89,8 @@ class Origin(NamedTuple):
 def read_origin(request: BaseRequest, proxies: TrustedProxies) -> Origin:
     """The request's :class:`Origin`; never raises (a bad host is reported in ``refused``).
 
-    The trusted-proxy test runs only when a forwarded header is present: a request that
-    forwards nothing pays for no address parsing.
+    Per request, so it does the least it can: an untrusted peer's forwarded headers are not
+    even looked up, and a TCP peer's address is parsed only when it forwards something.
     """
     headers = request.headers
     peer = request.remote
@@ -96,13 +98,18 @@ def read_origin(request: BaseRequest, proxies: TrustedProxies) -> Origin:
     refused = None
     if host is not None and not valid_host(host):
         refused = f"invalid Host header {shown(host)}"
+    if peer:
+        if not proxies.networks:  # no TCP peer is trusted
+            return Origin(False, peer, host, None, None, refused)
+    elif not proxies.unix:
+        return Origin(False, None, host, None, None, refused)
     forwarded_for = headers.get("X-Forwarded-For")
     forwarded_host = headers.get("X-Forwarded-Host")
     forwarded_proto = headers.get("X-Forwarded-Proto")
     request_id = headers.get("X-Request-Id")
-    if not (forwarded_for or forwarded_host or forwarded_proto or request_id) or (
-            not proxies.trusts(peer)):
-        return Origin(False, peer or None, host, None, None, refused)
+    if peer and not ((forwarded_for or forwarded_host or forwarded_proto or request_id)
+                     and proxies.trusts(peer)):
+        return Origin(False, peer, host, None, None, refused)
     if forwarded_host:
         host = _last(forwarded_host)
         if refused is None and not valid_host(host):

@@ -17,6 +17,7 @@ class CountingProxies:
 
     def __init__(self, *items: str) -> None:
         self.real = TrustedProxies.parse(items)
+        self.networks, self.unix = self.real.networks, self.real.unix
         self.asked = 0
 
     def trusts(self, peer: str | None) -> bool:
@@ -47,8 +48,22 @@ def test_the_proxy_test_runs_once_and_only_when_something_is_forwarded() -> None
     proxies = CountingProxies(PROXY)
     origin(FORWARDED, proxies=proxies)
     assert proxies.asked == 1
-    origin({"Host": "example.com"}, proxies=proxies)
+    assert not origin({"Host": "example.com"}, proxies=proxies).trusted
     assert proxies.asked == 1
+    # no TCP peer can be trusted: nothing forwarded is even read
+    untested = CountingProxies("unix")
+    assert origin(FORWARDED, proxies=untested) == Origin(
+        False, PROXY, "internal:3000", None, None, None)
+    assert untested.asked == 0
+
+
+def test_a_unix_socket_peer_is_trusted_when_unix_is() -> None:
+    assert origin(FORWARDED, peer="", proxies=TrustedProxies.parse(["unix"])) == Origin(
+        True, "5.6.7.8", "example.com", "https", "nginx-1", None)
+    assert origin(FORWARDED, peer="", proxies=TrustedProxies.parse([PROXY])) == Origin(
+        False, None, "internal:3000", None, None, None)
+    assert origin({"Host": "h"}, peer="", proxies=TrustedProxies.parse(["unix"])) == Origin(
+        True, None, "h", None, None, None)
 
 
 def test_odd_forwarded_values_are_dropped_and_bad_hosts_refused() -> None:
