@@ -219,8 +219,8 @@ class Daemon:
             max_line_size=64 * 1024,
             max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
             max_headers=1024,
-            # fnd logs one line per invocation itself. Given to ServerRunner instead (as it
-            # was), access_log is silently ignored: only web.Server passes it on.
+            # fnd logs one line per invocation itself. Here, not on ServerRunner: there
+            # access_log is silently ignored, as only web.Server passes it on.
             access_log=None,
         )
         self._runner = web.ServerRunner(server, handle_signals=False,
