@@ -15,7 +15,13 @@ from aiohttp import web
 
 from fnd import __version__
 from fnd.daemon.canary import self_check
-from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
+from fnd.daemon.config import (
+    Config,
+    ConfigError,
+    load_config,
+    unknown_environment,
+    unknown_routes,
+)
 from fnd.daemon.deps import DepsMismatch, installed_folder
 from fnd.daemon.http import memory
 from fnd.daemon.http.app import FrontEnd
@@ -25,12 +31,14 @@ from fnd.daemon.logs import get_logger
 from fnd.daemon.ops import socket_claim
 from fnd.daemon.ops.control import ControlServer, check_folder, default_control_path
 from fnd.daemon.ops.metrics import render_metrics, start_metrics_server
+from fnd.daemon.ops.status import Status
 from fnd.daemon.ops.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.ops.watch import Watcher
 from fnd.daemon.pool.pool import FunctionsBroken, Pool, PoolError
 from fnd.daemon.pool.spawner import ZygoteSpawner
 from fnd.daemon.project import Project, ProjectError, route_table_lines, scan_project
 from fnd.daemon.sandbox.setup import SandboxSetup, SandboxUnavailable, prepare_sandbox
+from fnd.daemon.sandbox.uid_claim import UidRangeTaken
 from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
 from fnd.protocol.sandbox_config import SandboxConfig
@@ -64,16 +72,27 @@ def worker_config(
     }
 
 
-def load_project(config: Config) -> Project:
+def read_project(config: Config) -> Project:
+    """Scan and parse the project's files: blocking work, no logging (a reload runs it in a
+    thread, whose log lines would race the event loop's batched ones)."""
     try:
         project = scan_project(config.project_dir)
     except ProjectError as exc:
         raise StartupError(str(exc)) from None
     try:
         # Not a problem that --allow-broken may serve past: every function could need them.
-        project = dataclasses.replace(project, deps=installed_folder(project.root))
+        return dataclasses.replace(project, deps=installed_folder(project.root))
     except DepsMismatch as exc:
         raise StartupError(str(exc)) from None
+
+
+def load_project(config: Config) -> Project:
+    """The project as it will be served: read, its problems logged, refused unless allowed."""
+    return accept_project(config, read_project(config))
+
+
+def accept_project(config: Config, project: Project) -> Project:
+    """Log the problems of a read project; StartupError unless --allow-broken serves them."""
     if project.problems:
         for problem in project.problems:
             _log.error("project problem", problem=problem)
@@ -83,10 +102,10 @@ def load_project(config: Config) -> Project:
     return project
 
 
-def preflight_checks(project: Project) -> list[list[Any]]:
-    """What a new generation's check loads: [route, file, needs a handler] per function
-    that parsed (the others are already problems of the scan)."""
-    return [[path, str(route.file), route.visibility != "private"]
+def preflight_checks(project: Project) -> list[m.FunctionCheck]:
+    """What a new generation's check loads: each function that parsed (the others are
+    already problems of the scan)."""
+    return [{"route": path, "file": str(route.file), "needs_handler": route.visibility != "private"}
             for path, route in project.functions.items() if route.error is None]
 
 
@@ -192,8 +211,8 @@ class Daemon:
             max_line_size=64 * 1024,
             max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
             max_headers=1024,
-            # fnd logs one line per invocation itself. Given to ServerRunner instead (as it
-            # was), access_log is silently ignored: only web.Server passes it on.
+            # fnd logs one line per invocation itself. Here, not on ServerRunner: there
+            # access_log is silently ignored, as only web.Server passes it on.
             access_log=None,
         )
         self._runner = web.ServerRunner(server, handle_signals=False,
@@ -281,8 +300,10 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                config = load_config(self._project_arg, self._flags, self._config_file)
-                project = load_project(config)
+                # Reading the config and parsing every function is blocking work: in a thread,
+                # so requests keep being served by the old generation meanwhile.
+                config, project = await asyncio.to_thread(self._read_generation)
+                project = accept_project(config, project)
 
                 def switch() -> None:
                     # Called by the pool in the same step as its generation switch, so no
@@ -302,7 +323,10 @@ class Daemon:
                 lines = _problem_lines(exc.problems)
                 _log.error("reload failed", reason=str(exc), problems=lines)
                 return {"ok": False, "error": str(exc), "problems": lines}
-            except (StartupError, PoolError, Exception) as exc:  # keep serving the old code
+            except (StartupError, ConfigError, PoolError, UidRangeTaken, OSError) as exc:
+                # Keep serving the old code. These are a reload's ways to fail (a bad project
+                # or config, workers that cannot start, uids held by another daemon, files
+                # that vanished); anything else is a bug and is not disguised as one of them.
                 _log.error("reload failed", reason=str(exc))
                 return {"ok": False, "error": str(exc)}
             else:
@@ -319,6 +343,10 @@ class Daemon:
                 self.notifier.ready()
                 self.notifier.status(self.status_line())
 
+    def _read_generation(self) -> tuple[Config, Project]:
+        config = load_config(self._project_arg, self._flags, self._config_file)
+        return config, read_project(config)
+
     # -- control socket -----------------------------------------------------------------
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("cmd")
@@ -333,7 +361,7 @@ class Daemon:
     def metrics_text(self) -> str:
         return render_metrics(self.stats, self.status(), self.project.functions)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         pool = self.pool.snapshot()
         return {
             "version": __version__,

@@ -219,6 +219,7 @@ def _control_request(args: argparse.Namespace, payload: dict[str, Any]) -> dict[
 
 def _status(args: argparse.Namespace) -> int:
     from fnd.ctl.status_view import (
+        as_status,
         collect_process_figures,
         health_exit_code,
         health_problems,
@@ -229,14 +230,15 @@ def _status(args: argparse.Namespace) -> int:
     if answer is None:
         return EXIT_UNREACHABLE
     answer["per_worker"] = collect_process_figures(answer.get("per_worker", []))
+    status = as_status(answer)
     if args.json:
-        reasons = health_problems(answer)  # the same verdict as the exit code
+        reasons = health_problems(status)  # the same verdict as the exit code
         answer["health"] = "degraded" if reasons else "ok"
         answer["health_reasons"] = reasons
         print(json.dumps(answer, indent=2, sort_keys=True))
     else:
-        print(render_status(answer))
-    return health_exit_code(answer)
+        print(render_status(status))
+    return health_exit_code(status)
 
 
 def _metrics(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                     {"t": DONE, "id": str, "clean": bool, "reason": str | None,
                      "cpu": float, "rss": int}   (always after the call's one RESULT: a
                      DONE before it is forged, and the daemon kills that worker)
-  daemon -> worker  {"t": PREFLIGHT, "functions": [[route, file, needs_handler], ...],
+  daemon -> worker  {"t": PREFLIGHT, "functions": [FunctionCheck, ...],
                      "context": dict}   (the project's variables, for bootstraps that read them)
   worker -> daemon  {"t": PREFLIGHT_RESULT, "problems": [[route, reason], ...]}
                     (a worker that got PREFLIGHT serves nothing else: the daemon kills it)
@@ -166,9 +166,16 @@ class Done(TypedDict):
     rss: int  # peak RSS in bytes
 
 
+class FunctionCheck(TypedDict):
+    """One function a PREFLIGHT loads to see whether it can run."""
+    route: str  # e.g. "/sms/reply"
+    file: str  # absolute path of the .py file
+    needs_handler: bool  # public and protected functions; a private module only imports
+
+
 class Preflight(TypedDict):
     t: Literal["preflight"]
-    functions: list[list[Any]]  # [route, file, needs_handler]
+    functions: list[FunctionCheck]
     context: dict[str, Any]
 
 

@@ -89,27 +89,37 @@ def _preflight(message: m.Message, loader: Loader, channel: Channel) -> None:
 
     The daemon kills this worker afterwards: a bootstrap may have left anything behind.
     """
-    checks = message.get("functions")
-    if not isinstance(checks, list):
-        raise ProtocolError("preflight frame: functions must be a list")
     context = message.get("context")
     if isinstance(context, dict):  # a bootstrap may read the project's variables, as in a call
         environ.apply(context)
     problems: list[list[str]] = []
-    for check in checks:
-        route, file, needs_handler = check
+    for check in _function_checks(message):
+        route, file = check["route"], check["file"]
         try:
-            if needs_handler:
-                loader.handler(str(route), str(file))
+            if check["needs_handler"]:
+                loader.handler(route, file)
             else:
-                loader.module(str(route), str(file))
+                loader.module(route, file)
         except FunctionError as exc:
-            problems.append([str(route), str(exc)])
+            problems.append([route, str(exc)])
         except (Exception, SystemExit) as exc:  # a private module's bootstrap
-            shown = loader.display_path(str(file))
-            problems.append([str(route), f"error loading {shown}: {describe(exc)}"])
+            shown = loader.display_path(file)
+            problems.append([route, f"error loading {shown}: {describe(exc)}"])
     reply: m.PreflightResult = {"t": m.PREFLIGHT_RESULT, "problems": problems}
     channel.send(reply)
+
+
+def _function_checks(message: m.Message) -> list[m.FunctionCheck]:
+    """A PREFLIGHT's functions as the FunctionChecks they are; ProtocolError otherwise."""
+    checks = message.get("functions")
+    if not isinstance(checks, list):
+        raise ProtocolError("preflight frame: functions must be a list")
+    for check in checks:
+        if not (isinstance(check, dict) and isinstance(check.get("route"), str)
+                and isinstance(check.get("file"), str)
+                and isinstance(check.get("needs_handler"), bool)):
+            raise ProtocolError("preflight frame: a function is not {route, file, needs_handler}")
+    return checks
 
 
 def _check_invoke(message: m.Message) -> m.Invoke:

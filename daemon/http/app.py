@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import re
 import secrets
 import time
 import traceback
@@ -25,15 +24,15 @@ from fnd.daemon.http.answer_stream import AnswerBudget, AnswerFacts, StreamedAns
 from fnd.daemon.http.asset_files import AssetFiles, AssetGone
 from fnd.daemon.http.asset_response import AssetResponse
 from fnd.daemon.http.event import EventError, build_event, check_request_headers, read_body
-from fnd.daemon.http.hostname import url_host, valid_host
-from fnd.daemon.http.signature_gate import SignatureGate, parse_proxies
+from fnd.daemon.http.hostname import url_host
+from fnd.daemon.http.origin import Origin, parse_proxies, read_origin, shown
+from fnd.daemon.http.signature_gate import SignatureGate
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool.pool import Pool
 from fnd.daemon.project import Project, Route
 from fnd.daemon.stats import Stats
 
 INVOCATION_HEADER = answer_stream.INVOCATION_HEADER
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what fnd accepts as a forwarded request id
 _FUNCTION_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 # Never served, whatever the path (README: 405): a tunnel or an echo of the request's headers.
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
@@ -70,8 +69,7 @@ class FrontEnd:
         self._loop = asyncio.get_running_loop()
         self._context_defaults = config.context_defaults()
         self._proxies = parse_proxies(config)
-        self._gate = SignatureGate(config, self._context_defaults.get("AUTH_TOKEN"),
-                                   self._proxies)
+        self._gate = SignatureGate(config, self._context_defaults.get("AUTH_TOKEN"))
         self._fixed_domain = _fixed_domain(config)
         # Fixed at start (a reload keeps it): the bound holds across generations.
         self.budget = AnswerBudget(config.max_buffered_mb * 1024 * 1024)
@@ -84,23 +82,24 @@ class FrontEnd:
         except ConfigError as exc:  # the pool already runs the new code: keep serving
             _log.error("reload: trusted_proxies unchanged", reason=str(exc))
             proxies = self._proxies
-        gate = SignatureGate(config, defaults.get("AUTH_TOKEN"), proxies)
+        gate = SignatureGate(config, defaults.get("AUTH_TOKEN"))
         assets = AssetFiles(str(project.root))
         self.config, self.project, self.assets = config, project, assets
         self._context_defaults, self._proxies, self._gate = defaults, proxies, gate
         self._fixed_domain = _fixed_domain(config)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """One request: route → checks → signature gate → pool (or asset) → answer.
+        """One request: origin → route → checks → signature gate → pool (or asset) → answer.
 
         Its log line is written once, by its Invocation (daemon/calls.py): here for an
         answer the front-end decides, by the call itself once a function call is over.
         """
         received = time.perf_counter()
-        invocation = Invocation(self.stats, self._invocation_id(request), request.method,
-                                request.path, received, self._client(request))
+        origin = read_origin(request, self._proxies)  # the one read of the forwarded headers
+        invocation = Invocation(self.stats, origin.request_id or self.ids.next(),
+                                request.method, request.path, received, origin.client)
         try:
-            response = await self._route(request, invocation)
+            response = await self._route(request, origin, invocation)
         except EventError as exc:  # the request cannot go on: a client's mistake, or ours
             kind = calls.ERROR if exc.status >= 500 else calls.REJECTED
             response = self._answer(invocation, text_outcome(exc.status, kind, exc.reason))
@@ -111,7 +110,7 @@ class FrontEnd:
         return response
 
     async def _route(
-        self, request: web.BaseRequest, invocation: Invocation
+        self, request: web.BaseRequest, origin: Origin, invocation: Invocation
     ) -> web.StreamResponse:
         config, project, assets = self.config, self.project, self.assets  # one generation
         if request.method in _REFUSED_METHODS:
@@ -120,11 +119,12 @@ class FrontEnd:
                 Allow="GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"))
         expect = request.headers.get("Expect")
         if expect is not None and expect.lower() != "100-continue":
-            raise EventError(417, f"Expect {_shown(expect)} is not supported "
+            raise EventError(417, f"Expect {shown(expect)} is not supported "
                                   "(only 100-continue is)")
         path = request.path
         route = project.lookup(path) if path != "/" else project.index()
-        domain = self._domain_name(request)  # a bad Host is refused whatever the path
+        if origin.refused is not None:  # a bad Host is refused whatever the path
+            raise EventError(400, origin.refused)
         if route is None:
             return self._answer(invocation, text_outcome(
                 404, calls.REJECTED, f"no function or asset at {path}"))
@@ -132,12 +132,12 @@ class FrontEnd:
             return self._answer(invocation, Outcome(204, list(_CORS_HEADERS.items()), b"",
                                                     calls.REJECTED))
         if route.kind == "asset":
-            return await self._asset(request, route, assets, invocation)
+            return await self._asset(request, origin, route, assets, invocation)
         invocation.route = route.path
-        return await self._function(request, route, invocation, domain)
+        return await self._function(request, origin, route, invocation)
 
     async def _function(
-        self, request: web.BaseRequest, route: Route, invocation: Invocation, domain: str
+        self, request: web.BaseRequest, origin: Origin, route: Route, invocation: Invocation
     ) -> web.StreamResponse:
         config = self.config
         if request.method not in _FUNCTION_METHODS and request.method != "OPTIONS":
@@ -149,7 +149,7 @@ class FrontEnd:
         parsed = read_body(content_type, body)  # the one read; a malformed body keeps its error
         if route.visibility == "protected":
             # Before the body's problem: an unsigned client gets 401 whatever it sends.
-            denied = self._gate.check(request, route, invocation.id, body, parsed)
+            denied = self._gate.check(request, origin, route, invocation.id, body, parsed)
             if denied is not None:
                 return self._answer(invocation, denied)
         if parsed.error is not None:
@@ -159,7 +159,8 @@ class FrontEnd:
             return self._answer(invocation, _broken(route.error, invocation.id, config.dev))
         event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
         context: dict[str, Any] = dict(self._context_defaults)
-        context["DOMAIN_NAME"] = domain
+        # The configured domain, else the host the client used (as the signature check).
+        context["DOMAIN_NAME"] = self._fixed_domain or origin.host or ""
         # Twilio spreads the project's variables over the defaults: PATH in .env wins.
         context.setdefault("PATH", request.path)
         call = Call(
@@ -181,10 +182,11 @@ class FrontEnd:
         return _response(outcome, invocation.id)
 
     async def _asset(
-        self, request: web.BaseRequest, route: Route, assets: AssetFiles, invocation: Invocation
+        self, request: web.BaseRequest, origin: Origin, route: Route, assets: AssetFiles,
+        invocation: Invocation,
     ) -> web.StreamResponse:
         if route.visibility == "protected":
-            denied = self._gate.check(request, route, invocation.id)
+            denied = self._gate.check(request, origin, route, invocation.id)
             if denied is not None:
                 return self._answer(invocation, denied)
         if request.method not in ("GET", "HEAD"):
@@ -223,40 +225,6 @@ class FrontEnd:
         except Exception:  # even the invocation line failed: still answer the client
             return _response(outcome, invocation.id)
 
-    def _invocation_id(self, request: web.BaseRequest) -> str:
-        """nginx's X-Request-Id when a trusted proxy sent a sane one, so logs line up."""
-        forwarded = request.headers.get("X-Request-Id")
-        if (forwarded is not None and _REQUEST_ID.fullmatch(forwarded)
-                and self._proxies.trusts(request.remote)):
-            return forwarded
-        return self.ids.next()
-
-    def _client(self, request: web.BaseRequest) -> str | None:
-        """The client's address: the one a trusted proxy forwarded, else the peer's."""
-        peer = request.remote
-        forwarded = request.headers.get("X-Forwarded-For")
-        if forwarded and self._proxies.trusts(peer):
-            return forwarded.rpartition(",")[2].strip()  # the hop our proxy saw
-        return peer or None
-
-    def _domain_name(self, request: web.BaseRequest) -> str:
-        """The configured domain, else the host the client used (via a trusted proxy).
-
-        The same host the signature check uses: the last X-Forwarded-Host element, the one
-        the nearest (trusted) proxy added. A host that is not a plain host name is refused
-        (EventError 400) even when the configured one wins: the request is malformed.
-        """
-        headers = request.headers
-        host = headers.get("Host")
-        if host is not None and not valid_host(host):
-            raise EventError(400, f"invalid Host header {_shown(host)}")
-        forwarded = headers.get("X-Forwarded-Host")
-        if forwarded and self._proxies.trusts(request.remote):
-            host = forwarded.rpartition(",")[2].strip()
-            if not valid_host(host):
-                raise EventError(400, f"invalid X-Forwarded-Host header {_shown(host)}")
-        return self._fixed_domain or host or ""
-
 
 def _fixed_domain(config: Config) -> str | None:
     """``DOMAIN_NAME`` from ``.env`` wins, then ``public_url``'s host; None: the request's."""
@@ -272,12 +240,6 @@ def _broken(error: str, invocation_id: str, dev: bool) -> Outcome:
     outcome = text_outcome(500, calls.ERROR,
                            f"the function could not be loaded (invocation {invocation_id})")
     return dataclasses.replace(outcome, reason=error)
-
-
-def _shown(text: str) -> str:
-    """A client-sent value fit for a one-line reason: short, ASCII, bad bytes as ``\\xff``."""
-    raw = text[:64].encode("utf-8", "surrogateescape")  # aiohttp decoded it so
-    return repr(raw)[1:] + ("..." if len(text) > 64 else "")
 
 
 async def _read_body(request: web.BaseRequest, limit: int, timeout: float) -> bytes:

@@ -10,8 +10,8 @@ and without its default port). This module only decides *which URL* Twilio signe
    from ``X-Forwarded-Host``, falling back to the request's scheme and ``Host``;
 3. else the request's own scheme and ``Host``.
 
-A forwarded header holding a comma-separated chain is read from its *last* element: the one
-the nearest (trusted) proxy added; earlier elements came from the client. Configure
+Which of these the request carries is read once, by ``fnd.daemon.http.origin`` (the last
+element of a forwarded chain: the one the nearest trusted proxy added). Configure
 ``public_url`` in production: without it, the host is whatever the client (or proxy) says.
 
 JSON bodies: Twilio signs the URL only and puts the body's SHA-256 in the ``bodySHA256``
@@ -20,9 +20,7 @@ query parameter. A JSON body without ``bodySHA256`` is refused (the body would b
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,86 +30,33 @@ from twilio.request_validator import RequestValidator
 if TYPE_CHECKING:
     from aiohttp.web import BaseRequest
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+    from fnd.daemon.http.origin import Origin
+
 FormParams = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class TrustedProxies:
-    """Peers whose X-Forwarded-* headers are believed: addresses, networks and ``"unix"``."""
-
-    networks: tuple[Network, ...] = ()
-    unix: bool = False  # a peer on the unix socket (e.g. nginx) is trusted
-
-    @classmethod
-    def parse(cls, items: Iterable[str]) -> TrustedProxies:
-        """From config strings (``"unix"``, ``"127.0.0.1"``, ``"10.0.0.0/8"``); ValueError."""
-        networks: list[Network] = []
-        unix = False
-        for item in items:
-            item = item.strip()
-            if item == "unix":
-                unix = True
-                continue
-            try:
-                networks.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ValueError(
-                    f"trusted proxy {item!r} is not 'unix', an IP address or a network"
-                ) from None
-        return cls(tuple(networks), unix)
-
-    def trusts(self, peer: str | None) -> bool:
-        """``peer`` as aiohttp's ``request.remote``: None or "" on a unix socket."""
-        if not peer:
-            return self.unix
-        if not self.networks:
-            return False
-        try:
-            address = ipaddress.ip_address(peer.partition("%")[0])  # drop an IPv6 zone
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
-
-def signed_url(
-    *,
-    raw_path_qs: str,
-    scheme: str,
-    host: str,
-    forwarded_proto: str | None = None,
-    forwarded_host: str | None = None,
-    trusted: bool = False,
-    public_url: str | None = None,
-) -> str:
+def signed_url(*, raw_path_qs: str, scheme: str, host: str, public_url: str | None = None) -> str:
     """The URL Twilio signed for this request (see the module docstring for the order).
 
     ``raw_path_qs`` is the request target as received (aiohttp ``request.raw_path``);
-    ``host`` the Host header (or the local address when absent).
+    ``scheme`` and ``host`` those the client used, as the request's origin tells them.
     """
     path_qs = _origin_form(raw_path_qs)
     if public_url:
         return public_url.rstrip("/") + path_qs
-    if trusted:
-        proto = _last(forwarded_proto).lower()
-        if proto in ("http", "https"):
-            scheme = proto
-        host = _last(forwarded_host) or host
     return f"{scheme}://{host}{path_qs}"
 
 
-def url_for_request(
-    request: BaseRequest, *, public_url: str | None, proxies: TrustedProxies
-) -> str:
-    """:func:`signed_url` for an aiohttp request."""
-    headers = request.headers
+def url_for_request(request: BaseRequest, origin: Origin, *, public_url: str | None) -> str:
+    """:func:`signed_url` for an aiohttp request and its :class:`Origin`.
+
+    The connection's own scheme and host (``request.host`` falls back to the local address
+    when there is no Host) are read only when no trusted proxy forwarded them.
+    """
     return signed_url(
         raw_path_qs=request.raw_path,
-        scheme=request.scheme,
-        host=request.host,
-        forwarded_proto=headers.get("X-Forwarded-Proto"),
-        forwarded_host=headers.get("X-Forwarded-Host"),
-        trusted=proxies.trusts(request.remote),
+        scheme=origin.scheme or request.scheme,
+        host=origin.host or request.host,
         public_url=public_url,
     )
 
@@ -160,12 +105,6 @@ def _multidict(params: FormParams) -> MultiDict[str]:
         for key, item in params:
             out.add(key, item)
     return out
-
-
-def _last(header: str | None) -> str:
-    if not header:
-        return ""
-    return header.rpartition(",")[2].strip()
 
 
 def _origin_form(target: str) -> str:

@@ -1,4 +1,4 @@
-"""The door of protected functions and assets: may this request go in?
+"""The signature gate of protected functions and assets: may this request go in?
 
 ``fnd.daemon.http.signature`` knows how to check an ``X-Twilio-Signature``; this module decides what
 the client gets when the check fails, so that the front-end only asks one question. Public
@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 
 from fnd.daemon import calls
 from fnd.daemon.calls import Outcome, text_outcome
-from fnd.daemon.config import Config, ConfigError
+from fnd.daemon.config import Config
 from fnd.daemon.http.event import NO_BODY, ParsedBody
-from fnd.daemon.http.signature import TrustedProxies, check_signature, url_for_request
+from fnd.daemon.http.signature import check_signature, url_for_request
 from fnd.daemon.logs import get_logger
 
 if TYPE_CHECKING:
     from aiohttp.web import BaseRequest
 
+    from fnd.daemon.http.origin import Origin
     from fnd.daemon.project import Route
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -36,25 +37,18 @@ NO_TOKEN = "protected function needs AUTH_TOKEN"
 _log = get_logger("fnd")
 
 
-def parse_proxies(config: Config) -> TrustedProxies:
-    try:
-        return TrustedProxies.parse(config.trusted_proxies)
-    except ValueError as exc:
-        raise ConfigError(f"trusted_proxies: {exc}") from None
-
-
 class SignatureGate:
     """Built once per configuration; ``check`` is called for protected routes only."""
 
-    def __init__(self, config: Config, auth_token: str | None, proxies: TrustedProxies) -> None:
+    def __init__(self, config: Config, auth_token: str | None) -> None:
         self._skip = config.no_signatures  # only ever True together with --dev (config.py)
         self._token = auth_token or None
         self._public_url = config.public_url
-        self._proxies = proxies
 
     def check(
         self,
         request: BaseRequest,
+        origin: Origin,
         route: Route,
         invocation_id: str,
         body: bytes = b"",
@@ -76,16 +70,17 @@ class SignatureGate:
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             return text_outcome(status, calls.REJECTED, f"{SIGNATURE_HEADER} header is missing")
-        if self._valid(request, signature, body, parsed):
+        if self._valid(request, origin, signature, body, parsed):
             return None
         return text_outcome(status, calls.REJECTED, f"{SIGNATURE_HEADER} is not valid for "
                             "this URL and these parameters")
 
     def _valid(
-        self, request: BaseRequest, signature: str, body: bytes, parsed: ParsedBody
+        self, request: BaseRequest, origin: Origin, signature: str, body: bytes,
+        parsed: ParsedBody,
     ) -> bool:
         assert self._token is not None
-        url = url_for_request(request, public_url=self._public_url, proxies=self._proxies)
+        url = url_for_request(request, origin, public_url=self._public_url)
         if parsed.kind == "json":
             # Twilio signs JSON requests over the URL, which carries the body's bodySHA256
             # (malformed JSON too: it is refused with 400 once the signature holds).

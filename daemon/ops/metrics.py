@@ -2,7 +2,8 @@
 
 The format is a few lines per family (`# HELP`, `# TYPE`, then `name{label="value"} number`),
 so a dependency would buy nothing. Counters and histograms come from Stats (kept in this
-process); gauges about the pool come from the status dict the control socket serves.
+process); gauges about the pool come from the status the control socket serves
+(daemon/ops/status.py).
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Literal
 
 from aiohttp import web
 
 from fnd import __version__
+from fnd.daemon.ops.status import Status
 from fnd.daemon.pool import deaths
 from fnd.daemon.stats import OUTCOMES, Histogram, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-WORKER_STATES = ("starting", "idle", "busy")
+WORKER_STATES: tuple[Literal["starting", "idle", "busy"], ...] = ("starting", "idle", "busy")
 
 Sample = tuple[Mapping[str, str], float]
 
 
-def render_metrics(stats: Stats, status: Mapping[str, Any], functions: Iterable[str] = ()) -> str:
+def render_metrics(stats: Stats, status: Status, functions: Iterable[str] = ()) -> str:
     """The metrics text. Counters have a series from start, at 0, for every outcome of every
     function in ``functions`` and for every restart cause: a query or an alert on
     a series that does not exist yet silently says nothing."""

@@ -26,6 +26,7 @@ from typing import Any
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.config import Config
+from fnd.daemon.ops.status import PoolSnapshot
 from fnd.daemon.pool import deaths, sizing
 from fnd.daemon.pool.queue import WaitQueue
 from fnd.daemon.pool.spawner import Spawner
@@ -118,9 +119,9 @@ class Pool(WorkerSupervisor):
         for task in list(self._tasks):
             task.cancel()
 
-    async def preflight(self, checks: list[list[Any]], timeout: float,
+    async def preflight(self, checks: list[m.FunctionCheck], timeout: float,
                         context: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-        """Load every function (`checks`: [route, file, needs_handler]) in a worker of the
+        """Load every function (`checks`) in a worker of the
         configuration the zygote has now, and return the problems found. That worker serves
         nothing: a bootstrap may leave anything behind, so it is killed afterwards."""
         if not checks:
@@ -146,7 +147,7 @@ class Pool(WorkerSupervisor):
 
     async def reload(self, config: Config, worker_config: m.WorkerConfig,
                      timeout: float = 60.0, switch: Callable[[], None] | None = None,
-                     checks: list[list[Any]] | None = None) -> list[tuple[str, str]]:
+                     checks: list[m.FunctionCheck] | None = None) -> list[tuple[str, str]]:
         """Start the new generation, then switch to it in one step; old workers retire.
 
         `switch` runs inside that step (the front-end swaps its route table there), so no
@@ -417,7 +418,7 @@ class Pool(WorkerSupervisor):
         self._slots.sweep()
 
     # -- reporting ----------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PoolSnapshot:
         states = {STARTING: 0, IDLE: 0, BUSY: 0}
         for worker in self.workers.values():
             if worker.state in states and not worker.leaving:
@@ -425,8 +426,9 @@ class Pool(WorkerSupervisor):
             elif worker.state == BUSY:
                 states[BUSY] += 1  # an old generation's worker finishing its call
         return {
-            "workers": states | {"min": self.config.workers_min, "max": self.config.workers_max,
-                                 "stuck": self.stuck},
+            "workers": {"idle": states[IDLE], "busy": states[BUSY], "starting": states[STARTING],
+                        "min": self.config.workers_min, "max": self.config.workers_max,
+                        "stuck": self.stuck},
             "queue": len(self._queue),
             "queue_longest_wait": round(self.longest_wait(), 3),
             "per_worker": [w.snapshot() for w in self.workers.values()],

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Protocol
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.logs import get_logger
+from fnd.daemon.ops.status import WorkerRow
 from fnd.daemon.pool import deaths, frame_check
 from fnd.daemon.pool.frame_check import FrameError
 from fnd.daemon.pool.output_cap import SLACK, OutputCap, Verdict
@@ -161,7 +162,7 @@ class WorkerProc:
         call.worker_pid = self.pid
         self._cmd.write(frame)
 
-    def start_preflight(self, checks: list[list[Any]], context: dict[str, Any]
+    def start_preflight(self, checks: list[m.FunctionCheck], context: dict[str, Any]
                         ) -> asyncio.Future[list[tuple[str, str]]]:
         """Ask this idle worker to load every function; the future gets the problems."""
         assert self._cmd is not None and self.state == IDLE
@@ -415,7 +416,7 @@ class WorkerProc:
             if transport is not None:
                 transport.close()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> WorkerRow:
         call = self.call
         now = time.monotonic()
         return {

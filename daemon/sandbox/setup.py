@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fnd.daemon.config import Config
 from fnd.daemon.logs import get_logger
 from fnd.daemon.ops.control import default_control_path
+from fnd.daemon.ops.status import UidStatus
 from fnd.daemon.sandbox.cgroups import CgroupError, Cgroups
 from fnd.daemon.sandbox.privileges import missing_capabilities, unwritable_cgroup_files
 from fnd.daemon.sandbox.read_check import check_readable_for_uid, interpreter_paths, project_paths
@@ -99,7 +100,7 @@ class SandboxSetup:
     def oom_killed(self, slot: int) -> bool:
         return self.cgroups.oom_killed(slot) if self.cgroups is not None else False
 
-    def uid_status(self) -> dict[str, object] | None:
+    def uid_status(self) -> UidStatus | None:
         """The worker uid range for `fnd status`; None when workers keep the daemon's uid."""
         if self.uids is not None:
             return self.uids.status()

@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from fnd.daemon.ops.status import UidStatus
+
 LOCK_DIR = "/run/fnd/uids"
 FIRST_UID = 61000  # the first worker uid when uid_base is not set
 BLOCK = 64  # automatic ranges are whole blocks: room to raise workers_max at a reload
@@ -74,7 +76,7 @@ class UidClaim:
     def describe(self) -> str:
         return f"{self.first}-{self.last}" + (" (automatic)" if self.automatic else "")
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> UidStatus:
         return {"first": self.first, "last": self.last, "automatic": self.automatic}
 
     def grow(self, count: int) -> None:

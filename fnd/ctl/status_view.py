@@ -1,4 +1,4 @@
-"""`fnd status`: the status dict from the control socket as a table, and the health verdict.
+"""`fnd status`: the daemon's status (daemon/ops/status.py) as a table, and the health verdict.
 
 Runs in the CLI process, not in the daemon: RSS and CPU of each worker are read here with
 psutil (the daemon's status answer stays cheap), and a worker that exits in between is
@@ -16,10 +16,11 @@ when any of
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
+from fnd.daemon.ops.status import StatusAnswer, WorkerCounts, WorkerRow
 from fnd.daemon.stats import CRASH_WINDOW
 
 EXIT_HEALTHY = 0
@@ -27,12 +28,12 @@ EXIT_DEGRADED = 3
 CRASH_STORM = 5  # worker deaths within CRASH_WINDOW that make the daemon "degraded"
 
 
-def collect_process_figures(per_worker: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of the per-worker dicts with "rss" (bytes) and "cpu" (seconds, user + system)
-    added; None for a worker without a pid or whose process is gone or unreadable."""
-    out: list[dict[str, Any]] = []
+def collect_process_figures(per_worker: Sequence[WorkerRow]) -> list[WorkerRow]:
+    """Copies of the per-worker rows with "rss" (bytes) and "cpu" (seconds, user + system)
+    read now; None for a worker without a pid or whose process is gone or unreadable."""
+    out: list[WorkerRow] = []
     for worker in per_worker:
-        row = dict(worker)
+        row = worker.copy()
         row["rss"] = row["cpu"] = None
         pid = worker.get("pid")
         if isinstance(pid, int) and pid > 0:
@@ -48,12 +49,12 @@ def collect_process_figures(per_worker: Sequence[Mapping[str, Any]]) -> list[dic
     return out
 
 
-def health_problems(status: Mapping[str, Any]) -> list[str]:
+def health_problems(status: StatusAnswer) -> list[str]:
     """Why the daemon is degraded, one phrase per reason; empty when healthy."""
     problems: list[str] = []
     if status.get("ok") is False:
         problems.append(f"daemon reports an error: {status.get('error', 'unknown')}")
-    workers = status.get("workers") or {}
+    workers = _workers(status)
     ready = int(workers.get("idle", 0)) + int(workers.get("busy", 0))
     wanted = int(workers.get("min", 0))
     if ready < wanted:
@@ -72,14 +73,27 @@ def health_problems(status: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def health_exit_code(status: Mapping[str, Any]) -> int:
+def health_exit_code(status: StatusAnswer) -> int:
     return EXIT_DEGRADED if health_problems(status) else EXIT_HEALTHY
 
 
-def render_status(status: Mapping[str, Any]) -> str:
-    workers = status.get("workers") or {}
+def as_status(answer: Mapping[str, Any]) -> StatusAnswer:
+    """The control socket's decoded JSON as the StatusAnswer the daemon built (mypy checks
+    the daemon's side; this side reads each field with a default, as another version of fnd
+    may leave one out)."""
+    return cast(StatusAnswer, answer)
+
+
+def _workers(status: StatusAnswer) -> WorkerCounts | dict[str, int]:
+    """The worker counts; empty when the answer has none (an error, another fnd version)."""
+    counts: WorkerCounts | None = status.get("workers")
+    return counts or {}
+
+
+def render_status(status: StatusAnswer) -> str:
+    workers = _workers(status)
     totals = status.get("totals") or {}
-    per_worker: Sequence[Mapping[str, Any]] = status.get("per_worker") or []
+    per_worker: Sequence[WorkerRow] = status.get("per_worker") or []
     problems = health_problems(status)
     lines = [
         f"fnd {status.get('version', '?')}   pid {status.get('pid', '?')}   "
@@ -88,7 +102,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         _field("sandbox", str(status.get("sandbox") or "-")),
         _field("uids", _uids(status)),
     ]
-    layers = _layers(status, per_worker)
+    layers = _layers(per_worker)
     if layers:
         lines.append(_field("layers", layers))
     lines += [
@@ -113,16 +127,15 @@ def _field(name: str, value: str) -> str:
     return f"{name:<10} {value}"
 
 
-def _layers(status: Mapping[str, Any], per_worker: Sequence[Mapping[str, Any]]) -> str:
+def _layers(per_worker: Sequence[WorkerRow]) -> str:
     """The sandbox report of one worker (all workers get the same layers; uid differs)."""
-    report = status.get("layers") or next(
-        (w["layers"] for w in per_worker if w.get("layers")), None)
+    report = next((w["layers"] for w in per_worker if w.get("layers")), None)
     if not report:
         return ""
     return ", ".join(f"{name}={value}" for name, value in report.items())
 
 
-def _uids(status: Mapping[str, Any]) -> str:
+def _uids(status: StatusAnswer) -> str:
     """The worker uid range this daemon holds (no other fnd on the host uses it)."""
     if "uids" not in status:
         return "-"  # a daemon that does not report it
@@ -143,9 +156,10 @@ def _restarts(restarts: Mapping[str, int]) -> str:
 _COLUMNS = ("PID", "STATE", "FUNCTION", "INVOCATION", "AGE", "SERVED", "RSS", "CPU")
 
 
-def _table(per_worker: Sequence[Mapping[str, Any]]) -> list[str]:
+def _table(per_worker: Sequence[WorkerRow]) -> list[str]:
     rows = [_COLUMNS]
     for w in sorted(per_worker, key=lambda w: (w.get("slot") is None, w.get("slot") or 0)):
+        cpu = w.get("cpu")
         rows.append((
             _text(w.get("pid")),
             _text(w.get("state")),
@@ -154,7 +168,7 @@ def _table(per_worker: Sequence[Mapping[str, Any]]) -> list[str]:
             _duration(w.get("busy_for")) if w.get("invocation") else "-",
             _text(w.get("served")),
             _bytes(w.get("rss")),
-            "-" if w.get("cpu") is None else f"{float(w['cpu']):.2f}s",
+            "-" if cpu is None else f"{cpu:.2f}s",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -17,6 +17,8 @@ from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import FakeSpawner, FakeWorker, exit_code, hang
 from tests.daemon.pool_harness import Scene, holding, run, until
 
+CHECK: m.FunctionCheck = {"route": "/f", "file": "/p/f.py", "needs_handler": True}
+
 
 # -- slots -----------------------------------------------------------------------------------
 def _leave_something(fake: FakeSpawner) -> Callable[[FakeWorker, m.Message], None]:
@@ -245,7 +247,7 @@ def test_a_reload_with_a_broken_function_is_refused() -> None:
     async def body(s: Scene) -> None:
         with pytest.raises(FunctionsBroken) as raised:
             await s.pool.reload(s.pool.config, {"dev": False}, timeout=1.0,
-                                checks=[["/f", "/p/f.py", True]])
+                                checks=[CHECK])
         assert raised.value.problems == [("/f", "SyntaxError: invalid syntax")]
         assert s.pool.generation == 0 and fake.configs[-1] == {}
         assert fake.workers[-1].alive is False  # the worker that loaded them is killed
@@ -279,11 +281,11 @@ def test_a_preflight_that_cannot_finish_says_why(how: str) -> None:
     async def body(s: Scene) -> None:
         if how == "slot":
             s.pool._slots.cap = 1  # every slot in use
-            problems = await s.pool.preflight([["/f", "/p/f.py", True]], timeout=0.05)
+            problems = await s.pool.preflight([CHECK], timeout=0.05)
             assert problems == [
                 ("", "no worker slot came free within 0.05 s to check the functions in")]
             return
-        problems = await s.pool.preflight([["/f", "/p/f.py", True]], timeout=0.05)
+        problems = await s.pool.preflight([CHECK], timeout=0.05)
         assert len(problems) == 1 and problems[0][1].startswith(why)
         assert await s.pool.preflight([], timeout=0.05) == []
 
@@ -295,7 +297,7 @@ def test_a_preflight_worker_that_cannot_start_says_why() -> None:
 
     async def body(s: Scene) -> None:
         fake.auto_ready = False
-        problems = await s.pool.preflight([["/f", "/p/f.py", True]], timeout=0.02)
+        problems = await s.pool.preflight([CHECK], timeout=0.02)
         assert problems == [("", "no worker could start to check the functions: "
                                  "workers not ready within 0 s")]
 
@@ -311,7 +313,7 @@ def test_a_reload_with_a_preflight_works_with_a_full_pool(size: int) -> None:
     async def body(s: Scene) -> None:
         old = [w for w in fake.live()]
         problems = await s.pool.reload(s.pool.config, {"sources": {}}, timeout=1.0,
-                                       checks=[["/f", "/p/f.py", True]])
+                                       checks=[CHECK])
         assert problems == [] and s.pool.generation == 1
         outcome = await s.invoke("new")
         assert (outcome.status, outcome.body) == (200, b"new")

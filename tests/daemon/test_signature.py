@@ -16,7 +16,8 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, MultiDict
 from twilio.request_validator import RequestValidator
 
-from fnd.daemon.http.signature import TrustedProxies, check_signature, signed_url, url_for_request
+from fnd.daemon.http.origin import TrustedProxies, read_origin
+from fnd.daemon.http.signature import check_signature, signed_url, url_for_request
 
 TOKEN = "12345678901234567890123456789012"
 OTHER_TOKEN = "abcdefabcdefabcdefabcdefabcdefab"
@@ -156,41 +157,49 @@ def test_url_from_request_itself() -> None:
         "http://localhost:3000/sms?a=%20b")
 
 
+def via(peer: str | None, host: str, *, proto: str | None = None,
+        forwarded_host: str | None = None, target: str = "/sms",
+        public_url: str | None = None) -> str:
+    """The signed URL of a request from ``peer`` (a trusted proxy: 127.0.0.1)."""
+    headers = {"Host": host}
+    if proto is not None:
+        headers["X-Forwarded-Proto"] = proto
+    if forwarded_host is not None:
+        headers["X-Forwarded-Host"] = forwarded_host
+    request = mocked(target, headers, peer)
+    origin = read_origin(request, TrustedProxies.parse(["127.0.0.1"]))
+    return url_for_request(request, origin, public_url=public_url)
+
+
 def test_forwarded_headers_ignored_from_untrusted_peer() -> None:
-    assert signed_url(raw_path_qs="/sms", scheme="http", host="internal:3000",
-                      forwarded_proto="https", forwarded_host="example.com",
-                      trusted=False) == "http://internal:3000/sms"
+    assert via("192.0.2.1", "internal:3000", proto="https",
+               forwarded_host="example.com") == "http://internal:3000/sms"
 
 
 def test_forwarded_headers_from_trusted_proxy() -> None:
-    assert signed_url(raw_path_qs="/sms?x=1", scheme="http", host="internal:3000",
-                      forwarded_proto="https", forwarded_host="example.com",
-                      trusted=True) == "https://example.com/sms?x=1"
+    assert via("127.0.0.1", "internal:3000", proto="https", forwarded_host="example.com",
+               target="/sms?x=1") == "https://example.com/sms?x=1"
 
 
 def test_trusted_proxy_partial_headers() -> None:
     # proto only: host from Host (nginx: proxy_set_header Host $host)
-    assert signed_url(raw_path_qs="/a", scheme="http", host="example.com",
-                      forwarded_proto="HTTPS", trusted=True) == "https://example.com/a"
-    assert signed_url(raw_path_qs="/a", scheme="http", host="internal",
-                      forwarded_host="example.com:8443", trusted=True) == (
+    assert via("127.0.0.1", "example.com", proto="HTTPS", target="/a") == (
+        "https://example.com/a")
+    assert via("127.0.0.1", "internal", forwarded_host="example.com:8443", target="/a") == (
         "http://example.com:8443/a")
     # a proto that is not http(s) is ignored
-    assert signed_url(raw_path_qs="/a", scheme="http", host="h", forwarded_proto="gopher",
-                      trusted=True) == "http://h/a"
+    assert via("127.0.0.1", "h", proto="gopher", target="/a") == "http://h/a"
 
 
 def test_forwarded_chain_uses_nearest_proxy() -> None:
-    assert signed_url(raw_path_qs="/a", scheme="http", host="h",
-                      forwarded_proto="http, https", forwarded_host="evil.example, example.com",
-                      trusted=True) == "https://example.com/a"
+    assert via("127.0.0.1", "h", proto="http, https", forwarded_host="evil.example, example.com",
+               target="/a") == "https://example.com/a"
 
 
 def test_public_url_wins() -> None:
     for public in ("https://fn.example.com", "https://fn.example.com/"):
-        assert signed_url(raw_path_qs="/sms?x=1", scheme="http", host="internal",
-                          forwarded_proto="http", forwarded_host="other", trusted=True,
-                          public_url=public) == "https://fn.example.com/sms?x=1"
+        assert via("127.0.0.1", "internal", proto="http", forwarded_host="other",
+                   target="/sms?x=1", public_url=public) == "https://fn.example.com/sms?x=1"
     assert signed_url(raw_path_qs="/sms", scheme="http", host="h",
                       public_url="https://example.com/base/") == "https://example.com/base/sms"
 
@@ -205,11 +214,11 @@ def test_absolute_form_request_target() -> None:
 def test_end_to_end_behind_proxy() -> None:
     public = "https://example.com/sms?foo=bar"
     signature = sign(public, PARAMS)
-    url = signed_url(raw_path_qs="/sms?foo=bar", scheme="http", host="127.0.0.1:3000",
-                     forwarded_proto="https", forwarded_host="example.com", trusted=True)
+    url = via("127.0.0.1", "127.0.0.1:3000", proto="https", forwarded_host="example.com",
+              target="/sms?foo=bar")
     assert check_signature(TOKEN, url, PARAMS, signature)
-    untrusted = signed_url(raw_path_qs="/sms?foo=bar", scheme="http", host="127.0.0.1:3000",
-                           forwarded_proto="https", forwarded_host="example.com")
+    untrusted = via("192.0.2.1", "127.0.0.1:3000", proto="https", forwarded_host="example.com",
+                    target="/sms?foo=bar")
     assert not check_signature(TOKEN, untrusted, PARAMS, signature)
 
 
@@ -242,9 +251,11 @@ def test_url_for_request() -> None:
     hdrs = {"Host": "127.0.0.1:3000", "X-Forwarded-Proto": "https",
             "X-Forwarded-Host": "example.com"}
     proxies = TrustedProxies.parse(["127.0.0.1"])
-    assert url_for_request(mocked("/sms?a=%2B1", hdrs, "127.0.0.1"), public_url=None,
-                           proxies=proxies) == "https://example.com/sms?a=%2B1"
-    assert url_for_request(mocked("/sms?a=%2B1", hdrs, "192.0.2.1"), public_url=None,
-                           proxies=proxies) == "http://127.0.0.1:3000/sms?a=%2B1"
-    assert url_for_request(mocked("/sms", hdrs, "192.0.2.1"), public_url="https://pub.example",
-                           proxies=proxies) == "https://pub.example/sms"
+
+    def url(request: Any, public_url: str | None = None) -> str:
+        return url_for_request(request, read_origin(request, proxies), public_url=public_url)
+
+    assert url(mocked("/sms?a=%2B1", hdrs, "127.0.0.1")) == "https://example.com/sms?a=%2B1"
+    assert url(mocked("/sms?a=%2B1", hdrs, "192.0.2.1")) == "http://127.0.0.1:3000/sms?a=%2B1"
+    assert url(mocked("/sms", hdrs, "192.0.2.1"), "https://pub.example") == (
+        "https://pub.example/sms")

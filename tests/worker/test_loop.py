@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.worker.harness import Worker
+from fnd.protocol.messages import FunctionCheck, Preflight
+from tests.worker.harness import Worker, fixture_functions
 
 
 def test_ready_frame_first(worker: Worker) -> None:
@@ -60,3 +61,24 @@ def test_exit_2_on_a_malformed_message(worker: Worker, message: dict[str, Any]) 
 def test_many_invocations_in_one_worker(worker: Worker) -> None:
     for n in range(50):
         assert worker.call("respond_value", {"value": n}).body == str(n).encode()
+
+
+def test_a_preflight_loads_each_function_check(worker: Worker) -> None:
+    functions = fixture_functions()
+    checks: list[FunctionCheck] = [
+        {"route": "/respond_value", "file": functions["/respond_value"], "needs_handler": True},
+        {"route": "/gone", "file": "/nonexistent/gone.py", "needs_handler": False},
+    ]
+    preflight: Preflight = {"t": "preflight", "functions": checks, "context": {}}
+    worker.send(dict(preflight))
+    reply = worker.read()
+    assert reply["t"] == "preflight_result"
+    assert [route for route, _ in reply["problems"]] == ["/gone"]
+
+
+@pytest.mark.parametrize("check", [["/x", "/x.py", True], {"route": "/x", "file": "/x.py"}])
+def test_exit_2_on_a_malformed_function_check(worker: Worker, check: Any) -> None:
+    worker.send({"t": "preflight", "functions": [check], "context": {}})
+    log = worker.read()
+    assert log["t"] == "log" and "protocol error" in log["line"]
+    assert worker.wait_exit() == 2
