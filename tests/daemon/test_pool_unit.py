@@ -259,7 +259,7 @@ def test_done_before_the_result_is_a_502_and_the_worker_is_killed_at_once() -> N
 
     async def body(s: Scene) -> None:
         outcome = await s.invoke()
-        assert outcome.status == 502 and outcome.outcome == calls.CRASH
+        assert outcome.status == 502 and outcome.kind == calls.CRASH
         assert outcome.reason == ("function killed: the worker sent DONE before the call's "
                                   "RESULT (a forged frame)")
         assert fake.group_kills == [liars[0].pid] and not liars[0].alive
