@@ -23,7 +23,7 @@ from typing import Any, NoReturn, cast
 from fnd.protocol import messages as m
 from fnd.protocol.frames import BlockingFrameReader, ProtocolError
 from fnd.worker import environ
-from fnd.worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
+from fnd.worker.invoke import Invoker, RunningCall, Services
 from fnd.worker.leftovers import become_subreaper
 from fnd.worker.loader import FunctionError, Loader, use_deps
 from fnd.worker.output import Channel, Output, write_plain
@@ -51,11 +51,10 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
     channel = Channel(res_fd, settings.max_output)
     output = Output(channel)
     output.install((cmd_fd, res_fd))
-    threading.excepthook = thread_excepthook
-    watch_peaks(clear_refs)
     loader = Loader({"Twilio": Twilio, "Runtime": Runtime}, settings)
     Runtime.configure(settings.functions, settings.assets, loader)
-    services = Services(channel, output, settings, loader, Runtime)
+    invoker = Invoker(Services(channel, output, settings, loader, Runtime), clear_refs)
+    threading.excepthook = invoker.thread_excepthook
 
     ready: m.Ready = {"t": m.READY, "pid": os.getpid(), "layers": layers}
     channel.send(ready)
@@ -78,7 +77,7 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
             _log.error("protocol error on the command pipe: %s", exc)
             _exit(output, EXIT_PROTOCOL)
         try:
-            Invocation(invoke, services).run()
+            RunningCall(invoke, invoker).run()
         except BaseException:  # noqa: B036 - a bug of ours: say so on fd 2, then die loudly
             write_plain(2, "fnd worker: internal error\n" + traceback.format_exc())
             os._exit(EXIT_INTERNAL)
