@@ -16,7 +16,7 @@ from aiohttp import web
 from fnd import __version__
 from fnd.daemon.canary import self_check
 from fnd.daemon.config import Config, load_config, unknown_environment, unknown_routes
-from fnd.daemon.deps import DepsMismatch, installed_folder
+from fnd.daemon.deps_folder import DepsMismatch, installed_folder
 from fnd.daemon.http import memory
 from fnd.daemon.http.app import FrontEnd
 from fnd.daemon.http.listen import make_fd_room, start_sites

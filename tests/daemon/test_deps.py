@@ -22,7 +22,7 @@ import pytest
 
 from fnd.ctl.deps import DepsError, install, prune
 from fnd.ctl.deps_requirements import Sources
-from fnd.daemon.deps import (
+from fnd.daemon.deps_folder import (
     DEPS_DIR,
     MANIFEST,
     DepsMismatch,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.deps import DEPS_DIR, MANIFEST, deps_hash
+from fnd.daemon.deps_folder import DEPS_DIR, MANIFEST, deps_hash
 from tests.fndserver import FIXTURES, FndServer, world_readable_copy
 
 
