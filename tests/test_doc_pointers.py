@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 # fnd/ holds symlinks to the three top-level packages: its own files only (ctl, author, cli).
 CODE = [p for top in ("daemon", "worker", "protocol") for p in (ROOT / top).rglob("*.py")]

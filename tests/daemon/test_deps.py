@@ -33,6 +33,8 @@ from fnd.daemon.deps_folder import (
 )
 from fnd.daemon.sandbox.read_check import check_readable_for_uid
 
+pytestmark = pytest.mark.slow
+
 # six: tiny and not one of fnd's; python-dotenv: one of fnd's, so it must be left to fnd's copy.
 REQUIREMENTS = "six\npython-dotenv\n"
 

@@ -16,6 +16,8 @@ from fnd.ctl.deps_folders import FolderError, open_dir
 from fnd.ctl.deps_requirements import RequirementsError, Sources, check
 from fnd.daemon.deps_folder import fnd_runtime_versions
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Iterator[tuple[Path, int]]:

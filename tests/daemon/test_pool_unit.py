@@ -30,6 +30,8 @@ from tests.daemon.fake_spawner import (
 from tests.daemon.log_lines import LogLines
 from tests.daemon.pool_harness import Scene, call, holding, run, until
 
+pytestmark = pytest.mark.unit
+
 
 # -- dispatch and the queue ----------------------------------------------------------------
 def test_a_call_is_answered_by_a_warm_worker() -> None:

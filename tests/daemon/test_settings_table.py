@@ -21,6 +21,8 @@ from fnd.daemon.settings_table import (
     rewrite_readme,
 )
 
+pytestmark = pytest.mark.unit
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 NOT_SETTINGS = {"project_dir", "env", "functions"}  # the project itself, not settings
 

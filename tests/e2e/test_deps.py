@@ -16,6 +16,8 @@ import pytest
 from fnd.daemon.deps_folder import DEPS_DIR, MANIFEST, deps_hash
 from tests.fndserver import FIXTURES, FndServer, world_readable_copy
 
+pytestmark = pytest.mark.slow
+
 
 def _fnd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-P", "-m", "fnd.cli", *args], capture_output=True,

@@ -24,6 +24,8 @@ from fnd.daemon.sandbox.uid_claim import FIRST_UID
 from tests.e2e.hostile import alive
 from tests.fndserver import FIXTURES, world_readable_copy
 
+pytestmark = pytest.mark.slow
+
 SDIST = "fnd_test_sdist_marker-1.0"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from fnd.worker import environ
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def saved_environment(tmp_path: Path) -> Iterator[None]:
