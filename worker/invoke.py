@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from fnd.protocol import messages as m
-from fnd.worker import environ
 from fnd.worker.aio import AsyncRun, CallbackDone
 from fnd.worker.context import Context
+from fnd.worker.environ import Environment
 from fnd.worker.leftovers import leftover_reason
 from fnd.worker.loader import FunctionError, Loader, Style
 from fnd.worker.output import Channel, Output
@@ -50,6 +50,7 @@ class Services:
     settings: Settings
     loader: Loader
     runtime: RuntimeAPI
+    environment: Environment
 
 
 _NO_RESPONSE = "the function ended without a response"
@@ -105,7 +106,7 @@ class RunningCall:
         started = clock.start()
         s.channel.invocation_id = self.id
         s.runtime.bind(self.context)
-        environ.apply(self._values)
+        s.environment.apply(self._values)
         invoker.current = self
         try:
             reason = self._execute()

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, cast
 
 from fnd.protocol import messages as m
 from fnd.protocol.frames import BlockingFrameReader, ProtocolError
-from fnd.worker import environ
+from fnd.worker.environ import Environment
 from fnd.worker.invoke import Invoker, RunningCall, Services
 from fnd.worker.leftovers import become_subreaper
 from fnd.worker.loader import FunctionError, Loader, use_deps
@@ -45,7 +45,7 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
     opened before the sandbox made it unwritable, for per-invocation peak RSS."""
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
-    environ.reset()  # nothing inherited from the zygote; the project's variables come per call
+    environment = Environment()  # nothing inherited from the zygote; the project's come per call
     settings = Settings.from_config(config)
     use_deps(settings.deps_dir)
     channel = Channel(res_fd, settings.max_output)
@@ -53,7 +53,8 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
     output.install((cmd_fd, res_fd))
     loader = Loader({"Twilio": Twilio, "Runtime": Runtime}, settings)
     Runtime.configure(settings.functions, settings.assets, loader)
-    invoker = Invoker(Services(channel, output, settings, loader, Runtime), clear_refs)
+    services = Services(channel, output, settings, loader, Runtime, environment)
+    invoker = Invoker(services, clear_refs)
     threading.excepthook = invoker.thread_excepthook
 
     ready: m.Ready = {"t": m.READY, "pid": os.getpid(), "layers": layers}
@@ -70,7 +71,7 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
             if message is None:
                 _exit(output, EXIT_EOF)
             if message["t"] == m.PREFLIGHT:
-                _preflight(message, loader, channel)
+                _preflight(message, loader, channel, environment)
                 continue
             invoke = _check_invoke(message)
         except ProtocolError as exc:
@@ -83,7 +84,8 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
             os._exit(EXIT_INTERNAL)
 
 
-def _preflight(message: m.Message, loader: Loader, channel: Channel) -> None:
+def _preflight(message: m.Message, loader: Loader, channel: Channel,
+               environment: Environment) -> None:
     """Load every function of the generation and report what cannot run, before traffic.
 
     The daemon kills this worker afterwards: a bootstrap may have left anything behind.
@@ -93,7 +95,7 @@ def _preflight(message: m.Message, loader: Loader, channel: Channel) -> None:
         raise ProtocolError("preflight frame: functions must be a list")
     context = message.get("context")
     if isinstance(context, dict):  # a bootstrap may read the project's variables, as in a call
-        environ.apply(context)
+        environment.apply(context)
     problems: list[list[str]] = []
     for check in checks:
         route, file, needs_handler = check
