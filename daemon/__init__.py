@@ -7,5 +7,5 @@ Nothing in this package imports or runs user code. Installed as ``fnd.daemon``. 
 - ``sandbox/``: the host side as root (set-up, read checks, privileges, cgroups, uid claims).
 - ``ops/``: control socket, metrics, systemd, PID 1, socket claims, watch.
 - At the top, what every package here uses: ``server`` (the composition root), ``calls``,
-  ``stats``, ``logs``, ``config``, ``config_cli``, ``project``, ``deps``, ``canary``.
+  ``stats``, ``logs``, ``config``, ``config_cli``, ``project``, ``deps_folder``, ``canary``.
 """

@@ -34,16 +34,16 @@ class Outcome:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
-    outcome: str
+    kind: str  # OK, ERROR, TIMEOUT ...: what the log line and the counters call it
     reason: str | None = None
 
 
-def text_outcome(status: int, outcome: str, reason: str, **headers: str) -> Outcome:
+def text_outcome(status: int, kind: str, reason: str, **headers: str) -> Outcome:
     """A daemon-made answer: one readable line, also used as the log reason."""
     body = (reason + "\n").encode()
     pairs = [("Content-Type", "text/plain; charset=utf-8")]
     pairs.extend((name.replace("_", "-"), value) for name, value in headers.items())
-    return Outcome(status, pairs, body, outcome, reason)
+    return Outcome(status, pairs, body, kind, reason)
 
 
 class Invocation:
@@ -78,7 +78,7 @@ class Invocation:
 
     def answer(self, outcome: Outcome) -> None:
         """The line of an answer the daemon decided itself."""
-        self.end(outcome.status, outcome.outcome, outcome.reason)
+        self.end(outcome.status, outcome.kind, outcome.reason)
 
 
 @dataclass(eq=False)
@@ -120,5 +120,5 @@ class Call:
         outcome = result.result()
         waited = (self.started or time.perf_counter()) - self.queued if self.queued else 0.0
         # Positional: this runs for every call.
-        self.invocation.end(outcome.status, outcome.outcome, outcome.reason,
+        self.invocation.end(outcome.status, outcome.kind, outcome.reason,
                             waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid)

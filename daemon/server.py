@@ -22,7 +22,7 @@ from fnd.daemon.config import (
     unknown_environment,
     unknown_routes,
 )
-from fnd.daemon.deps import DepsMismatch, installed_folder
+from fnd.daemon.deps_folder import DepsMismatch, installed_folder
 from fnd.daemon.http import memory
 from fnd.daemon.http.app import FrontEnd
 from fnd.daemon.http.listen import make_fd_room, start_sites

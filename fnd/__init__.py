@@ -9,7 +9,7 @@ The names a function module uses, for type checkers and editors::
 
 They are the objects of :mod:`fnd.worker.api`, loaded on first use: the daemon imports this
 package too (for ``__version__``) and must not load the worker side or twilio with it.
-Inside fnd the rooms are ``fnd.daemon`` (the server), ``fnd.worker`` (sandbox and handler
+Inside fnd the packages are ``fnd.daemon`` (the server), ``fnd.worker`` (sandbox and handler
 runtime), ``fnd.protocol`` (the wire), ``fnd.ctl`` (operator tools) and ``fnd.author``
 (author tools; ``fnd.testing`` is their pytest helper).
 """

@@ -6,15 +6,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
-# fnd/ holds symlinks to the three rooms: its own files only (ctl, author, cli).
-CODE = [p for room in ("daemon", "worker", "protocol") for p in (ROOT / room).rglob("*.py")]
+# fnd/ holds symlinks to the three top-level packages: its own files only (ctl, author, cli).
+CODE = [p for top in ("daemon", "worker", "protocol") for p in (ROOT / top).rglob("*.py")]
 CODE += [p for p in (ROOT / "fnd").rglob("*.py") if not p.is_relative_to(ROOT / "fnd" / "daemon")
          and not p.is_relative_to(ROOT / "fnd" / "worker")
          and not p.is_relative_to(ROOT / "fnd" / "protocol")]
 # The tests and benchmarks too (not this file, which spells the citations it looks for).
-HARNESS = [p for room in ("tests", "bench") for pattern in ("*.py", "*.md")
-           for p in (ROOT / room).rglob(pattern)
+HARNESS = [p for folder in ("tests", "bench") for pattern in ("*.py", "*.md")
+           for p in (ROOT / folder).rglob(pattern)
            if p.is_file() and not p.is_symlink() and p != Path(__file__).resolve()]
 SOURCES = CODE + HARNESS
 POINTER = re.compile(r"((?:docs/[a-z_]+|README)\.md)(?:#([a-z0-9-]+))?")

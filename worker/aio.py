@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
-    from fnd.worker.invoke import Invocation
+    from fnd.worker.invoke import RunningCall
 
 # ThreadPoolExecutor's default, computed once: os.cpu_count() reads /sys on every call.
 _POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
@@ -70,8 +70,8 @@ class TrackedExecutor(ThreadPoolExecutor):
 
 
 class AsyncRun:
-    def __init__(self, invocation: Invocation, callback_style: bool) -> None:
-        self._invocation = invocation
+    def __init__(self, call: RunningCall, callback_style: bool) -> None:
+        self._call = call
         self._callback_style = callback_style
         self.loop = asyncio.new_event_loop()
         self.executor = TrackedExecutor()
@@ -92,7 +92,7 @@ class AsyncRun:
                 if self.loop.is_closed():
                     raise
                 # The function called loop.stop() itself: keep serving the invocation.
-        if self._invocation.finished.is_set():
+        if self._call.finished.is_set():
             return None
         failure = _failure(main)
         if failure is not None:
@@ -101,9 +101,9 @@ class AsyncRun:
 
     def _main_done(self, main: asyncio.Future[Any]) -> None:
         if self._callback_style and _failure(main) is None:
-            if not self._invocation.finished.is_set():
+            if not self._call.finished.is_set():
                 # A callback-style handler that returned keeps the invocation open.
-                self._invocation.note_ignored_return(main.result())
+                self._call.note_ignored_return(main.result())
             return
         self._wake()
 

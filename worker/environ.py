@@ -28,38 +28,39 @@ from typing import Any
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _PER_REQUEST = frozenset({"PATH", "DOMAIN_NAME"})
 
-_base: dict[str, str] = {}
-_applied: dict[str, str] = {}
+class Environment:
+    """This worker's ``os.environ``: the base, and the project's variables it last wrote.
 
+    Made once in a new worker (the worker's loop holds it); making it replaces the inherited
+    environment with the base.
+    """
 
-def reset() -> None:
-    """Replace the inherited environment with the base; call once in a new worker."""
-    global _base
-    scratch = os.environ.get("TMPDIR") or tempfile.gettempdir()
-    _base = {"PATH": BASE_PATH, "HOME": scratch, "LANG": "C.UTF-8", "TMPDIR": scratch}
-    _applied.clear()
-    os.environ.clear()
-    os.environ.update(_base)
+    def __init__(self) -> None:
+        scratch = os.environ.get("TMPDIR") or tempfile.gettempdir()
+        self._base = {"PATH": BASE_PATH, "HOME": scratch, "LANG": "C.UTF-8", "TMPDIR": scratch}
+        self._applied: dict[str, str] = {}
+        os.environ.clear()
+        os.environ.update(self._base)
 
-
-def apply(context: Mapping[str, Any]) -> None:
-    """Make the project's variables of ``context`` the ones in ``os.environ``."""
-    variables = {
-        key: value for key, value in context.items()
-        if type(value) is str and key not in _PER_REQUEST
-    }
-    if variables == _applied:
-        return
-    for key in _applied.keys() - variables.keys():  # gone since the last invocation
-        if key in _base:
-            os.environ[key] = _base[key]
-        else:
-            os.environ.pop(key, None)
-    for key, value in variables.items():
-        if _applied.get(key) != value and _settable(key, value):
-            os.environ[key] = value
-    _applied.clear()
-    _applied.update(variables)
+    def apply(self, context: Mapping[str, Any]) -> None:
+        """Make the project's variables of ``context`` the ones in ``os.environ``."""
+        variables = {
+            key: value for key, value in context.items()
+            if type(value) is str and key not in _PER_REQUEST
+        }
+        applied = self._applied
+        if variables == applied:
+            return
+        base = self._base
+        for key in applied.keys() - variables.keys():  # gone since the last invocation
+            if key in base:
+                os.environ[key] = base[key]
+            else:
+                os.environ.pop(key, None)
+        for key, value in variables.items():
+            if applied.get(key) != value and _settable(key, value):
+                os.environ[key] = value
+        self._applied = variables
 
 
 def _settable(key: str, value: str) -> bool:

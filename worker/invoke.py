@@ -1,5 +1,8 @@
 """One invocation: load the function, run the handler, RESULT at once, then DONE.
 
+``Invoker`` is what the worker's loop keeps between invocations (the shared services, the
+CPU clock, the call running now); ``RunningCall`` is one invocation from INVOKE to DONE.
+
 What completes an invocation: docs/handlers.md#completing-the-invocation.
 
 RESULT is written the moment the invocation completes (callback, a return-style handler
@@ -20,9 +23,9 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from fnd.protocol import messages as m
-from fnd.worker import environ
 from fnd.worker.aio import AsyncRun, CallbackDone
 from fnd.worker.context import Context
+from fnd.worker.environ import Environment
 from fnd.worker.leftovers import leftover_reason
 from fnd.worker.loader import FunctionError, Loader, Style
 from fnd.worker.output import Channel, Output
@@ -47,15 +50,41 @@ class Services:
     settings: ReceivedConfig
     loader: Loader
     runtime: RuntimeAPI
+    environment: Environment
 
 
 _NO_RESPONSE = "the function ended without a response"
-_current: Invocation | None = None  # one invocation at a time per worker
 
 
-class Invocation:
-    def __init__(self, message: m.Invoke, services: Services) -> None:
-        self._s = services
+class Invoker:
+    """What outlives one invocation: held by the worker's loop, one per worker process."""
+
+    def __init__(self, services: Services, clear_refs: int | None) -> None:
+        self.services = services
+        self.clock = CpuClock()
+        self.clock.watch_peaks(clear_refs)
+        self.current: RunningCall | None = None  # one invocation at a time per worker
+
+    def thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        """An uncaught exception in a thread before the response is a 500, as in the
+        handler (installed as ``threading.excepthook``)."""
+        exc = args.exc_value
+        if isinstance(exc, CallbackDone):
+            return  # that thread called callback: ending it was the point
+        call = self.current
+        if call is not None and isinstance(exc, Exception) and not call.finished.is_set():
+            name = args.thread.name if args.thread is not None else "?"
+            call.fail(exc, f"thread {name!r} raised")
+            return
+        threading.__excepthook__(args)
+
+
+class RunningCall:
+    """One invocation inside the worker (the daemon's side of it is ``daemon/calls.py``)."""
+
+    def __init__(self, message: m.Invoke, invoker: Invoker) -> None:
+        self._invoker = invoker
+        self._s = services = invoker.services
         self.id = message["id"]
         self._function = message["function"]
         self._event = message["event"]
@@ -71,13 +100,14 @@ class Invocation:
 
     def run(self) -> None:
         """The whole invocation, on the worker's main thread; returns after DONE."""
-        global _current
         s = self._s
-        started = _CPU.start()
+        invoker = self._invoker
+        clock = invoker.clock
+        started = clock.start()
         s.channel.invocation_id = self.id
         s.runtime.bind(self.context)
-        environ.apply(self._values)
-        _current = self
+        s.environment.apply(self._values)
+        invoker.current = self
         try:
             reason = self._execute()
             if not self.finished.is_set():  # unreachable by design: never leave the daemon waiting
@@ -92,12 +122,12 @@ class Invocation:
                 "id": self.id,
                 "clean": reason is None,
                 "reason": reason,
-                "cpu": round(_CPU.stop() - started, 6),
-                "rss": _CPU.peak_rss,
+                "cpu": round(clock.stop() - started, 6),
+                "rss": clock.peak_rss,
             }
             s.channel.send(done)
         finally:
-            _current = None
+            invoker.current = None
             s.runtime.bind(None)
             s.channel.invocation_id = None
 
@@ -226,20 +256,7 @@ class Invocation:
         self._s.channel.log("logging", "ERROR", message)
 
 
-def thread_excepthook(args: threading.ExceptHookArgs) -> None:
-    """An uncaught exception in a thread before the response is a 500, as in the handler."""
-    exc = args.exc_value
-    if isinstance(exc, CallbackDone):
-        return  # that thread called callback: ending it was the point
-    invocation = _current
-    if invocation is not None and isinstance(exc, Exception) and not invocation.finished.is_set():
-        name = args.thread.name if args.thread is not None else "?"
-        invocation.fail(exc, f"thread {name!r} raised")
-        return
-    threading.__excepthook__(args)
-
-
-class _CpuClock:
+class CpuClock:
     """CPU seconds of the worker and its reaped children, with 3 getrusage calls per
     invocation instead of 5: children's usage only grows when a child is reaped, which
     happens during an invocation (or the worker is replaced), so the reading taken at the
@@ -280,10 +297,3 @@ class _CpuClock:
         self._children = children.ru_utime + children.ru_stime
         self.peak_rss = own.ru_maxrss * 1024  # since the reset in start(), if it worked
         return own.ru_utime + own.ru_stime + self._children
-
-
-_CPU = _CpuClock()
-
-
-def watch_peaks(clear_refs: int | None) -> None:
-    _CPU.watch_peaks(clear_refs)

@@ -22,8 +22,8 @@ from typing import Any, NoReturn, cast
 
 from fnd.protocol import messages as m
 from fnd.protocol.frames import BlockingFrameReader, ProtocolError
-from fnd.worker import environ
-from fnd.worker.invoke import Invocation, Services, thread_excepthook, watch_peaks
+from fnd.worker.environ import Environment
+from fnd.worker.invoke import Invoker, RunningCall, Services
 from fnd.worker.leftovers import become_subreaper
 from fnd.worker.loader import FunctionError, Loader, use_deps
 from fnd.worker.output import Channel, Output, write_plain
@@ -45,17 +45,17 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
     opened before the sandbox made it unwritable, for per-invocation peak RSS."""
     for fd in (cmd_fd, res_fd):
         os.set_inheritable(fd, False)  # never leak the protocol into a function's children
-    environ.reset()  # nothing inherited from the zygote; the project's variables come per call
+    environment = Environment()  # nothing inherited from the zygote; the project's come per call
     settings = ReceivedConfig.from_config(config)
     use_deps(settings.deps_dir)
     channel = Channel(res_fd, settings.max_output)
     output = Output(channel)
     output.install((cmd_fd, res_fd))
-    threading.excepthook = thread_excepthook
-    watch_peaks(clear_refs)
     loader = Loader({"Twilio": Twilio, "Runtime": Runtime}, settings)
     Runtime.configure(settings.functions, settings.assets, loader)
-    services = Services(channel, output, settings, loader, Runtime)
+    services = Services(channel, output, settings, loader, Runtime, environment)
+    invoker = Invoker(services, clear_refs)
+    threading.excepthook = invoker.thread_excepthook
 
     ready: m.Ready = {"t": m.READY, "pid": os.getpid(), "layers": layers}
     channel.send(ready)
@@ -71,27 +71,28 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
             if message is None:
                 _exit(output, EXIT_EOF)
             if message["t"] == m.PREFLIGHT:
-                _preflight(message, loader, channel)
+                _preflight(message, loader, channel, environment)
                 continue
             invoke = _check_invoke(message)
         except ProtocolError as exc:
             _log.error("protocol error on the command pipe: %s", exc)
             _exit(output, EXIT_PROTOCOL)
         try:
-            Invocation(invoke, services).run()
+            RunningCall(invoke, invoker).run()
         except BaseException:  # noqa: B036 - a bug of ours: say so on fd 2, then die loudly
             write_plain(2, "fnd worker: internal error\n" + traceback.format_exc())
             os._exit(EXIT_INTERNAL)
 
 
-def _preflight(message: m.Message, loader: Loader, channel: Channel) -> None:
+def _preflight(message: m.Message, loader: Loader, channel: Channel,
+               environment: Environment) -> None:
     """Load every function of the generation and report what cannot run, before traffic.
 
     The daemon kills this worker afterwards: a bootstrap may have left anything behind.
     """
     context = message.get("context")
     if isinstance(context, dict):  # a bootstrap may read the project's variables, as in a call
-        environ.apply(context)
+        environment.apply(context)
     problems: list[list[str]] = []
     for check in _function_checks(message):
         route, file = check["route"], check["file"]

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fnd.daemon.deps import DepsMismatch, installed_folder
+from fnd.daemon.deps_folder import DepsMismatch, installed_folder
 
 _INTERPRETER_HINT = (
     "python lives under {dir} which is mode {mode}; build the venv from /usr/bin/python3 in "

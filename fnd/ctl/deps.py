@@ -32,7 +32,7 @@ from fnd.ctl.deps_requirements import (
     check,
     read_project_file,
 )
-from fnd.daemon.deps import (
+from fnd.daemon.deps_folder import (
     MANIFEST,
     REQUIREMENTS,
     deps_hash,

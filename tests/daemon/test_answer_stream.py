@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fnd.daemon.http.answer_stream import AnswerBudget
+
+pytestmark = pytest.mark.unit
 
 MB = 1024 * 1024
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
 from twilio.request_validator import RequestValidator
 
@@ -24,6 +25,8 @@ from fnd.daemon.project import scan_project
 from fnd.daemon.stats import Stats
 from tests.daemon.fake_pool import WORKER_PID, FakePool
 from tests.daemon.log_lines import LogLines
+
+pytestmark = pytest.mark.unit
 
 TOKEN = "12345"
 HOST = "fn.example.com"

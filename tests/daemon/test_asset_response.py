@@ -20,6 +20,8 @@ from fnd.daemon.http.asset_files import AssetFiles
 from fnd.daemon.http.asset_response import AssetResponse
 from fnd.daemon.project import scan_project
 
+pytestmark = pytest.mark.unit
+
 BIG = "".join(f"{i:08d}\n" for i in range(100_000))  # 900 kB: several chunks
 
 

@@ -6,10 +6,14 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Invocation, text_outcome
 from fnd.daemon.stats import Stats
 from tests.daemon.log_lines import LogLines
+
+pytestmark = pytest.mark.unit
 
 
 def _call(loop: asyncio.AbstractEventLoop, stats: Stats) -> Call:

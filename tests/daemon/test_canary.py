@@ -19,6 +19,8 @@ from fnd.daemon.calls import Call, Outcome
 from fnd.daemon.config import Config
 from fnd.daemon.stats import Stats
 
+pytestmark = pytest.mark.unit
+
 REFUSED = {
     "list project root": "EACCES",
     "read .env": "EACCES",

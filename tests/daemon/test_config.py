@@ -15,6 +15,8 @@ from fnd.daemon.config import (
     unknown_routes,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _project(tmp_path: Path, toml: str = "", dotenv: str = "") -> Path:
     (tmp_path / "functions").mkdir(parents=True)

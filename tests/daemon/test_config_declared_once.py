@@ -28,6 +28,8 @@ from fnd.protocol.messages import WorkerConfig, WorkerSettings
 from fnd.protocol.sandbox_config import resolve
 from fnd.worker.received_config import ReceivedConfig
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 NOT_SETTINGS = {"project_dir", "env", "functions"}  # the project itself, not settings

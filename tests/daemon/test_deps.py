@@ -22,7 +22,7 @@ import pytest
 
 from fnd.ctl.deps import DepsError, install, prune
 from fnd.ctl.deps_requirements import Sources
-from fnd.daemon.deps import (
+from fnd.daemon.deps_folder import (
     DEPS_DIR,
     MANIFEST,
     DepsMismatch,
@@ -32,6 +32,8 @@ from fnd.daemon.deps import (
     wanted_folder,
 )
 from fnd.daemon.sandbox.read_check import check_readable_for_uid
+
+pytestmark = pytest.mark.slow
 
 # six: tiny and not one of fnd's; python-dotenv: one of fnd's, so it must be left to fnd's copy.
 REQUIREMENTS = "six\npython-dotenv\n"

@@ -14,7 +14,9 @@ import pytest
 from fnd.ctl.deps_checks import ShadowError, refuse_shadowing
 from fnd.ctl.deps_folders import FolderError, open_dir
 from fnd.ctl.deps_requirements import RequirementsError, Sources, check
-from fnd.daemon.deps import fnd_runtime_versions
+from fnd.daemon.deps_folder import fnd_runtime_versions
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from fnd.daemon.http.event import (
     parse_body,
 )
 
+pytestmark = pytest.mark.unit
+
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 

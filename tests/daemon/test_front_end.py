@@ -23,6 +23,8 @@ from fnd.daemon.http.app import FrontEnd
 from fnd.daemon.project import scan_project
 from fnd.daemon.stats import Stats
 
+pytestmark = pytest.mark.unit  # no processes, no network, no root
+
 
 class _BrokenPool:
     async def invoke(self, call: Call) -> Outcome:

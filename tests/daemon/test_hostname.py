@@ -6,6 +6,8 @@ import pytest
 
 from fnd.daemon.http.hostname import url_host, valid_host
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("host", [
     "example.com", "example.com:8443", "a", "localhost:3000", "my-host.example.co.uk.",

@@ -21,6 +21,8 @@ from fnd.daemon import calls
 from fnd.daemon.ops.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
 from fnd.daemon.stats import BUCKETS, Histogram, Stats
 
+pytestmark = pytest.mark.unit
+
 # -- the parser and the rules on top --------------------------------------------------------
 
 Series = tuple[str, tuple[tuple[str, str], ...]]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from fnd.daemon.http.origin import Origin, TrustedProxies, read_origin
+
+pytestmark = pytest.mark.unit
 
 PROXY = "127.0.0.1"
 

@@ -29,6 +29,8 @@ from tests.daemon.fake_spawner import (
 from tests.daemon.log_lines import LogLines
 from tests.daemon.pool_harness import Scene, call, holding, run, until
 
+pytestmark = pytest.mark.unit
+
 
 # -- dispatch and the queue ----------------------------------------------------------------
 def test_a_call_is_answered_by_a_warm_worker() -> None:
@@ -258,7 +260,7 @@ def test_done_before_the_result_is_a_502_and_the_worker_is_killed_at_once() -> N
 
     async def body(s: Scene) -> None:
         outcome = await s.invoke()
-        assert outcome.status == 502 and outcome.outcome == calls.CRASH
+        assert outcome.status == 502 and outcome.kind == calls.CRASH
         assert outcome.reason == ("function killed: the worker sent DONE before the call's "
                                   "RESULT (a forged frame)")
         assert fake.group_kills == [liars[0].pid] and not liars[0].alive

@@ -17,6 +17,8 @@ from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import FakeSpawner, FakeWorker, exit_code, hang
 from tests.daemon.pool_harness import Scene, holding, run, until
 
+pytestmark = pytest.mark.unit
+
 CHECK: m.FunctionCheck = {"route": "/f", "file": "/p/f.py", "needs_handler": True}
 
 

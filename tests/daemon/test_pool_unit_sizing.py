@@ -13,6 +13,8 @@ from fnd.daemon.config import Config
 from fnd.daemon.pool import deaths, sizing
 from fnd.daemon.pool.sizing import Recycling
 
+pytestmark = pytest.mark.unit
+
 
 def _start(**counts: Any) -> int:
     base: dict[str, Any] = {"live": 0, "idle": 0, "starting": 0, "queued": 0, "workers_min": 1,

@@ -16,6 +16,8 @@ from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import FakeSpawner, FakeWorker, exit_code, hang
 from tests.daemon.pool_harness import Scene, holding, run, until
 
+pytestmark = pytest.mark.unit
+
 
 # -- checks from outside ---------------------------------------------------------------------
 def test_a_worker_that_says_it_left_something_running_is_killed_after_its_answer() -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fnd.daemon.sandbox.privileges import missing_capabilities
+
+pytestmark = pytest.mark.unit
 
 _ALL = "000001ffffffffff"
 

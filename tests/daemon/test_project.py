@@ -14,6 +14,8 @@ import pytest
 
 from fnd.daemon.project import Project, ProjectError, Route, route_table_lines, scan_project
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

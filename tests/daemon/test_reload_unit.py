@@ -24,6 +24,8 @@ from fnd.daemon.project import Project, scan_project
 from fnd.daemon.stats import Stats
 from tests.daemon.fake_pool import FakePool
 
+pytestmark = pytest.mark.unit
+
 DEADLINE = 30.0  # seconds: generous, only ever reached when the loop is blocked
 CODE = "def handler(context, event, callback):\n    callback(None, 'hi')\n"
 

@@ -16,6 +16,8 @@ from fnd.daemon.http.asset_files import AssetFiles, AssetGone
 from fnd.daemon.http.safe_open import open_beneath, open_directory
 from fnd.daemon.project import scan_project
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(params=["openat2", "walk"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -79,6 +79,7 @@ def test_cli_init(where: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a pytest run of its own, against a real daemon
 def test_the_scaffolded_tests_pass_against_the_real_daemon(where: Path) -> None:
     target = where / "app"
     create_project(target)

@@ -19,6 +19,8 @@ from twilio.request_validator import RequestValidator
 from fnd.daemon.http.origin import TrustedProxies, read_origin
 from fnd.daemon.http.signature import check_signature, signed_url, url_for_request
 
+pytestmark = pytest.mark.unit
+
 TOKEN = "12345678901234567890123456789012"
 OTHER_TOKEN = "abcdefabcdefabcdefabcdefabcdefab"
 URL = "https://example.com/sms?foo=bar"

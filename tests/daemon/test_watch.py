@@ -8,9 +8,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from fnd.daemon import logs
 from fnd.daemon.ops.watch import Watcher, changes, snapshot
 from fnd.daemon.pool import deaths
+
+pytestmark = pytest.mark.unit  # no processes, no network, no root
 
 
 def _project(tmp_path: Path) -> Path:

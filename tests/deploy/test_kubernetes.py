@@ -12,6 +12,8 @@ import yaml
 
 from fnd.daemon.sandbox.privileges import CAPABILITIES
 
+pytestmark = pytest.mark.unit  # no processes, no network, no root
+
 MANIFESTS = Path(__file__).parents[2] / "deploy" / "kubernetes"
 KUBERNETES = "1.33.0"  # the version the manifests are checked against
 

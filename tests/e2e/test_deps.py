@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.deps import DEPS_DIR, MANIFEST, deps_hash
+from fnd.daemon.deps_folder import DEPS_DIR, MANIFEST, deps_hash
 from tests.fndserver import FIXTURES, FndServer, world_readable_copy
+
+pytestmark = pytest.mark.slow
 
 
 def _fnd(*args: str) -> subprocess.CompletedProcess[str]:

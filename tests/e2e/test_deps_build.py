@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from fnd.daemon.deps import DEPS_DIR, deps_hash
+from fnd.daemon.deps_folder import DEPS_DIR, deps_hash
 from fnd.daemon.sandbox.uid_claim import FIRST_UID
 from tests.e2e.hostile import alive
 from tests.fndserver import FIXTURES, world_readable_copy
+
+pytestmark = pytest.mark.slow
 
 SDIST = "fnd_test_sdist_marker-1.0"
 

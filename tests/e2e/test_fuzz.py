@@ -39,6 +39,8 @@ from tests.e2e.hostile import (
 )
 from tests.fndserver import FndServer, running, until
 
+pytestmark = pytest.mark.slow
+
 SOCKET_TIMEOUT = 10.0  # a request not answered (or closed) by then is a hang
 # No shrinking: a failing example against a live daemon costs seconds (it waits out deadlines),
 # and the first one found is reported as it is, so every test stays well within a minute.

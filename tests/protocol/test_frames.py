@@ -19,6 +19,8 @@ from fnd.protocol import (
     write_frame,
 )
 
+pytestmark = pytest.mark.unit
+
 SAMPLE = {"t": "result", "id": "x-1", "status": 200, "headers": [["A", "b"]], "body": b"\x00\xff"}
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from fnd.worker.loader import _positional_parameters
 
+pytestmark = pytest.mark.unit
+
 
 def _by_inspect(handler: Callable[..., Any]) -> tuple[int, bool]:
     kinds = [p.kind for p in inspect.signature(handler).parameters.values()]

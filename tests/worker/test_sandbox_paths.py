@@ -10,6 +10,8 @@ import pytest
 from fnd.worker.sandbox import paths as sandbox_paths
 from fnd.worker.sandbox.paths import readable
 
+pytestmark = pytest.mark.unit  # no processes, no network, no root
+
 
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

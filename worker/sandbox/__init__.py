@@ -70,9 +70,6 @@ class Prepared:
     landlock_error: str
 
 
-_cache: Prepared | None = None
-
-
 def _key(s: SandboxConfig) -> tuple[object, ...]:
     values: dict[str, object] = dict(s)
     return tuple(repr(values[k]) for k in _PREPARE_KEYS)
@@ -83,7 +80,6 @@ def prepare(settings: Mapping[str, Any]) -> Prepared:
 
     In strict mode raises SandboxError when seccomp or Landlock is unusable on this host.
     """
-    global _cache
     s = resolve(settings)
     flt: seccomp.Filter | None = None
     seccomp_error = ""
@@ -112,8 +108,7 @@ def prepare(settings: Mapping[str, Any]) -> Prepared:
         for name, error in (("seccomp", seccomp_error), ("landlock", landlock_error)):
             if error:
                 raise SandboxError(f"{name}: {error}")
-    _cache = Prepared(_key(s), flt, seccomp_error, plan, landlock_error)
-    return _cache
+    return Prepared(_key(s), flt, seccomp_error, plan, landlock_error)
 
 
 def apply(
@@ -131,7 +126,7 @@ def apply(
         parent = os.getppid()
     s = resolve(settings)
     if prepared is None or prepared.key != _key(s):
-        prepared = _cache if _cache is not None and _cache.key == _key(s) else prepare(s)
+        prepared = prepare(s)  # the zygote passes the one it made before forking
     run = _Runner(s["mode"] == "strict")
     is_root = os.geteuid() == 0
     uid = gid = s["uid_base"] + slot if is_root else None
