@@ -45,6 +45,7 @@ from fnd.worker import loop as worker_loop
 from fnd.worker import output, sandbox
 from fnd.worker import zygote as _zygote  # noqa: F401 - the zygote's imports, so the same memory
 from fnd.worker.sandbox import process as sandbox_process
+from tests.cgroup_wait import wait_empty
 
 CORES = os.cpu_count() or 1
 STAGES = ("fork + exit", "+ sandbox", "+ ready", "+ invoke, kill")
@@ -96,7 +97,7 @@ class Lives:
         _pid, _status, child = os.wait4(pid, 0)
         after = resource.getrusage(resource.RUSAGE_SELF)
         os.close(res_r)
-        self.cgroups.wait_empty(0)
+        wait_empty(self.cgroups, 0)
         parent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         return child.ru_utime + child.ru_stime + parent, child.ru_minflt
 

@@ -25,6 +25,9 @@ import twilio.rest  # noqa: F401
 from fnd.daemon.sandbox.cgroups import Cgroups
 from fnd.worker import sandbox
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.cgroup_wait import wait_empty  # noqa: E402 - the checkout's test helper
+
 _TIMES = struct.Struct("dd")
 
 
@@ -76,7 +79,7 @@ def _one(step: Callable[[int], object], cg: Cgroups | None = None) -> tuple[floa
     os.close(r)
     os.waitpid(pid, 0)
     if cg is not None:
-        cg.wait_empty(0)
+        wait_empty(cg, 0)
     running, done = _TIMES.unpack(data)
     return running, done
 
