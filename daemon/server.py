@@ -131,6 +131,7 @@ class Daemon:
         self._project_arg = project_arg or config.project_dir
         self.stats = Stats()
         self.project = load_project(config)
+        self.stats.routes_loaded(self.project.functions)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, ZygoteSpawner(sandbox), on_fatal=self._fatal)
         self.front = FrontEnd(config, self.project, self.pool, self.stats)
@@ -310,6 +311,7 @@ class Daemon:
                     # request pairs the new route table with old workers or the reverse.
                     self.config, self.project = config, project
                     self.front.set_project(config, project)
+                    self.stats.routes_loaded(project.functions)
 
                 # A raised workers_max needs more worker uids: held first, or no reload.
                 self.sandbox.grow_uids(2 * config.workers_max)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
@@ -73,7 +74,9 @@ class Stats:
     # so the label set stays bounded whatever paths clients ask for.
     by_function: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Requests that went to the pool (a function, not rejected by the daemon up front).
-    duration: Histogram = field(default_factory=Histogram)
+    # Durations by function route: the same bounded label set as by_function, one dict
+    # lookup per request; routes_loaded() drops those of functions a reload removed.
+    durations: dict[str, Histogram] = field(default_factory=dict)
     queue_wait: Histogram = field(default_factory=Histogram)
     _crash_times: deque[float] = field(default_factory=deque, repr=False)
     log: FilteringBoundLogger = field(default_factory=lambda: get_logger("fnd.invocation"))
@@ -106,7 +109,10 @@ class Stats:
             self.outcomes[outcome] += 1
             self.by_function[(function or NO_FUNCTION, outcome)] += 1
             if function is not None and outcome != calls.REJECTED:
-                self.duration.observe(duration)
+                hist = self.durations.get(function)
+                if hist is None:  # once per route; a request in flight over a reload too
+                    hist = self.durations[function] = Histogram()
+                hist.observe(duration)
                 self.queue_wait.observe(queue_wait)
         log = self._info if outcome == calls.OK or outcome == calls.REJECTED else self._warning
         log(
@@ -125,6 +131,14 @@ class Stats:
             reason=reason,
             client=client,
         )
+
+    def routes_loaded(self, functions: Iterable[str]) -> None:
+        """The routes served from now on (at start and at each reload): each gets its duration
+        histogram, at 0 until its first call, and those of functions no longer served are
+        dropped, so the histogram's series follow the project's routes."""
+        kept = self.durations
+        self.durations = {fn: kept[fn] if fn in kept else Histogram()
+                          for fn in functions if not fn.startswith(INTERNAL_PREFIX)}
 
     def worker_restart(self, reason: str) -> None:
         self.restarts[reason] += 1

@@ -3,16 +3,21 @@
 The format is a few lines per family (`# HELP`, `# TYPE`, then `name{label="value"} number`),
 so a dependency would buy nothing. Counters and histograms come from Stats (kept in this
 process); gauges about the pool come from the status the control socket serves
-(daemon/ops/status.py).
+(daemon/ops/status.py); process_* figures about the daemon itself are read from /proc at
+scrape time, with the names, help and units of prometheus-client's process collector.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 from aiohttp import web
@@ -28,11 +33,14 @@ WORKER_STATES: tuple[Literal["starting", "idle", "busy"], ...] = ("starting", "i
 Sample = tuple[Mapping[str, str], float]
 
 
-def render_metrics(stats: Stats, status: Status, functions: Iterable[str] = ()) -> str:
-    """The metrics text. Counters have a series from start, at 0, for every outcome of every
-    function in ``functions`` and for every restart cause: a query or an alert on
-    a series that does not exist yet silently says nothing."""
+def render_metrics(stats: Stats, status: Status, functions: Iterable[str] = (),
+                   proc: str = "/proc/self") -> str:
+    """The metrics text. Counters and the duration histogram have a series from start, at 0,
+    for every function in ``functions`` (every outcome) and for every restart cause: a query
+    or an alert on a series that does not exist yet silently says nothing. ``proc`` is the
+    /proc folder of the process the process_* figures describe."""
     lines: list[str] = []
+    functions = list(functions)
     by_function = Counter({(fn, outcome): 0 for fn in functions for outcome in OUTCOMES})
     by_function.update(stats.by_function)
     restarts = Counter(dict.fromkeys(deaths.COUNTED, 0))
@@ -46,11 +54,13 @@ def render_metrics(stats: Stats, status: Status, functions: Iterable[str] = ()) 
             "Requests by function (\"-\" when none matched) and outcome.",
             [({"function": fn, "outcome": outcome}, n)
              for (fn, outcome), n in sorted(by_function.items())])
+    durations = dict.fromkeys(functions, Histogram()) | stats.durations
     _histogram(lines, "fnd_invocation_duration_seconds",
-               "Time from request to response for requests that went to the worker pool.",
-               stats.duration)
+               "Time from request to response for requests that went to the worker pool, "
+               "by function.",
+               [({"function": fn}, durations[fn]) for fn in sorted(durations)])
     _histogram(lines, "fnd_queue_wait_seconds",
-               "Time a request waited for a free worker.", stats.queue_wait)
+               "Time a request waited for a free worker.", [({}, stats.queue_wait)])
     workers = status.get("workers") or {}
     _family(lines, "fnd_workers", "gauge", "Workers by state.",
             [({"state": state}, workers.get(state, 0)) for state in WORKER_STATES])
@@ -66,7 +76,75 @@ def render_metrics(stats: Stats, status: Status, functions: Iterable[str] = ()) 
                 [({}, status["queue_longest_wait"])])
     _family(lines, "fnd_worker_restarts_total", "counter", "Worker restarts by reason.",
             [({"reason": reason}, n) for reason, n in sorted(restarts.items())])
+    _process_families(lines, proc)
     return "\n".join(lines) + "\n"
+
+
+# -- process_*: prometheus-client's process collector, without the dependency ---------------
+
+@dataclass(frozen=True)
+class ProcessFigures:
+    cpu_seconds: float  # user + system
+    resident_bytes: int
+    virtual_bytes: int
+    start_time: float  # seconds since the epoch
+    open_fds: int
+    max_fds: int | None  # None: unlimited
+
+
+def read_process(proc: str = "/proc/self") -> ProcessFigures | None:
+    """The figures of the process whose /proc folder is ``proc``; None without a usable /proc
+    (not Linux), and then the process_* families are left out, as prometheus-client does."""
+    try:
+        with open(os.path.join(proc, "stat"), "rb") as stat:
+            # After the ")" that ends the command name (which may hold spaces), field 3 on:
+            # proc(5) numbers utime 14, stime 15, starttime 22, vsize 23, rss 24.
+            fields = stat.read().rpartition(b")")[2].split()
+        with open(os.path.join(proc, "limits"), "rb") as limits:
+            soft = next(line.split()[3] for line in limits if line.startswith(b"Max open files"))
+        open_fds = len(os.listdir(os.path.join(proc, "fd")))
+        boot = _boot_time(os.path.dirname(proc.rstrip("/")) or "/")
+        ticks, page = _ticks_and_page()
+        return ProcessFigures(
+            cpu_seconds=(int(fields[11]) + int(fields[12])) / ticks,
+            resident_bytes=int(fields[21]) * page,
+            virtual_bytes=int(fields[20]),
+            start_time=boot + int(fields[19]) / ticks,
+            open_fds=open_fds,
+            max_fds=None if soft == b"unlimited" else int(soft),
+        )
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+
+
+@cache
+def _boot_time(proc_root: str) -> float:
+    with open(os.path.join(proc_root, "stat"), "rb") as stat:
+        return float(next(line.split()[1] for line in stat if line.startswith(b"btime ")))
+
+
+@cache
+def _ticks_and_page() -> tuple[int, int]:
+    return os.sysconf("SC_CLK_TCK"), resource.getpagesize()
+
+
+def _process_families(lines: list[str], proc: str) -> None:
+    figures = read_process(proc)
+    if figures is None:
+        return
+    _family(lines, "process_cpu_seconds_total", "counter",
+            "Total user and system CPU time spent in seconds.", [({}, figures.cpu_seconds)])
+    _family(lines, "process_resident_memory_bytes", "gauge",
+            "Resident memory size in bytes.", [({}, figures.resident_bytes)])
+    _family(lines, "process_virtual_memory_bytes", "gauge",
+            "Virtual memory size in bytes.", [({}, figures.virtual_bytes)])
+    _family(lines, "process_start_time_seconds", "gauge",
+            "Start time of the process since unix epoch in seconds.", [({}, figures.start_time)])
+    _family(lines, "process_open_fds", "gauge",
+            "Number of open file descriptors.", [({}, figures.open_fds)])
+    if figures.max_fds is not None:
+        _family(lines, "process_max_fds", "gauge",
+                "Maximum number of open file descriptors.", [({}, figures.max_fds)])
 
 
 def _family(lines: list[str], name: str, kind: str, help_text: str,
@@ -76,13 +154,15 @@ def _family(lines: list[str], name: str, kind: str, help_text: str,
     lines.extend(_sample(name, labels, value) for labels, value in samples)
 
 
-def _histogram(lines: list[str], name: str, help_text: str, hist: Histogram) -> None:
+def _histogram(lines: list[str], name: str, help_text: str,
+               series: Iterable[tuple[Mapping[str, str], Histogram]]) -> None:
     lines.append(f"# HELP {name} {_escape_help(help_text)}")
     lines.append(f"# TYPE {name} histogram")
-    for bound, n in hist.cumulative():
-        lines.append(_sample(name + "_bucket", {"le": _number(bound)}, n))
-    lines.append(_sample(name + "_sum", {}, hist.sum))
-    lines.append(_sample(name + "_count", {}, hist.count))
+    for labels, hist in series:
+        for bound, n in hist.cumulative():
+            lines.append(_sample(name + "_bucket", {**labels, "le": _number(bound)}, n))
+        lines.append(_sample(name + "_sum", labels, hist.sum))
+        lines.append(_sample(name + "_count", labels, hist.count))
 
 
 def _sample(name: str, labels: Mapping[str, str], value: float) -> str:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
+import resource
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
 
 from fnd.daemon import calls
 from fnd.daemon.ops.metrics import CONTENT_TYPE, render_metrics, start_metrics_server
@@ -62,15 +66,23 @@ def parse(text: str) -> dict[str, Family]:
 
 
 def _check_histogram(name: str, family: Family) -> None:
-    buckets = sorted(
-        (float(dict(labels)["le"].replace("Inf", "inf")), value)
-        for (sample, labels), value in family.samples.items() if sample == name + "_bucket"
-    )
-    assert buckets and buckets[-1][0] == math.inf, f"{name}: no +Inf bucket"
-    counts = [count for _, count in buckets]
-    assert counts == sorted(counts), f"{name}: buckets are not cumulative"
-    assert buckets[-1][1] == family.value(name + "_count")
-    assert (name + "_sum", ()) in family.samples
+    """Each series of the histogram (its labels but le) on its own."""
+    buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    others: dict[str, set[tuple[tuple[str, str], ...]]] = {"_sum": set(), "_count": set()}
+    for (sample, labels), value in family.samples.items():
+        if sample == name + "_bucket":
+            rest = tuple((k, v) for k, v in labels if k != "le")
+            le = float(dict(labels)["le"].replace("Inf", "inf"))
+            buckets.setdefault(rest, []).append((le, value))
+        else:
+            others[sample.removeprefix(name)].add(labels)
+    assert others["_sum"] == others["_count"] == set(buckets), f"{name}: series incomplete"
+    for rest, pairs in buckets.items():
+        pairs.sort()
+        assert pairs[-1][0] == math.inf, f"{name}{dict(rest)}: no +Inf bucket"
+        counts = [count for _, count in pairs]
+        assert counts == sorted(counts), f"{name}{dict(rest)}: buckets are not cumulative"
+        assert pairs[-1][1] == family.samples[(name + "_count", rest)]
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -126,10 +138,12 @@ def test_empty_daemon_renders_valid_text(stats: Stats) -> None:
     assert families["fnd_workers_min"].value("fnd_workers_min") == 2
     assert families["fnd_queue_length"].value("fnd_queue_length") == 3
     assert "fnd_queue_longest_wait_seconds" not in families
-    for name in ("fnd_invocation_duration_seconds", "fnd_queue_wait_seconds"):
-        assert families[name].kind == "histogram"
-        assert families[name].value(name + "_count") == 0
-        assert families[name].value(name + "_bucket", le="+Inf") == 0
+    assert families["fnd_queue_wait_seconds"].value("fnd_queue_wait_seconds_count") == 0
+    assert families["fnd_queue_wait_seconds"].value(
+        "fnd_queue_wait_seconds_bucket", le="+Inf") == 0
+    # No function loaded, no duration series; the family is still typed and documented.
+    assert families["fnd_invocation_duration_seconds"].kind == "histogram"
+    assert families["fnd_invocation_duration_seconds"].samples == {}
     assert all(family.help for family in families.values())
 
 
@@ -155,12 +169,18 @@ def test_counters_and_histograms_move_with_record(stats: Stats) -> None:
     # Only requests that went to the pool are timed: rejected ones would drown the latency.
     duration = families["fnd_invocation_duration_seconds"]
     name = "fnd_invocation_duration_seconds"
-    assert duration.value(name + "_count") == 5
-    assert duration.value(name + "_sum") == pytest.approx(0.003 + 0.2 + 5.01 + 0.05 + 10.5)
-    assert duration.value(name + "_bucket", le="0.005") == 1
-    assert duration.value(name + "_bucket", le="0.25") == 3
-    assert duration.value(name + "_bucket", le="10.0") == 4
-    assert duration.value(name + "_bucket", le="+Inf") == 5
+    assert duration.value(name + "_count", function="/hello") == 4
+    assert duration.value(name + "_sum", function="/hello") == pytest.approx(
+        0.003 + 0.2 + 5.01 + 10.5)
+    assert duration.value(name + "_bucket", function="/hello", le="0.005") == 1
+    assert duration.value(name + "_bucket", function="/hello", le="0.25") == 2
+    assert duration.value(name + "_bucket", function="/hello", le="10.0") == 3
+    assert duration.value(name + "_bucket", function="/hello", le="+Inf") == 4
+    assert duration.value(name + "_count", function="/crashy") == 1
+    assert duration.value(name + "_bucket", function="/crashy", le="0.05") == 1
+    assert duration.value(name + "_bucket", function="/crashy", le="0.025") == 0
+    # A 404 (no function) is not timed and gets no series of its own.
+    assert {dict(labels)["function"] for _, labels in duration.samples} == {"/hello", "/crashy"}
 
     wait = families["fnd_queue_wait_seconds"]
     assert wait.value("fnd_queue_wait_seconds_count") == 5
@@ -173,7 +193,7 @@ def test_counters_and_histograms_move_with_record(stats: Stats) -> None:
     assert again["fnd_invocations_total"].value(
         "fnd_invocations_total", function="/hello", outcome="ok") == 3
     assert again["fnd_invocation_duration_seconds"].value(
-        "fnd_invocation_duration_seconds_count") == 6
+        "fnd_invocation_duration_seconds_count", function="/hello") == 5
 
 
 def test_worker_restarts_by_reason(stats: Stats) -> None:
@@ -196,6 +216,10 @@ def test_counters_have_series_at_zero_from_start(stats: Stats) -> None:
     invocations = families["fnd_invocations_total"]
     for outcome in ("ok", "error", "timeout", "crash", "overload", "rejected"):
         assert invocations.value("fnd_invocations_total", function="/hello", outcome=outcome) == 0
+    duration = families["fnd_invocation_duration_seconds"]
+    assert duration.value("fnd_invocation_duration_seconds_count", function="/hello") == 0
+    assert duration.value(
+        "fnd_invocation_duration_seconds_bucket", function="/hello", le="+Inf") == 0
     stats.worker_restart("timeout")
     record(stats, "/hello", calls.ERROR)
     again = parse(render_metrics(stats, status(), ["/hello"]))
@@ -208,7 +232,7 @@ def test_counters_have_series_at_zero_from_start(stats: Stats) -> None:
 def test_internal_invocations_are_not_counted(stats: Stats) -> None:
     record(stats, "/.fnd/self-check", calls.OK)
     assert stats.invocations == 0 and stats.totals()["ok"] == 0
-    assert stats.duration.count == 0 and not stats.by_function
+    assert not stats.durations and not stats.by_function
     assert "self-check" not in render_metrics(stats, status())
 
 
@@ -318,3 +342,127 @@ def test_many_functions_stay_one_series_each(stats: Stats) -> None:
 def test_the_parser_is_strict(bad: str) -> None:
     with pytest.raises((AssertionError, KeyError, ValueError)):
         parse(bad)
+
+
+# -- the function label on the duration histogram -------------------------------------------
+
+def _duration_functions(stats: Stats, functions: list[str]) -> set[str]:
+    family = parse(render_metrics(stats, status(), functions))["fnd_invocation_duration_seconds"]
+    return {dict(labels)["function"] for _, labels in family.samples}
+
+
+def test_duration_series_follow_the_routes_over_reloads(stats: Stats) -> None:
+    name = "fnd_invocation_duration_seconds"
+    stats.routes_loaded(["/a", "/b"])
+    record(stats, "/a", calls.OK, duration=0.002)
+    record(stats, "/b", calls.OK, duration=0.3)
+    assert _duration_functions(stats, ["/a", "/b"]) == {"/a", "/b"}
+
+    # A reload that keeps /a, removes /b and adds /c: /a keeps counting, /c starts at 0,
+    # /b's series go (Prometheus marks them stale), so the label set stays the routes.
+    stats.routes_loaded(["/a", "/c"])
+    assert _duration_functions(stats, ["/a", "/c"]) == {"/a", "/c"}
+    record(stats, "/a", calls.OK, duration=0.004)
+    family = parse(render_metrics(stats, status(), ["/a", "/c"]))[name]
+    assert family.value(name + "_count", function="/a") == 2
+    assert family.value(name + "_bucket", function="/a", le="0.0025") == 1
+    assert family.value(name + "_count", function="/c") == 0
+
+    # A call of /b still in flight over the reload is counted; the next reload drops it again.
+    record(stats, "/b", calls.OK)
+    assert _duration_functions(stats, ["/a", "/c"]) == {"/a", "/b", "/c"}
+    stats.routes_loaded(["/a", "/c"])
+    assert _duration_functions(stats, ["/a", "/c"]) == {"/a", "/c"}
+
+
+def test_duration_is_one_observation_per_call_in_its_function(stats: Stats) -> None:
+    stats.routes_loaded(["/a", "/b"])
+    for _ in range(3):
+        record(stats, "/a", calls.OK)
+    record(stats, None, calls.REJECTED, status_code=404)
+    record(stats, "/a", calls.REJECTED, status_code=405)
+    assert stats.durations["/a"].count == 3
+    assert stats.durations["/b"].count == 0
+    assert set(stats.durations) == {"/a", "/b"}
+    assert stats.queue_wait.count == 3
+
+
+# -- process_* ------------------------------------------------------------------------------
+
+PROCESS_FAMILIES = {
+    "process_cpu_seconds_total": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_start_time_seconds": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+}
+
+
+def _fake_proc(root: Any, *, max_files: str = "1024", fds: int = 3) -> str:
+    """A /proc with what the collector reads: btime, and self/{stat,limits,fd}."""
+    (root / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    me = root / "self"
+    (me / "fd").mkdir(parents=True)
+    for fd in range(fds):
+        (me / "fd" / str(fd)).write_text("")
+    # The command name may hold spaces and parentheses: fields count after the last ")".
+    fields = ["S"] + ["0"] * 50
+    fields[11], fields[12] = "250", "150"  # utime, stime in ticks
+    fields[19] = "4200"  # starttime, ticks after boot
+    fields[20], fields[21] = "123456789", "1000"  # vsize bytes, rss pages
+    (me / "stat").write_text("4242 (fnd (x) y) " + " ".join(fields) + "\n")
+    (me / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max cpu time              unlimited            unlimited            seconds\n"
+        f"Max open files            {max_files:<20} 524288               files\n")
+    return str(me)
+
+
+def test_process_families_from_proc(stats: Stats, tmp_path: Any) -> None:
+    ticks, page = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
+    families = parse(render_metrics(stats, status(), proc=_fake_proc(tmp_path)))
+    assert {n: families[n].kind for n in PROCESS_FAMILIES} == PROCESS_FAMILIES
+
+    def value(name: str) -> float:
+        return families[name].value(name)
+
+    assert value("process_cpu_seconds_total") == pytest.approx(400 / ticks)
+    assert value("process_resident_memory_bytes") == 1000 * page
+    assert value("process_virtual_memory_bytes") == 123456789
+    assert value("process_start_time_seconds") == pytest.approx(1700000000 + 4200 / ticks)
+    assert value("process_open_fds") == 3
+    assert value("process_max_fds") == 1024
+
+
+def test_process_max_fds_unlimited_is_left_out(stats: Stats, tmp_path: Any) -> None:
+    families = parse(render_metrics(stats, status(),
+                                    proc=_fake_proc(tmp_path, max_files="unlimited")))
+    assert "process_max_fds" not in families
+    assert families["process_open_fds"].value("process_open_fds") == 3
+
+
+def test_no_proc_no_process_families(stats: Stats, tmp_path: Any) -> None:
+    families = parse(render_metrics(stats, status(), proc=str(tmp_path / "self")))
+    assert not set(PROCESS_FAMILIES) & set(families)
+    assert "fnd_invocations_total" in families
+
+
+def test_process_families_agree_with_prometheus_client(stats: Stats) -> None:
+    """Same names, types, help and (for what does not move between two reads) values as
+    prometheus-client's own ProcessCollector, on this very process."""
+    theirs = {m.name: m for m in ProcessCollector(registry=None).collect()}
+    ours = parse(render_metrics(stats, status()))
+    assert len(theirs) == len(PROCESS_FAMILIES)
+    for metric in theirs.values():
+        name = metric.name + "_total" if metric.type == "counter" else metric.name
+        assert ours[name].kind == metric.type
+        assert ours[name].help == metric.documentation
+        mine, (sample,) = ours[name].value(name), metric.samples
+        if name in ("process_start_time_seconds", "process_max_fds"):
+            assert mine == pytest.approx(sample.value)
+        elif name == "process_open_fds":
+            assert abs(mine - sample.value) <= 2
+        else:  # CPU and memory move between the two reads, not by much
+            assert mine == pytest.approx(sample.value, rel=0.2, abs=1.0)
+    assert ours["process_start_time_seconds"].value("process_start_time_seconds") <= time.time()

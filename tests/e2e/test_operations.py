@@ -289,7 +289,7 @@ def test_metrics_parse_and_move_with_requests() -> None:
         assert before['fnd_invocations_total{function="/hello",outcome="error"}'] == 0
         assert before['fnd_worker_restarts_total{reason="timeout"}'] == 0
         assert before['fnd_worker_restarts_total{reason="oom"}'] == 0
-        assert before["fnd_invocation_duration_seconds_count"] == 0
+        assert before['fnd_invocation_duration_seconds_count{function="/hello"}'] == 0
         assert "self-check" not in text
         assert fnd.status()["totals"]["invocations"] == 0
         for _ in range(3):
@@ -297,6 +297,58 @@ def test_metrics_parse_and_move_with_requests() -> None:
         until(lambda: _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
                .get(key, 0) >= before.get(key, 0) + 3)
         after = _parse_metrics(_fnd_cli("metrics", "--control", fnd.control).stdout)
-        assert after["fnd_invocation_duration_seconds_count"] >= 3
+        assert after['fnd_invocation_duration_seconds_count{function="/hello"}'] >= 3
         assert after['fnd_workers{state="idle"}'] + after['fnd_workers{state="busy"}'] >= 1
         assert 'fnd_build_info{version="0.1.0"}' in after
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert response.status_code == 200
+    return _parse_metrics(response.text)
+
+
+def test_metrics_endpoint_duration_by_function_and_process_figures() -> None:
+    port = _free_loopback_port()
+    hello = "def handler(context, event, callback):\n    callback(None, 'x')\n"
+    with running("ops", "--metrics-port", str(port), files={"functions/x.py": hello}) as fnd:
+        started = time.time()
+        before = _scrape(port)
+        # Every route has its series from start; no series for paths that are no function.
+        assert before['fnd_invocation_duration_seconds_count{function="/x"}'] == 0
+        assert fnd.get("/x").text == "x"
+        assert fnd.get("/no-such-function").status_code == 404
+        key = 'fnd_invocation_duration_seconds_count{function="/x"}'
+        until(lambda: _scrape(port).get(key, 0) == 1, what="/x timed")
+        after = _scrape(port)
+        assert after['fnd_invocation_duration_seconds_bucket{function="/x",le="+Inf"}'] == 1
+        assert after['fnd_invocation_duration_seconds_sum{function="/x"}'] > 0
+        assert after['fnd_invocation_duration_seconds_count{function="/hello"}'] == 0
+        functions = set(re.findall(r'^fnd_invocation_duration_seconds_count\{function="(.*)"\}$',
+                                   "\n".join(after), re.M))
+        assert functions == {"/domain", "/hello", "/secure", "/slow", "/x"}
+        # The daemon's own process figures, as every exporter has them.
+        assert 0 < after["process_start_time_seconds"] <= started
+        assert after["process_resident_memory_bytes"] > 1 << 20
+        assert after["process_virtual_memory_bytes"] >= after["process_resident_memory_bytes"]
+        assert after["process_open_fds"] > 0
+        assert after["process_max_fds"] >= after["process_open_fds"]
+        assert after["process_cpu_seconds_total"] > 0
+        print(f"daemon: rss {after['process_resident_memory_bytes'] / 2**20:.1f} MiB, "
+              f"{after['process_open_fds']:.0f} fds, cpu {after['process_cpu_seconds_total']} s")
+
+        # A reload that removes /x and adds /y: /y at 0 at once, /x's series gone.
+        os.remove(fnd.project / "functions" / "x.py")
+        (fnd.project / "functions" / "y.py").write_text(hello)
+        reload = _fnd_cli("reload", "--control", fnd.control)
+        assert reload.returncode == 0, reload.stderr
+        reloaded = _scrape(port)
+        assert reloaded['fnd_invocation_duration_seconds_count{function="/y"}'] == 0
+        assert 'fnd_invocation_duration_seconds_count{function="/x"}' not in reloaded
+        assert reloaded['fnd_invocation_duration_seconds_count{function="/hello"}'] == 0
