@@ -179,6 +179,8 @@ class Daemon:
             self._broken(problems)
             await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:
+            if self._tcp is not None:
+                self._tcp.close()
             reason = str(exc)
             if isinstance(exc, FunctionsBroken):  # the pool is up: take it down
                 await self.pool.stop(drain_timeout=0)
