@@ -191,6 +191,9 @@ class Config:
         90, "most header fields of a request (431 beyond) or of a response (500 beyond)",
         minimum=0, worker=True)
     cors: bool = setting(True, "fnd answers `OPTIONS` itself (204 and CORS headers)")
+    server_header: str = setting(
+        "fnd", "the `Server` header of every answer (no versions); empty: none is sent",
+        flag=True, metavar="VALUE")
     cookie_secure: bool = setting(
         True, "cookies a function sets get `HttpOnly` and `Secure` unless they say otherwise",
         worker=True)
@@ -444,6 +447,8 @@ def _validate(config: Config) -> None:
             or not url_host(config.public_url)):
         raise ConfigError(f"public_url must be an http:// or https:// URL with a valid host, "
                           f"got {config.public_url!r}")
+    if not all(" " <= char <= "~" for char in config.server_header):
+        raise ConfigError(f"server_header must be printable ASCII, got {config.server_header!r}")
     _check_frame_fits(config)
     if config.max_buffered_mb * _MIB < config.max_response_body:
         raise ConfigError(

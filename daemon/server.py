@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -25,7 +26,7 @@ from fnd.daemon.config import (
 from fnd.daemon.deps_folder import DepsMismatch, installed_folder
 from fnd.daemon.http import memory
 from fnd.daemon.http.app import FrontEnd
-from fnd.daemon.http.listen import make_fd_room, start_sites
+from fnd.daemon.http.listen import ListenError, bind_tcp, make_fd_room, probe_tcp, start_sites
 from fnd.daemon.http.timeouts import TimeoutServer
 from fnd.daemon.logs import get_logger
 from fnd.daemon.ops import socket_claim
@@ -141,6 +142,7 @@ class Daemon:
         self._exit_code = 0
         self._reload_lock = asyncio.Lock()
         self.listen_address = ""
+        self._tcp: socket.socket | None = None  # bound before the pool starts (port in use?)
         self.notifier = Notifier()  # takes NOTIFY_SOCKET & co. out of our environment
         self._metrics: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,6 +157,13 @@ class Daemon:
             for path in (self.control.path, http_socket):
                 if path:
                     socket_claim.claim(path)
+            if self.config.metrics_port is not None:
+                probe_tcp("127.0.0.1", self.config.metrics_port)
+            if not socket_activated() and not self.config.unix:
+                self._tcp = bind_tcp(self.config.host, self.config.port)
+        except ListenError as exc:
+            self.sandbox.cleanup()
+            raise StartupError(str(exc)) from None
         except OSError as exc:
             self.sandbox.cleanup()
             raise StartupError(f"cannot listen: {exc}") from None
@@ -171,6 +180,8 @@ class Daemon:
             self._broken(problems)
             await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:
+            if self._tcp is not None:
+                self._tcp.close()
             reason = str(exc)
             if isinstance(exc, FunctionsBroken):  # the pool is up: take it down
                 await self.pool.stop(drain_timeout=0)
@@ -183,7 +194,8 @@ class Daemon:
         except OSError as exc:
             await self.pool.stop(drain_timeout=0)
             self.sandbox.cleanup()
-            raise StartupError(f"cannot listen: {exc}") from None
+            reason = str(exc) if isinstance(exc, ListenError) else f"cannot listen: {exc}"
+            raise StartupError(reason) from None
         self._install_signals()
         for line in route_table_lines(self.project, self._base_url()):
             _log.info("route", line=line)
@@ -208,6 +220,7 @@ class Daemon:
             self.front.handle,
             header_timeout=self.config.header_timeout,
             max_connections=self.config.max_connections,
+            server_header=self.config.server_header,
             keepalive_timeout=self.config.keepalive_timeout,
             max_line_size=64 * 1024,
             max_field_size=64 * 1024,  # fnd answers 431 itself at its own, lower limits
@@ -222,7 +235,8 @@ class Daemon:
         warning = make_fd_room(self.config.max_connections)
         if warning is not None:
             _log.warning("max_connections above the descriptor limit", reason=warning)
-        self.listen_address = await start_sites(self._runner, self.config)
+        self.listen_address = await start_sites(self._runner, self.config, self._tcp)
+        self._tcp = None  # the site owns it now
         if self.config.metrics_port is not None:
             try:
                 self._metrics = await start_metrics_server(

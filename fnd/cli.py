@@ -7,6 +7,7 @@ import asyncio
 import difflib
 import json
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -99,6 +100,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. A reader that stops early (``fnd metrics | head``)
+    ends the output quietly: the command keeps its own exit code (0 when it was writing
+    when the pipe closed), with no BrokenPipeError traceback."""
+    code = EXIT_OK
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # small outputs meet the closed pipe here, after the command
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    return code
+
+
+def _stdout_to_devnull() -> None:
+    """Python's recipe (library/signal, "Note on SIGPIPE"): what is still buffered for
+    stdout goes nowhere, so the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _command(argv: list[str] | None) -> int:
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -131,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 def _init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fnd.author.scaffold import ScaffoldError, create_project
+    from fnd.author.scaffold import ScaffoldError, create_project, test_command
 
     target = Path(args.dir)
     try:
@@ -141,7 +163,9 @@ def _init(args: argparse.Namespace) -> int:
         return 1
     for file in files:
         print(f"created {file}")
-    print(f"\nNext: cd {target} && cp .env.example .env && fnd serve --dev   (tests: pytest)")
+    folder = shlex.quote(str(target))
+    print(f"\nNext: cd {folder} && cp .env.example .env && fnd serve --dev")
+    print(f"Tests: cd {folder} && {test_command()}")
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from fnd.daemon.config import Config
 from fnd.daemon.ops import socket_claim
 from fnd.daemon.ops.systemd import listen_fds
 
+_BACKLOG = 1024
 _FD_ROOM = 1024  # descriptors besides client connections: workers' pipes, files, logs
 
 
@@ -35,8 +36,54 @@ def make_fd_room(max_connections: int) -> str | None:
     return None
 
 
-async def start_sites(runner: web.ServerRunner, config: Config) -> str:
-    """Start one aiohttp site per listener; return the address to report (and log)."""
+class ListenError(OSError):
+    """An address fnd cannot listen on; the message names it (``cannot listen on ...``)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # without OSError's "[Errno 98]" in front
+
+
+def tcp_address(host: str, port: int) -> str:
+    """``127.0.0.1:3000``, ``[::1]:3000``: as a client would write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, not yet listening: taken before any worker
+    starts, so that a port in use stops ``fnd serve`` at once, naming the address.
+
+    Listening starts in `start_sites`, once the pool is ready: until then a client is
+    refused at once rather than kept waiting through the start-up.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(tcp_address(host, port), exc) from None
+    return sock
+
+
+def probe_tcp(host: str, port: int) -> None:
+    """Raise `ListenError` now if ``host:port`` is taken (for a listener made later)."""
+    if port:
+        bind_tcp(host, port).close()
+
+
+def _listen_error(address: str, exc: OSError) -> ListenError:
+    reason = (exc.strerror or str(exc)).lower()
+    return ListenError(exc.errno or 0, f"cannot listen on {address}: {reason}")
+
+
+async def start_sites(
+    runner: web.ServerRunner, config: Config, bound: socket.socket | None = None
+) -> str:
+    """Start one aiohttp site per listener; return the address to report (and log).
+
+    ``bound``: the TCP socket of `bind_tcp`, taken earlier; without it, one is bound here.
+    """
     activated = listen_fds()
     if activated:
         # systemd owns these sockets (and their paths): serve them, never unlink them.
@@ -51,16 +98,16 @@ async def start_sites(runner: web.ServerRunner, config: Config) -> str:
         os.chmod(config.unix, 0o660)  # nginx reaches it through the group
         return f"unix:{config.unix}"
     host = config.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, config.port))
-    sock.listen(1024)
+    sock = bound if bound is not None else bind_tcp(host, config.port)
+    port = sock.getsockname()[1]
+    try:
+        sock.listen(_BACKLOG)  # another process may have bound the port since (and listens)
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(tcp_address(host, port), exc) from None
     sock.setblocking(False)
     await web.SockSite(runner, sock).start()
-    port = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    return f"http://{shown}:{port}"
+    return f"http://{tcp_address(host, port)}"
 
 
 def _describe(sock: socket.socket) -> str:

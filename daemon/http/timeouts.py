@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import HttpVersion10, web
+from aiohttp import HttpVersion10, StreamReader, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -40,8 +41,23 @@ _log = get_logger("fnd")
 _HTTP09 = "HTTP/0.9 requests are not supported"
 _BUSY_TEXT = b"too many connections, try again\n"
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-         % (len(_BUSY_TEXT), _BUSY_TEXT))
+         b"Retry-After: 1\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n%s")
+
+
+def _request_class(server_header: str) -> type[web.BaseRequest]:
+    """aiohttp's request, whose answers all say ``Server: <server_header>`` (none if empty).
+
+    ``_prepare_hook`` is aiohttp's own step between a response's headers being filled in
+    (with its ``Python/3.11 aiohttp/x`` default) and written: the one place every answer
+    passes, fnd's own (functions, assets, errors, 404s, 503s) and aiohttp's (a bad request).
+    """
+    if server_header:
+        async def prepare_hook(self: web.BaseRequest, response: web.StreamResponse) -> None:
+            response.headers["Server"] = server_header
+    else:
+        async def prepare_hook(self: web.BaseRequest, response: web.StreamResponse) -> None:
+            response.headers.popall("Server", None)
+    return type("FndRequest", (web.BaseRequest,), {"_prepare_hook": prepare_hook})
 
 
 class _HeadTimeoutHandler(RequestHandler):
@@ -63,7 +79,7 @@ class _HeadTimeoutHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._server.admit():
             self._manager = None  # never counted: connection_lost has nothing to undo
-            transport.write(_BUSY)  # type: ignore[attr-defined]
+            transport.write(self._server.busy)  # type: ignore[attr-defined]
             transport.close()  # after the 503 is flushed
             return
         super().connection_made(transport)
@@ -133,7 +149,8 @@ class _HeadTimeoutHandler(RequestHandler):
                   header_timeout=self._head_timeout, status=408)
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(reason), reason)
+            b"Connection: close\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (self._server.server_line, len(reason), reason)
         )
         self.force_close()  # the transport flushes the 408 before it closes
 
@@ -142,8 +159,12 @@ class TimeoutServer(web.Server):
     """``web.Server`` whose connections enforce the module doc's rules."""
 
     def __init__(self, handler: Any, *, header_timeout: float, max_connections: int,
-                 **kwargs: Any) -> None:
+                 server_header: str, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._request_type = _request_class(server_header)
+        # the raw answers written here, before aiohttp has a request: the same Server line
+        self.server_line = f"Server: {server_header}\r\n".encode() if server_header else b""
+        self.busy = _BUSY % (self.server_line, len(_BUSY_TEXT), _BUSY_TEXT)
         self._header_timeout = header_timeout
         self._max_connections = max_connections
         self._refused = 0  # since the last "connection refused" line
@@ -161,6 +182,11 @@ class TimeoutServer(web.Server):
                          reason="max_connections client connections are open")
             self._refused, self._refused_logged = 0, now
         return False
+
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader,
+                      protocol: RequestHandler, writer: AbstractStreamWriter,
+                      task: asyncio.Task[None]) -> web.BaseRequest:
+        return self._request_type(message, payload, protocol, writer, task, self._loop)
 
     def __call__(self) -> RequestHandler:
         return _HeadTimeoutHandler(self, loop=self._loop, header_timeout=self._header_timeout,

@@ -11,12 +11,20 @@ users and must be able to read ``functions/`` and ``assets/``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
 _SUFFIX = ".tmpl"
+
+
+def test_command() -> str:
+    """How the project's tests run: with the Python fnd is installed in, as they import
+    ``fnd.testing`` (a bare ``pytest`` may belong to another environment, without fnd).
+    The README and ``fnd init``'s message both say this."""
+    return f"{shlex.quote(sys.executable)} -m pytest"
 
 
 class ScaffoldError(Exception):
@@ -51,6 +59,7 @@ def _copy(source: Traversable, target: Path, project: str, written: list[Path]) 
                 name = "." + name[1:]
             path = target / name
             text = entry.read_text("utf-8").replace("{{project}}", project)
-            path.write_text(text.replace("{{python}}", sys.executable), "utf-8")
+            text = text.replace("{{test_command}}", test_command())
+            path.write_text(text.replace("{{python}}", shlex.quote(sys.executable)), "utf-8")
             path.chmod(0o644)
             written.append(path)
