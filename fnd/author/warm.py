@@ -9,9 +9,10 @@ project folder and user: ``/tmp/fnd-invoke-UID/HASH``) and send it plain HTTP.
 A reused daemon serves the current code: each call compares a fingerprint of the project
 (names, sizes and mtimes of its files) with the one the daemon last loaded. Changed
 functions or assets: a reload over the control socket (the daemon's own, as `fnd reload`);
-a changed fnd.toml, .env, requirements or deps folder, other ``--dev``/``--timeout`` flags, a
-reinstalled fnd or a failed reload: the daemon is stopped and a new one started, so errors
-are reported as a fresh start reports them. Calls of one project take turns (a lock).
+a changed fnd.toml, .env, requirements or deps folder, other ``--dev``/``--timeout``/
+``--keep-warm`` flags or ``FND_*`` variables, a reinstalled fnd or a failed reload: the daemon
+is stopped and a new one started, so errors are reported as a fresh start reports them.
+Calls of one project take turns (a lock).
 """
 
 from __future__ import annotations
@@ -159,7 +160,9 @@ def ensure(project: Path, serve_args: list[str], idle: float = IDLE_DEFAULT) -> 
     Call with :func:`locked` held. LaunchError with fnd's reason when it cannot start.
     """
     folder = state_folder(project)
-    key = {"project": str(project.resolve()), "args": serve_args, "install": install_stamp()}
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("FND_"))
+    key = {"project": str(project.resolve()), "args": serve_args, "install": install_stamp(),
+           "environment": settings, "idle": idle}  # FND_* variables are settings too
     config_fp, code_fp = fingerprint(project)
     state = _read_state(folder)
     keeper = int(state.get("keeper", 0) or 0)
