@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
     invoke = commands.add_parser(
         "invoke", help="run one function once through the real daemon and print the response")
-    invoke.add_argument("path", help="route (/sms/reply) or function file (functions/x.py)")
+    invoke.add_argument("path", nargs="?",
+                        help="route (/sms/reply) or function file (functions/x.py)")
     invoke.add_argument("-d", "--data", action="append", default=[], metavar="KEY=VALUE",
                         help="form field (repeatable); makes the request a POST")
     invoke.add_argument("--json", metavar="BODY", help="JSON body; makes the request a POST")
@@ -96,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="project folder (default: .)")
     invoke.add_argument("--dev", action="store_true", help="tracebacks in 500 bodies")
     invoke.add_argument("--timeout", type=float, help="time limit for this invocation, seconds")
+    invoke.add_argument("--keep-warm", type=float, default=10.0, metavar="MINUTES",
+                        help="reuse the project's warm daemon, which exits after MINUTES "
+                             "without a call (default 10); 0: a daemon for this call only")
+    invoke.add_argument("--stop", action="store_true",
+                        help="stop the project's warm daemon and exit")
     return parser
 
 
@@ -201,11 +207,17 @@ def _deps(args: argparse.Namespace) -> int:
 def _invoke(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fnd.author.invoke_once import InvokeArgs, invoke
+    from fnd.author.invoke_once import InvokeArgs, invoke, stop_warm
 
+    if args.stop:
+        return stop_warm(Path(args.project))
+    if args.path is None:
+        print("fnd invoke: give the route or function file to run (or --stop)", file=sys.stderr)
+        return 2
     return invoke(InvokeArgs(
         project=Path(args.project), path=args.path, data=args.data, json_body=args.json,
         method=args.method, headers=args.header, dev=args.dev, timeout=args.timeout,
+        keep_warm=args.keep_warm,
     ))
 
 

@@ -1,7 +1,10 @@
 """`fnd invoke PATH`: run one function once through the real daemon and print the response.
 
-A real `fnd serve` (zygote, one sandboxed worker, the project's fnd.toml and .env) starts on
-a unix socket in a private temporary folder, gets one HTTP request and is stopped. The
+A real `fnd serve` (zygote, one sandboxed worker, the project's fnd.toml and .env) on a unix
+socket gets one HTTP request. By default it is the project's warm daemon
+(:mod:`fnd.author.warm`): started by the first call, reused (reloaded or restarted when the
+project changed) by the next ones, gone after ``--keep-warm`` idle minutes or
+``fnd invoke --stop``; ``--keep-warm 0`` starts one for this call only and stops it. The
 response goes to stdout (status line, headers, blank line, body); what the function printed
 or logged goes to stderr. Exit status: 0 below 500, 1 for a 5xx or when the daemon cannot
 start.
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from fnd.author import client
-from fnd.author.launcher import LaunchError, ServeProcess
+from fnd.author import client, warm
+from fnd.author.launcher import LaunchError, Line, ServeProcess
 from fnd.daemon.config import Config, ConfigError, load_config
 from fnd.daemon.project import scan_project
 
@@ -40,6 +43,7 @@ class InvokeArgs:
     headers: Sequence[str] = ()  # "Name: value"
     dev: bool = False
     timeout: float | None = None
+    keep_warm: float = warm.IDLE_DEFAULT / 60  # minutes; 0: a daemon for this call only
 
 
 class UsageError(Exception):
@@ -59,23 +63,61 @@ def invoke(args: InvokeArgs, out: TextIO = sys.stdout, err: TextIO = sys.stderr)
     if args.timeout is not None:
         serve_args += ["--timeout", str(args.timeout)]
     try:
+        if args.keep_warm > 0:
+            return _invoke_warm(args, serve_args, request, config, out, err)
         with ServeProcess(config.project_dir, serve_args, unix=True) as daemon:
-            return _run(daemon, request, config, out, err)
+            reply = _send(daemon.listen, request, config)
+            logged = daemon.invocation(reply.invocation_id)  # logged after its output
+            return _report(reply, logged, daemon.output_of(reply.invocation_id), out, err)
     except LaunchError as exc:
         print(f"fnd invoke: fnd serve cannot start: {exc}", file=err)
         return EXIT_FAILED
 
 
-def _run(daemon: ServeProcess, request: client.Request, config: Config, out: TextIO,
-         err: TextIO) -> int:
+def stop_warm(project: Path, err: TextIO = sys.stderr) -> int:
+    """`fnd invoke --stop`: end the project's warm daemon, if one runs."""
+    folder = warm.state_folder(project)
+    with warm.locked(folder):
+        if not warm.stop(folder):
+            print(f"fnd invoke: no warm daemon for {project.resolve()}", file=err)
+        warm.remove(folder)
+    return EXIT_OK
+
+
+def _invoke_warm(args: InvokeArgs, serve_args: list[str], request: client.Request,
+                 config: Config, out: TextIO, err: TextIO) -> int:
+    folder = warm.state_folder(config.project_dir)
+    with warm.locked(folder):
+        for attempt in (1, 2):
+            daemon = warm.ensure(config.project_dir, serve_args, idle=args.keep_warm * 60)
+            offset = daemon.log_size()
+            try:
+                reply = _send(daemon.listen, request, config)
+                break
+            except (ConnectionError, FileNotFoundError):  # it ended since the check
+                warm.stop(folder)
+                if attempt == 2:
+                    raise
+        logged = daemon.invocation(offset, reply.invocation_id)  # logged after its output
+        output = [line for line in daemon.lines_since(offset)
+                  if line.get("event") == "function output"
+                  and line.get("invocation_id") == reply.invocation_id]
+        warm.touch(folder)
+    return _report(reply, logged, output, out, err)
+
+
+def _send(listen: str, request: client.Request, config: Config) -> client.Reply:
     token = config.context_defaults().get("AUTH_TOKEN")
     route = scan_project(config.project_dir).lookup(request.target.split("?", 1)[0])
     if route is not None and route.visibility == "protected" and token:
-        base = config.public_url or "http://" + client.host_header(daemon.listen)
+        base = config.public_url or "http://" + client.host_header(listen)
         client.sign(request, token, base)
-    reply = client.send(daemon.listen, request, timeout=config.timeout + 30)
-    logged = daemon.invocation(reply.invocation_id)  # its output is logged before this line
-    for line in daemon.output_of(reply.invocation_id):
+    return client.send(listen, request, timeout=config.timeout + 30)
+
+
+def _report(reply: client.Reply, logged: Line | None, output: list[Line], out: TextIO,
+            err: TextIO) -> int:
+    for line in output:
         print(f"[{line.get('stream', 'out')}] {line.get('line')}", file=err)
     if logged is not None and reply.status >= 500 and logged.get("reason"):
         # A production 500 body leaves the cause out; the author running this wants it.

@@ -97,10 +97,10 @@ class FileTail:
 
     POLL = 0.05  # the file gives no wake-up; polled with a deadline while someone waits
 
-    def __init__(self, path: Path, alive: Callable[[], bool]) -> None:
-        self.path = path
+    def __init__(self, path: Path, alive: Callable[[], bool], offset: int = 0) -> None:
+        self.path = path  # read from byte ``offset`` on (a log others wrote to before)
         self._alive = alive
-        self._offset = 0
+        self._offset = offset
         self._partial = b""
         self._lines: list[Line] = []
         self._lock = threading.Lock()

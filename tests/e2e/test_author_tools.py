@@ -19,6 +19,7 @@ from tests.fndserver import FIXTURES, world_readable_copy
 def project() -> Iterator[Path]:
     copy = world_readable_copy(FIXTURES / "author")  # sandboxed workers must read it
     yield copy
+    invoke(copy, "--stop")  # the warm daemon the calls started (tests/e2e/test_invoke_warm.py)
     shutil.rmtree(copy.parent, ignore_errors=True)
 
 
