@@ -129,7 +129,7 @@ class Daemon:
         self._config_file = config_file
         # As given, not resolved: a reload follows a symlink switched to a new release.
         self._project_arg = project_arg or config.project_dir
-        self.stats = Stats()
+        self.stats = Stats(project=config.instance)
         self.project = load_project(config)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, ZygoteSpawner(sandbox), on_fatal=self._fatal)

@@ -77,10 +77,11 @@ class Stats:
     queue_wait: Histogram = field(default_factory=Histogram)
     _crash_times: deque[float] = field(default_factory=deque, repr=False)
     log: FilteringBoundLogger = field(default_factory=lambda: get_logger("fnd.invocation"))
+    project: str | None = None  # on every invocation line: which instance/project served it
 
     def __post_init__(self) -> None:
         # Bound once: a structlog proxy re-resolves itself on every call.
-        bound = self.log.bind()
+        bound = self.log.bind() if self.project is None else self.log.bind(project=self.project)
         self._info = bound.info
         self._warning = bound.warning
 
@@ -100,6 +101,7 @@ class Stats:
         reason: str | None = None,
         function: str | None = None,
         client: str | None = None,
+        **fields: str | int,  # only those present: trace, response_bytes, Twilio ids (calls.py)
     ) -> None:
         if function is None or not function.startswith(INTERNAL_PREFIX):
             self.invocations += 1
@@ -124,6 +126,7 @@ class Stats:
             worker_pid=worker_pid,
             reason=reason,
             client=client,
+            **fields,
         )
 
     def worker_restart(self, reason: str) -> None:
