@@ -51,7 +51,7 @@ class Invocation:
     """A request from its arrival to its log line; ``end`` writes the line the first time."""
 
     __slots__ = ("stats", "id", "method", "path", "received", "client", "route", "logged",
-                 "trace", "user_agent", "twilio")
+                 "trace", "user_agent", "twilio", "phases")
 
     def __init__(self, stats: Stats, invocation_id: str, method: str, path: str,
                  received: float, client: str | None, route: str | None = None,
@@ -68,6 +68,8 @@ class Invocation:
         self.trace = trace or Trace(new_trace_id(), new_span_id(), "01")
         self.user_agent = user_agent  # bounded by the front-end
         self.twilio: dict[str, str] | None = None  # Twilio's ids in the request, when any
+        # A function call's (queued, started) perf_counter marks, for its span's events.
+        self.phases: tuple[float, float] | None = None
 
     def trace_headers(self) -> TraceHeaders:
         """What the worker gets (INVOKE's ``trace``): fnd's span as the function's parent."""
@@ -98,6 +100,9 @@ class Invocation:
             queue_wait=queue_wait, cpu=cpu, rss=rss, worker_pid=worker_pid, reason=reason,
             client=self.client, **fields,
         )
+        spans = self.stats.spans
+        if spans is not None:  # only with fnd[otel] and otlp_endpoint (daemon/ops/otel.py)
+            spans.export(self, status, outcome, queue_wait, cpu, worker_pid)
 
     def answer(self, outcome: Outcome) -> None:
         """The line of an answer the daemon decided itself."""
@@ -143,6 +148,7 @@ class Call:
             return
         outcome = result.result()
         waited = (self.started or time.perf_counter()) - self.queued if self.queued else 0.0
+        self.invocation.phases = (self.queued, self.started)
         # Positional: this runs for every call.
         self.invocation.end(outcome.status, outcome.kind, outcome.reason,
                             waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid,

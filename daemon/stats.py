@@ -11,12 +11,16 @@ import time
 from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
 from fnd.daemon import calls
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool import deaths
+
+if TYPE_CHECKING:
+    from fnd.daemon.ops.otel import Spans
 
 # Upper bounds (seconds) of the latency histograms; +Inf is implied. Hello-world through the
 # worker hop is ~0.2 ms and the default time limit is 5 s, so this spans both ends.
@@ -78,6 +82,7 @@ class Stats:
     _crash_times: deque[float] = field(default_factory=deque, repr=False)
     log: FilteringBoundLogger = field(default_factory=lambda: get_logger("fnd.invocation"))
     project: str | None = None  # on every invocation line: which instance/project served it
+    spans: Spans | None = None  # one OpenTelemetry span per invocation (daemon/ops/otel.py)
 
     def __post_init__(self) -> None:
         # Bound once: a structlog proxy re-resolves itself on every call.

@@ -4,11 +4,17 @@ docs/handlers.md#trace-context, docs/operating.md#6-logs."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
-from tests.fndserver import FndServer, running
+from tests.fndserver import FndServer, running, until
 from tests.twilio_fake import TwilioFake, twilio_fake
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -110,3 +116,63 @@ def test_a_plain_request_has_no_twilio_fields_and_a_404_has_its_size(fnd: FndSer
     assert line["response_bytes"] == len(response.content)
     assert line["user_agent"] == "curl/8.0" and line["project"] == "shop"
     assert not {"MessageSid", "CallSid", "SmsSid", "AccountSid"} & set(line)
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """An OTLP/HTTP traces endpoint on loopback that keeps each export's protobuf body."""
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_otlp_endpoint_exports_one_span_per_invocation() -> None:
+    trace_service = pytest.importorskip(
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+    with otlp_receiver() as (endpoint, bodies), running(
+            "parity", "--workers-min", "1",
+            env={"FND_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"}) as fnd:
+        response = fnd.get("/echo/trace", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        assert response.status_code == 200, response.text
+        line = fnd.invocation(response.headers[INVOCATION_HEADER])
+
+        def spans() -> list[Any]:
+            found = []
+            for body in list(bodies):
+                request = trace_service.ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        found.extend(scope_spans.spans)
+            return [span for span in found if span.trace_id.hex() == TRACE_ID]
+
+        until(lambda: bool(spans()), 30, "the span reached the OTLP receiver")
+        [span] = spans()
+        assert span.span_id.hex() == line["span_id"] and span.parent_span_id.hex() == PARENT_ID
+        assert span.name == "GET /echo/trace"
+        assert [event.name for event in span.events] == ["queue wait", "run"]
+
+
+def test_the_daemon_does_not_import_opentelemetry_without_an_endpoint() -> None:
+    code = ("import sys, fnd.daemon.server, fnd.daemon.http.app; "
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
