@@ -2,7 +2,8 @@
 
 Shared by both sides: the daemon reads the request's headers (``accept``) and makes fnd's
 span of the invocation; the worker's Twilio client sends a child of it (``child``). Ids are
-``random.getrandbits`` (as the OpenTelemetry SDK makes them): unique, not secret, ~0.1 µs.
+``random.getrandbits`` (as the OpenTelemetry SDK makes them): unique, not secret, ~0.1 µs;
+``random`` reseeds itself in a forked child, so workers forked by the zygote never share ids.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ class Trace:
 
 
 def new_span_id() -> str:
-    return f"{random.getrandbits(64) or 1:016x}"
+    return (random.getrandbits(64) or 1).to_bytes(8, "big").hex()
 
 
 def new_trace_id() -> str:
-    return f"{random.getrandbits(128) or 1:032x}"
+    return (random.getrandbits(128) or 1).to_bytes(16, "big").hex()
 
 
 def parse_traceparent(value: str) -> tuple[str, str, str] | None:
