@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fnd.protocol.messages import FunctionRef
+from fnd.protocol.messages import FunctionRef, TraceHeaders
+from fnd.protocol.trace import Trace, new_span_id, new_trace_id
 
 if TYPE_CHECKING:
     from fnd.daemon.stats import Stats
@@ -49,10 +50,12 @@ def text_outcome(status: int, kind: str, reason: str, **headers: str) -> Outcome
 class Invocation:
     """A request from its arrival to its log line; ``end`` writes the line the first time."""
 
-    __slots__ = ("stats", "id", "method", "path", "received", "client", "route", "logged")
+    __slots__ = ("stats", "id", "method", "path", "received", "client", "route", "logged",
+                 "trace", "user_agent", "twilio", "phases")
 
     def __init__(self, stats: Stats, invocation_id: str, method: str, path: str,
-                 received: float, client: str | None, route: str | None = None) -> None:
+                 received: float, client: str | None, route: str | None = None,
+                 trace: Trace | None = None, user_agent: str | None = None) -> None:
         self.stats = stats
         self.id = invocation_id
         self.method = method
@@ -61,24 +64,50 @@ class Invocation:
         self.client = client  # the client's address
         self.route = route  # the function's route; None: no function (404, an asset)
         self.logged = False
+        # fnd's span of this request (W3C Trace Context): the caller's trace, or a new one.
+        self.trace = trace or Trace(new_trace_id(), new_span_id(), "01")
+        self.user_agent = user_agent  # bounded by the front-end
+        self.twilio: dict[str, str] | None = None  # Twilio's ids in the request, when any
+        # A function call's (queued, started) perf_counter marks, for its span's events.
+        self.phases: tuple[float, float] | None = None
+
+    def trace_headers(self) -> TraceHeaders:
+        """What the worker gets (INVOKE's ``trace``): fnd's span as the function's parent."""
+        trace = self.trace
+        return {"traceparent": trace.traceparent, "tracestate": trace.tracestate}
 
     def end(self, status: int, outcome: str, reason: str | None = None,
             queue_wait: float = 0.0, cpu: float | None = None, rss: int | None = None,
-            worker_pid: int | None = None) -> None:
+            worker_pid: int | None = None, response_bytes: int | None = None) -> None:
         """Count the request and write its log line, unless that is already done."""
         if self.logged:
             return
         self.logged = True
+        trace = self.trace
+        # Only what is present: the line of a plain request stays as short as before.
+        fields: dict[str, str | int] = {"trace_id": trace.trace_id, "span_id": trace.span_id}
+        if trace.parent_id is not None:
+            fields["parent_span_id"] = trace.parent_id
+        if response_bytes is not None:
+            fields["response_bytes"] = response_bytes
+        if self.user_agent is not None:
+            fields["user_agent"] = self.user_agent
+        if self.twilio is not None:
+            fields.update(self.twilio)
         self.stats.record(
             invocation_id=self.id, method=self.method, path=self.path, function=self.route,
             status=status, outcome=outcome, duration=time.perf_counter() - self.received,
             queue_wait=queue_wait, cpu=cpu, rss=rss, worker_pid=worker_pid, reason=reason,
-            client=self.client,
+            client=self.client, **fields,
         )
+        spans = self.stats.spans
+        if spans is not None:  # only with fnd[otel] and otlp_endpoint (daemon/ops/otel.py)
+            spans.export(self, status, outcome, queue_wait, cpu, worker_pid)
 
     def answer(self, outcome: Outcome) -> None:
         """The line of an answer the daemon decided itself."""
-        self.end(outcome.status, outcome.kind, outcome.reason)
+        self.end(outcome.status, outcome.kind, outcome.reason,
+                 response_bytes=len(outcome.body))
 
 
 @dataclass(eq=False)
@@ -119,6 +148,8 @@ class Call:
             return
         outcome = result.result()
         waited = (self.started or time.perf_counter()) - self.queued if self.queued else 0.0
+        self.invocation.phases = (self.queued, self.started)
         # Positional: this runs for every call.
         self.invocation.end(outcome.status, outcome.kind, outcome.reason,
-                            waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid)
+                            waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid,
+                            len(outcome.body))

@@ -199,6 +199,12 @@ class Config:
         worker=True)
     public_url: str | None = setting(
         None, "URL used to check signatures; its host is `context.DOMAIN_NAME`")
+    instance_name: str | None = setting(
+        None, "the `project` field of every invocation log line", metavar="NAME",
+        shown="the project folder's name")
+    otlp_endpoint: str | None = setting(
+        None, "with the `fnd[otel]` extra: export one OpenTelemetry span per invocation to "
+        "this OTLP/HTTP traces URL", metavar="URL")
     twilio_api_base_url: str | None = setting(
         None, "send `getTwilioClient()` requests to a compatible server instead of Twilio",
         worker=True)
@@ -223,6 +229,11 @@ class Config:
     functions: Mapping[str, FunctionSettings] = field(
         default_factory=lambda: MappingProxyType({})
     )
+
+    @property
+    def instance(self) -> str:
+        """The name on every invocation line: ``instance_name``, else the project folder's."""
+        return self.instance_name or self.project_dir.name
 
     def timeout_for(self, function: str) -> float:
         override = self.functions.get(function)

@@ -29,7 +29,7 @@ from fnd.daemon.http.app import FrontEnd
 from fnd.daemon.http.listen import ListenError, bind_tcp, make_fd_room, probe_tcp, start_sites
 from fnd.daemon.http.timeouts import TimeoutServer
 from fnd.daemon.logs import get_logger
-from fnd.daemon.ops import socket_claim
+from fnd.daemon.ops import otel, socket_claim
 from fnd.daemon.ops.control import ControlServer, check_folder, default_control_path
 from fnd.daemon.ops.metrics import render_metrics, start_metrics_server
 from fnd.daemon.ops.status import Status
@@ -130,7 +130,7 @@ class Daemon:
         self._config_file = config_file
         # As given, not resolved: a reload follows a symlink switched to a new release.
         self._project_arg = project_arg or config.project_dir
-        self.stats = Stats()
+        self.stats = Stats(project=config.instance, spans=otel.spans(config))
         self.project = load_project(config)
         self.stats.routes_loaded(self.project.functions)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
@@ -290,6 +290,8 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         self.sandbox.cleanup()
+        if self.stats.spans is not None:  # the last spans out (a thread: it may wait on I/O)
+            await asyncio.get_running_loop().run_in_executor(None, self.stats.spans.close)
         self.notifier.close()
         _log.info("stopped", exit_code=self._exit_code)
 

@@ -12,12 +12,16 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
 from fnd.daemon import calls
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool import deaths
+
+if TYPE_CHECKING:
+    from fnd.daemon.ops.otel import Spans
 
 # Upper bounds (seconds) of the latency histograms; +Inf is implied. Hello-world through the
 # worker hop is ~0.2 ms and the default time limit is 5 s, so this spans both ends.
@@ -80,10 +84,12 @@ class Stats:
     queue_wait: Histogram = field(default_factory=Histogram)
     _crash_times: deque[float] = field(default_factory=deque, repr=False)
     log: FilteringBoundLogger = field(default_factory=lambda: get_logger("fnd.invocation"))
+    project: str | None = None  # on every invocation line: which instance/project served it
+    spans: Spans | None = None  # one OpenTelemetry span per invocation (daemon/ops/otel.py)
 
     def __post_init__(self) -> None:
         # Bound once: a structlog proxy re-resolves itself on every call.
-        bound = self.log.bind()
+        bound = self.log.bind() if self.project is None else self.log.bind(project=self.project)
         self._info = bound.info
         self._warning = bound.warning
 
@@ -103,6 +109,7 @@ class Stats:
         reason: str | None = None,
         function: str | None = None,
         client: str | None = None,
+        **fields: str | int,  # only those present: trace, response_bytes, Twilio ids (calls.py)
     ) -> None:
         if function is None or not function.startswith(INTERNAL_PREFIX):
             self.invocations += 1
@@ -130,6 +137,7 @@ class Stats:
             worker_pid=worker_pid,
             reason=reason,
             client=client,
+            **fields,
         )
 
     def routes_loaded(self, functions: Iterable[str]) -> None:

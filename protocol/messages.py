@@ -12,7 +12,7 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
   worker -> daemon  {"t": READY, "pid": int, "layers": {name: str}}
                     {"t": FAILED, "reason": str}   (could not sandbox or start; it exits)
   daemon -> worker  {"t": INVOKE, "id": str, "function": FunctionRef, "event": dict,
-                     "context": dict, "timeout": float}
+                     "context": dict, "timeout": float, "trace": TraceHeaders}
   worker -> daemon  {"t": RESULT, "id": str, "status": int, "headers": [[name, value], ...],
                      "body": bytes, "clean": bool, "error": str | None}
                     {"t": LOG, "id": str, "stream": "stdout"|"stderr"|"logging"|"fnd",
@@ -130,6 +130,13 @@ class Failed(TypedDict):
     reason: str
 
 
+class TraceHeaders(TypedDict):
+    """W3C Trace Context of an invocation (protocol/trace.py): fnd's span, as the function
+    gets it (``context.traceparent``) and its Twilio client passes on (as a child)."""
+    traceparent: str  # "00-<trace id>-<fnd's span id>-<flags>", checked by the daemon
+    tracestate: str  # the caller's, checked; "" when none
+
+
 class Invoke(TypedDict):
     t: Literal["invoke"]
     id: str
@@ -137,6 +144,7 @@ class Invoke(TypedDict):
     event: dict[str, Any]
     context: dict[str, Any]
     timeout: float
+    trace: TraceHeaders
 
 
 class Result(TypedDict):

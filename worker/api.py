@@ -17,6 +17,7 @@ Every method Twilio documents in camelCase also exists in snake_case:
 
 - ``context.getTwilioClient(**options)`` / ``get_twilio_client`` -> ``twilio.rest.Client``;
   raises :class:`CredentialsError` naming a missing or malformed ACCOUNT_SID / AUTH_TOKEN.
+  Its requests carry a child of ``context.traceparent`` (W3C; ``context.tracestate`` too).
 - ``Runtime.getFunctions()`` / ``get_functions`` -> ``{"a/b": {"path": "/abs/a/b.py"}}``;
   ``Runtime.load("a/b")`` imports another function module (private ones too) to share code.
 - ``Runtime.getAssets()`` / ``get_assets`` -> ``{"/path": Asset}``; ``asset.open()`` returns

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fnd.protocol.messages import TraceHeaders
 from fnd.worker.twilio_client import make_client
+
+_NO_TRACE: TraceHeaders = {"traceparent": "", "tracestate": ""}
 
 # Always present, None when not configured, so `context.SERVICE_SID` never raises.
 STANDARD = ("ACCOUNT_SID", "AUTH_TOKEN", "DOMAIN_NAME", "PATH", "SERVICE_SID", "ENVIRONMENT_SID")
@@ -20,11 +23,26 @@ class Context(Mapping[str, Any]):
     (``get``, ``keys``...) is reachable with ``context["get"]``.
     """
 
-    def __init__(self, values: Mapping[str, Any], api_base_url: str | None = None) -> None:
+    _trace: TraceHeaders
+
+    def __init__(self, values: Mapping[str, Any], api_base_url: str | None = None,
+                 trace: TraceHeaders = _NO_TRACE) -> None:
         merged = dict.fromkeys(STANDARD)
         merged.update(values)
         object.__setattr__(self, "_values", merged)
         object.__setattr__(self, "_api_base_url", api_base_url)
+        object.__setattr__(self, "_trace", trace)
+
+    @property
+    def traceparent(self) -> str:
+        """W3C ``traceparent`` of this invocation's span (docs/handlers.md#trace-context):
+        the request's trace, or a new one; pass it on to continue the trace."""
+        return self._trace["traceparent"]
+
+    @property
+    def tracestate(self) -> str:
+        """The request's W3C ``tracestate`` (checked), "" when none."""
+        return self._trace["tracestate"]
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails, i.e. for variables. Read _values through
@@ -54,11 +72,14 @@ class Context(Mapping[str, Any]):
 
     def get_twilio_client(self, **options: Any) -> Any:
         """A ``twilio.rest.Client`` for ACCOUNT_SID/AUTH_TOKEN; ``options`` go to Client().
+        Its requests carry a child ``traceparent`` of this invocation (unless ``options``
+        has its own ``http_client``).
 
         Raises ``fnd.worker.api.CredentialsError`` naming the missing or malformed variable.
         """
         return make_client(
-            self._values["ACCOUNT_SID"], self._values["AUTH_TOKEN"], self._api_base_url, **options
+            self._values["ACCOUNT_SID"], self._values["AUTH_TOKEN"], self._api_base_url,
+            self._trace, **options
         )
 
     getTwilioClient = get_twilio_client

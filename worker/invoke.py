@@ -89,7 +89,8 @@ class RunningCall:
         self._function = message["function"]
         self._event = message["event"]
         self._values = message["context"]
-        self.context = Context(self._values, services.settings.twilio_api_base_url)
+        self.context = Context(self._values, services.settings.twilio_api_base_url,
+                               message["trace"])
         self.deadline = time.monotonic() + float(message["timeout"])
         self.finished = threading.Event()  # set once RESULT is written
         self._lock = threading.Lock()

@@ -142,6 +142,10 @@ def _check_invoke(message: m.Message) -> m.Invoke:
     timeout = message.get("timeout")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ProtocolError("invoke frame: timeout must be a number")
+    trace = message.get("trace")
+    if not (isinstance(trace, dict) and isinstance(trace.get("traceparent"), str)
+            and isinstance(trace.get("tracestate"), str)):
+        raise ProtocolError("invoke frame: trace must be a {traceparent, tracestate} map")
     return cast(m.Invoke, message)
 
 

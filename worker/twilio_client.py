@@ -26,6 +26,9 @@ from typing import Any
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from fnd.protocol.messages import TraceHeaders
+from fnd.protocol.trace import child
+
 _SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _TOKEN_LENGTH = 32
 _TWILIO_URL = re.compile(r"https://(?P<host>[A-Za-z0-9.-]+\.twilio\.com)(?::443)?(?P<path>/.*)?")
@@ -62,21 +65,27 @@ def check_credentials(account_sid: object, auth_token: object) -> tuple[str, str
 
 
 def make_client(
-    account_sid: object, auth_token: object, api_base_url: str | None, **options: Any
+    account_sid: object, auth_token: object, api_base_url: str | None,
+    trace: TraceHeaders | None = None, **options: Any
 ) -> Any:
-    """A real ``twilio.rest.Client`` (options passed through), redirected if configured."""
+    """A real ``twilio.rest.Client`` (options passed through), redirected if configured;
+    its requests carry a child of ``trace`` (W3C Trace Context)."""
     sid, token = check_credentials(account_sid, auth_token)
-    if api_base_url and "http_client" not in options:
-        options["http_client"] = RedirectingHttpClient(api_base_url)
+    if "http_client" not in options and (api_base_url or (trace and trace["traceparent"])):
+        options["http_client"] = TracingHttpClient(trace, api_base_url)
     return Client(sid, token, **options)
 
 
-class RedirectingHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """TwilioHttpClient that sends ``https://<sub>.twilio.com/...`` to one base URL."""
+class TracingHttpClient(TwilioHttpClient):  # type: ignore[misc]
+    """TwilioHttpClient whose every request carries ``traceparent`` (a new span of the
+    invocation's trace) and ``tracestate``, and which sends ``https://<sub>.twilio.com/...``
+    to ``base_url`` when one is set."""
 
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
+    def __init__(self, trace: TraceHeaders | None, base_url: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.base_url = base_url.rstrip("/")
+        self.trace = trace
+        self.base_url = base_url.rstrip("/") if base_url else None
 
     def request(
         self,
@@ -89,8 +98,14 @@ class RedirectingHttpClient(TwilioHttpClient):  # type: ignore[misc]
         timeout: float | None = None,
         allow_redirects: bool = False,
     ) -> Any:
-        match = _TWILIO_URL.fullmatch(url)
+        headers = dict(headers or {})
+        trace = self.trace
+        if trace and trace["traceparent"]:
+            headers["traceparent"] = child(trace["traceparent"])
+            if trace["tracestate"]:
+                headers["tracestate"] = trace["tracestate"]
+        match = _TWILIO_URL.fullmatch(url) if self.base_url else None
         if match:
-            url = self.base_url + (match["path"] or "/")
-            headers = {**(headers or {}), "X-Twilio-Host": match["host"]}
+            url = f"{self.base_url}{match['path'] or '/'}"
+            headers["X-Twilio-Host"] = match["host"]
         return super().request(method, url, params, data, headers, auth, timeout, allow_redirects)

@@ -26,11 +26,13 @@ from fnd.daemon.http.asset_response import AssetResponse
 from fnd.daemon.http.event import EventError, build_event, check_request_headers, read_body
 from fnd.daemon.http.hostname import url_host
 from fnd.daemon.http.origin import Origin, parse_proxies, read_origin, shown
+from fnd.daemon.http.request_facts import twilio_ids, user_agent
 from fnd.daemon.http.signature_gate import SignatureGate
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool.pool import Pool
 from fnd.daemon.project import Project, Route
 from fnd.daemon.stats import Stats
+from fnd.protocol import trace
 
 INVOCATION_HEADER = answer_stream.INVOCATION_HEADER
 _FUNCTION_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
@@ -96,8 +98,12 @@ class FrontEnd:
         """
         received = time.perf_counter()
         origin = read_origin(request, self._proxies)  # the one read of the forwarded headers
+        headers = request.headers
         invocation = Invocation(self.stats, origin.request_id or self.ids.next(),
-                                request.method, request.path, received, origin.client)
+                                request.method, request.path, received, origin.client,
+                                trace=trace.accept(headers.getall("traceparent", ()),
+                                                   headers.getall("tracestate", ())),
+                                user_agent=user_agent(headers.get("User-Agent")))
         try:
             response = await self._route(request, origin, invocation)
         except EventError as exc:  # the request cannot go on: a client's mistake, or ours
@@ -158,6 +164,7 @@ class FrontEnd:
         if route.error is not None:
             return self._answer(invocation, _broken(route.error, invocation.id, config.dev))
         event = build_event(request.query, content_type, body, request.headers, parsed=parsed)
+        invocation.twilio = twilio_ids(event, request.raw_headers)
         context: dict[str, Any] = dict(self._context_defaults)
         # The configured domain, else the host the client used (as the signature check).
         context["DOMAIN_NAME"] = self._fixed_domain or origin.host or ""
@@ -200,7 +207,8 @@ class FrontEnd:
             return self._answer(invocation, text_outcome(404, calls.REJECTED, str(exc)))
 
         def sent(status: int) -> None:  # once the file is sent (or the client left)
-            invocation.end(status, calls.OK if status < 400 else calls.REJECTED)
+            invocation.end(status, calls.OK if status < 400 else calls.REJECTED,
+                           response_bytes=response.content_length)
 
         response = AssetResponse(opened, route.file, self._loop, sent, self.config.send_timeout,
                                  invocation.id)

@@ -151,7 +151,7 @@ class WorkerProc:
         try:
             invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
                                 "event": call.event, "context": call.context,
-                                "timeout": call.timeout}
+                                "timeout": call.timeout, "trace": call.invocation.trace_headers()}
             frame = encode(invoke)
         except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
             raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None

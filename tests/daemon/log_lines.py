@@ -8,12 +8,14 @@ from typing import Any
 class LogLines:
     def __init__(self) -> None:
         self.lines: list[dict[str, Any]] = []
+        self.bound: dict[str, Any] = {}  # what bind() added: on every line
 
-    def bind(self) -> LogLines:
+    def bind(self, **fields: Any) -> LogLines:
+        self.bound.update(fields)
         return self
 
     def info(self, event: str, **fields: Any) -> None:
-        self.lines.append({"event": event, "level": "info", **fields})
+        self.lines.append({"event": event, "level": "info", **self.bound, **fields})
 
     def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append({"event": event, "level": "warning", **fields})
+        self.lines.append({"event": event, "level": "warning", **self.bound, **fields})

@@ -11,6 +11,7 @@ import pytest
 from fnd.daemon import calls
 from fnd.daemon.calls import Call, Invocation, text_outcome
 from fnd.daemon.stats import Stats
+from fnd.protocol.trace import Trace
 from tests.daemon.log_lines import LogLines
 
 pytestmark = pytest.mark.unit
@@ -86,3 +87,30 @@ def test_an_answer_the_front_end_decides_is_written_once() -> None:
             404, None, "no function or asset at /nope")
 
     _run(test)
+
+
+def test_the_line_has_trace_size_user_agent_and_twilio_ids_only_when_present() -> None:
+    async def main() -> None:
+        log = LogLines()
+        stats = Stats(log=log, project="shop")  # type: ignore[arg-type]
+        trace = Trace("4bf92f3577b34da6a3ce929d0e0e4736", "1111111111111111", "01",
+                      "00f067aa0ba902b7", "congo=t61rcWkgMzE")
+        traced = Invocation(stats, "id-3", "POST", "/sms", time.perf_counter(), None,
+                            trace=trace, user_agent="TwilioProxy/1.1")
+        traced.twilio = {"MessageSid": "SM" + "1" * 32}
+        traced.answer(text_outcome(400, calls.REJECTED, "bad"))
+        plain = Invocation(stats, "id-4", "GET", "/nope", time.perf_counter(), None)
+        plain.answer(text_outcome(404, calls.REJECTED, "no function or asset at /nope"))
+        first, second = log.lines
+        assert first["trace_id"] == trace.trace_id and first["span_id"] == "1111111111111111"
+        assert first["parent_span_id"] == "00f067aa0ba902b7"
+        assert first["response_bytes"] == len(b"bad\n") and first["project"] == "shop"
+        assert first["user_agent"] == "TwilioProxy/1.1"
+        assert first["MessageSid"] == "SM" + "1" * 32
+        assert traced.trace_headers() == {
+            "traceparent": f"00-{trace.trace_id}-1111111111111111-01",
+            "tracestate": "congo=t61rcWkgMzE"}
+        # A request without a traceparent gets a new trace; no absent field is on its line.
+        assert len(second["trace_id"]) == 32 and second["trace_id"] != trace.trace_id
+        assert not {"parent_span_id", "user_agent", "MessageSid"} & set(second)
+    asyncio.run(main())

@@ -58,7 +58,7 @@ NAMES_BEFORE = {
     "max_response_body", "max_header_bytes", "max_header_count", "cors", "cookie_secure",
     "public_url", "twilio_api_base_url", "trusted_proxies", "sandbox", "memory_mb", "scratch_mb",
     "max_output", "network", "uid_base",
-    "server_header",  # added since
+    "server_header", "instance_name", "otlp_endpoint",  # #24
 }
 
 

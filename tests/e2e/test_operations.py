@@ -67,6 +67,17 @@ def test_nginx_request_id_becomes_the_invocation_id(behind_nginx: tuple[FndServe
     assert line["client"] == "127.0.0.1"
 
 
+def test_nginx_passes_traceparent_and_tracestate_through(
+    behind_nginx: tuple[FndServer, str]
+) -> None:
+    fnd, base = behind_nginx
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = requests.get(base + "/hello", timeout=30, headers={
+        "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "tracestate": "congo=t61rcWkgMzE"})
+    line = fnd.invocation(response.headers["X-Fnd-Invocation-Id"])
+    assert line["trace_id"] == trace_id and line["parent_span_id"] == "00f067aa0ba902b7"
+
+
 def test_request_id_and_forwarded_for_from_an_untrusted_peer_are_ignored() -> None:
     with running("ops") as fnd:  # TCP client on loopback: not a trusted proxy by default
         response = fnd.get("/hello", headers={"X-Request-Id": "chosen-by-client",

@@ -51,6 +51,9 @@ def base_config(**overrides: Any) -> WorkerConfig:
     return config  # type: ignore[return-value]
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 def base_context(**overrides: Any) -> dict[str, Any]:
     context = {
         "ACCOUNT_SID": ACCOUNT_SID,
@@ -148,6 +151,7 @@ class Worker:
         event: dict[str, Any] | None = None,
         context: dict[str, Any] | None = None,
         timeout: float = 10.0,
+        trace: dict[str, str] | None = None,
     ) -> str:
         ident = f"inv-{next(_ids)}"
         file = str(FIXTURES / f"{function}.py")
@@ -159,6 +163,7 @@ class Worker:
                 "event": event or {},
                 "context": base_context() if context is None else context,
                 "timeout": timeout,
+                "trace": trace or {"traceparent": TRACEPARENT, "tracestate": ""},
             }
         )
         return ident

@@ -49,6 +49,15 @@ def test_exit_2_on_a_truncated_frame(worker: Worker) -> None:
             "context": {},
             "timeout": "soon",
         },
+        {
+            "t": "invoke",
+            "id": "a",
+            "function": {"name": "/x", "file": "/x.py"},
+            "event": {},
+            "context": {},
+            "timeout": 1,
+            "trace": {"traceparent": 5},
+        },
     ],
 )
 def test_exit_2_on_a_malformed_message(worker: Worker, message: dict[str, Any]) -> None:
