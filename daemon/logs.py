@@ -92,12 +92,16 @@ class _Timestamp:
 
 class MultilineConsole:
     """The console renderer, with multi-line values (tracebacks, problem lists) printed as
-    the lines they are, indented under the line, instead of one repr with escaped newlines."""
+    the lines they are, indented under the line, instead of one repr with escaped newlines;
+    a ``problems`` list prints one problem a line."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        problems = event.get("problems")
+        if isinstance(problems, list) and problems:
+            event["problems"] = "\n".join(f"- {problem}" for problem in problems) + "\n"
         blocks = [(key, value) for key, value in event.items()
                   if key != "event" and isinstance(value, str) and "\n" in value]
         for key, _ in blocks:

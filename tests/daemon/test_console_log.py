@@ -24,6 +24,12 @@ def test_a_traceback_prints_as_real_lines_under_its_line() -> None:
                          '      File "f.py", line 1', "    ValueError: x"]
 
 
+def test_a_problems_list_prints_one_problem_a_line() -> None:
+    render = MultilineConsole(structlog.dev.ConsoleRenderer(colors=False))
+    text = render(None, "error", {"event": "reload failed", "problems": ["a.py: x", "b.py: y"]})
+    assert text.split("\n")[1:] == ["  problems:", "    - a.py: x", "    - b.py: y"]
+
+
 def test_json_lines_are_unchanged() -> None:
     line = structlog.processors.JSONRenderer()(None, "error", {"traceback": TRACEBACK})
     assert "\n" not in line and json.loads(line)["traceback"] == TRACEBACK
