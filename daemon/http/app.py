@@ -11,6 +11,7 @@ import itertools
 import secrets
 import time
 import traceback
+from html import escape
 from typing import Any
 
 from aiohttp import StreamReader, web
@@ -116,7 +117,8 @@ class FrontEnd:
     ) -> web.StreamResponse:
         config, project, assets = self.config, self.project, self.assets  # one generation
         if self.reload_problems is not None:
-            return self._answer(invocation, _reload_failed(self.reload_problems))
+            return self._answer(invocation, _reload_failed(
+                self.reload_problems, "text/html" in request.headers.get("Accept", "")))
         if request.method in _REFUSED_METHODS:
             return self._answer(invocation, text_outcome(
                 405, calls.REJECTED, f"method {request.method} is not allowed",
@@ -300,10 +302,18 @@ def _response(outcome: Outcome, invocation_id: str) -> web.Response:
                         headers=_headers(outcome, invocation_id))
 
 
-def _reload_failed(problems: list[str]) -> Outcome:
-    """Dev mode's answer while the last reload failed: every problem, one per line."""
+def _reload_failed(problems: list[str], html: bool) -> Outcome:
+    """Dev mode's answer while the last reload failed: every problem, one per line (a page
+    for a browser)."""
+    title = "fnd --dev: the last reload failed; fix these and save"
+    reason = f"reload failed: {len(problems)} problem(s)"
+    if html:
+        items = "".join(f"<li><pre>{escape(problem)}</pre></li>" for problem in problems)
+        page = (f"<!doctype html><meta charset=utf-8><title>reload failed</title>"
+                f"<h1>{escape(title)}</h1><ul>{items}</ul>\n")
+        return Outcome(500, [("Content-Type", "text/html; charset=utf-8")], page.encode(),
+                       calls.ERROR, reason)
     lines = "".join(f"  {problem}\n" for problem in problems)
-    body = (f"fnd --dev: the last reload failed; fix these and save (the previous code is "
-            f"not served meanwhile):\n{lines}").encode()
+    body = f"{title} (the previous code is not served meanwhile):\n{lines}".encode()
     return Outcome(500, [("Content-Type", "text/plain; charset=utf-8")], body, calls.ERROR,
-                   f"reload failed: {len(problems)} problem(s)")
+                   reason)

@@ -165,6 +165,9 @@ def test_dev_answers_every_request_with_the_failed_reloads_problems_until_one_su
             assert "the last reload failed" in text
             assert "functions/broken.py:1: SyntaxError" in text  # every problem, each a line
             assert "requirements.txt is not installed" in text
+            page = await client.get("/f0", headers={"Accept": "text/html,*/*"})
+            assert page.headers["Content-Type"].startswith("text/html")
+            assert "<li><pre>functions/broken.py:1: SyntaxError" in await page.text()
             (root / "requirements.txt").unlink()
             broken.write_text(CODE)
             assert (await daemon.reload())["ok"]
