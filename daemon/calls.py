@@ -128,6 +128,7 @@ class Call:
     # The client's connection: a queued call whose client hung up is dropped, not run.
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
     isolated: bool = False  # isolation = "invocation": a fresh worker, killed after DONE
+    returned: bool = False  # dev mode: the handler returned without calling callback
 
     def resolve(self, outcome: Outcome) -> bool:
         """Set the outcome once; later attempts (a late result after a kill) are ignored."""

@@ -90,6 +90,29 @@ class _Timestamp:
         return event
 
 
+class MultilineConsole:
+    """The console renderer, with multi-line values (tracebacks, problem lists) printed as
+    the lines they are, indented under the line, instead of one repr with escaped newlines;
+    a ``problems`` list prints one problem a line."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        problems = event.get("problems")
+        if isinstance(problems, list) and problems:
+            event["problems"] = "\n".join(f"- {problem}" for problem in problems) + "\n"
+        blocks = [(key, value) for key, value in event.items()
+                  if key != "event" and isinstance(value, str) and "\n" in value]
+        for key, _ in blocks:
+            del event[key]
+        line = str(self._inner(logger, method, event))
+        for key, value in blocks:
+            text = "\n".join("    " + part for part in value.rstrip("\n").split("\n"))
+            line += f"\n  {key}:\n{text}"
+        return line
+
+
 _sink = _BatchedSink(2)
 atexit.register(_sink.flush)
 
@@ -101,8 +124,8 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
     renderer: Any
     if log_format == "console":
         # Colours only for a terminal: escape codes in a redirected file or a pipe are noise.
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ)
+        renderer = MultilineConsole(structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ))
     else:
         renderer = structlog.processors.JSONRenderer()
     logger = _BatchedLogger(_sink)

@@ -86,6 +86,9 @@ class Project:
     # Where workers import the project's own packages from (.fnd/deps/<hash>); None when the
     # project has no requirements.txt. Filled in by the daemon, which refuses a mismatch.
     deps: Path | None = None
+    # Problems that no --allow-broken serves past (requirements not installed: every function
+    # could need them); each is also in ``problems``. Filled in by the daemon.
+    blocking: tuple[str, ...] = ()
 
     def lookup(self, http_path: str) -> Route | None:
         """The route serving ``http_path``; None for unknown and private paths (→ 404)."""

@@ -75,32 +75,41 @@ def worker_config(
 
 def read_project(config: Config) -> Project:
     """Scan and parse the project's files: blocking work, no logging (a reload runs it in a
-    thread, whose log lines would race the event loop's batched ones)."""
+    thread, whose log lines would race the event loop's batched ones). Every problem found is
+    collected in ``problems``, none raised: the caller adds the functions' own (preflight) and
+    reports them all at once."""
     try:
         project = scan_project(config.project_dir)
     except ProjectError as exc:
         raise StartupError(str(exc)) from None
+    problems = list(project.problems)
+    if not (config.dev and config.no_signatures) and not config.context_defaults().get(
+            "AUTH_TOKEN"):
+        problems.extend(f"{route.source}: protected function needs AUTH_TOKEN; set AUTH_TOKEN "
+                        "in .env" for route in project.functions.values()
+                        if route.visibility == "protected")
+    blocking: tuple[str, ...] = ()
     try:
-        # Not a problem that --allow-broken may serve past: every function could need them.
-        return dataclasses.replace(project, deps=installed_folder(project.root))
+        deps = installed_folder(project.root)
     except DepsMismatch as exc:
-        raise StartupError(str(exc)) from None
+        # Not a problem that --allow-broken may serve past: every function could need them.
+        deps, blocking = None, (str(exc),)
+        problems.append(str(exc))
+    return dataclasses.replace(project, deps=deps, problems=tuple(problems), blocking=blocking)
 
 
-def load_project(config: Config) -> Project:
-    """The project as it will be served: read, its problems logged, refused unless allowed."""
-    return accept_project(config, read_project(config))
+def refused(config: Config, project: Project, problems: list[tuple[str, str]]) -> bool:
+    """Whether this generation's problems (the scan's, then the functions') stop it."""
+    if project.blocking:
+        return True
+    if not (project.problems or problems):
+        return False
+    return config.strict or not config.allows_broken
 
 
-def accept_project(config: Config, project: Project) -> Project:
-    """Log the problems of a read project; StartupError unless --allow-broken serves them."""
-    if project.problems:
-        for problem in project.problems:
-            _log.error("project problem", problem=problem)
-        if config.strict or not config.allows_broken:
-            raise StartupError(f"{len(project.problems)} problem(s) in the project, first: "
-                               f"{project.problems[0]} (--allow-broken serves the rest)")
-    return project
+def all_problems(project: Project, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The scan's problems, then the functions' (route, reason) as the preflight found them."""
+    return [("", problem) for problem in project.problems] + problems
 
 
 def preflight_checks(project: Project) -> list[m.FunctionCheck]:
@@ -119,6 +128,20 @@ def _problem_lines(problems: list[tuple[str, str]]) -> list[str]:
     return [f"{route}: {reason}" if route else reason for route, reason in problems]
 
 
+def _log_problems(project: Project, problems: list[tuple[str, str]]) -> None:
+    for problem in project.problems:
+        _log.error("project problem", problem=problem)
+    for line in _problem_lines(problems):
+        _log.error("function problem", problem=line)
+
+
+def problems_text(problems: list[tuple[str, str]], project: Project) -> str:
+    """Every problem of a refused generation, one per line, and what would serve anyway."""
+    lines = _problem_lines(problems)
+    hint = "" if project.blocking else " (--allow-broken serves the rest)"
+    return f"{len(lines)} problem(s){hint}:\n" + "\n".join("  " + line for line in lines)
+
+
 class Daemon:
     def __init__(
         self, config: Config, sandbox: SandboxSetup, flags: dict[str, Any], config_file: str | None,
@@ -131,7 +154,7 @@ class Daemon:
         # As given, not resolved: a reload follows a symlink switched to a new release.
         self._project_arg = project_arg or config.project_dir
         self.stats = Stats(project=config.instance, spans=otel.spans(config))
-        self.project = load_project(config)
+        self.project = read_project(config)  # its problems are refused after the preflight
         self.stats.routes_loaded(self.project.functions)
         self.pool = Pool(config, worker_config(config, self.project, sandbox.settings),
                          self.stats, ZygoteSpawner(sandbox), on_fatal=self._fatal)
@@ -177,7 +200,7 @@ class Daemon:
             problems = await self.pool.preflight(preflight_checks(self.project),
                                                  max(60.0, self.config.timeout),
                                                  dict(self.config.context_defaults()))
-            self._broken(problems)
+            self._broken(self.project, problems)
             await self_check(self.pool, self.config)  # canary invocation; strict: fails closed
         except PoolError as exc:
             if self._tcp is not None:
@@ -185,7 +208,7 @@ class Daemon:
             reason = str(exc)
             if isinstance(exc, FunctionsBroken):  # the pool is up: take it down
                 await self.pool.stop(drain_timeout=0)
-                reason += " (--allow-broken serves the rest)"
+                reason = problems_text(exc.problems, self.project)
             self.sandbox.cleanup()
             raise StartupError(reason) from None
         try:
@@ -199,6 +222,10 @@ class Daemon:
         self._install_signals()
         for line in route_table_lines(self.project, self._base_url()):
             _log.info("route", line=line)
+        if self.config.dev:  # edits are picked up by the reload path
+            watcher = Watcher(self.config.project_dir, lambda _: self.reload())
+            self._background(watcher.run())
+            await watcher.watching.wait()  # an edit made once "ready" is out is never missed
         uids = self.sandbox.uids
         _log.info("ready", version=__version__, listen=self.listen_address,
                   control=self.control.path, workers=self.config.workers_min,
@@ -206,8 +233,6 @@ class Daemon:
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
         self.notifier.ready()
         self._background(self._report_status())
-        if self.config.dev:  # edits are picked up by the reload path
-            self._background(Watcher(self.config.project_dir, lambda _: self.reload()).run())
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             self._background(watchdog_loop(self.notifier, interval))
@@ -245,14 +270,13 @@ class Daemon:
             except ValueError as exc:
                 raise OSError(str(exc)) from None
 
-    def _broken(self, problems: list[tuple[str, str]]) -> None:
-        """Log each function that cannot run; refuse them unless allowed; keep for status."""
-        lines = _problem_lines(problems)
-        for line in lines:
-            _log.error("function problem", problem=line)
-        if problems and not self.config.allows_broken:
-            raise FunctionsBroken(problems)
-        self.broken = list(self.project.problems) + lines
+    def _broken(self, project: Project, problems: list[tuple[str, str]]) -> None:
+        """Log every problem, each on its own line; refuse them unless allowed; keep for
+        status."""
+        _log_problems(project, problems)
+        if refused(self.config, project, problems):
+            raise FunctionsBroken(all_problems(project, problems))
+        self.broken = _problem_lines(all_problems(project, problems))
 
     def _base_url(self) -> str:
         return self.listen_address if self.listen_address.startswith("http") else ""
@@ -320,7 +344,8 @@ class Daemon:
                 # Reading the config and parsing every function is blocking work: in a thread,
                 # so requests keep being served by the old generation meanwhile.
                 config, project = await asyncio.to_thread(self._read_generation)
-                project = accept_project(config, project)
+                for problem in project.problems:
+                    _log.error("project problem", problem=problem)
 
                 def switch() -> None:
                     # Called by the pool in the same step as its generation switch, so no
@@ -335,23 +360,27 @@ class Daemon:
                 sandbox = self.sandbox.settings | {"project_dir": str(config.project_dir)}
                 problems = await self.pool.reload(
                     config, worker_config(config, project, sandbox), switch=switch,
-                    checks=preflight_checks(project),
+                    checks=preflight_checks(project), known=all_problems(project, []),
+                    blocking=bool(project.blocking) or (config.strict and bool(project.problems)),
                 )
             except FunctionsBroken as exc:  # keep serving the old code
                 lines = _problem_lines(exc.problems)
-                _log.error("reload failed", reason=str(exc), problems=lines)
-                return {"ok": False, "error": str(exc), "problems": lines}
+                _log.error("reload failed", reason=f"{len(lines)} problem(s)", problems=lines)
+                self._reload_failed(lines)
+                return {"ok": False, "error": f"{len(lines)} problem(s)", "problems": lines}
             except (StartupError, ConfigError, PoolError, UidRangeTaken, OSError) as exc:
                 # Keep serving the old code. These are a reload's ways to fail (a bad project
                 # or config, workers that cannot start, uids held by another daemon, files
                 # that vanished); anything else is a bug and is not disguised as one of them.
                 _log.error("reload failed", reason=str(exc))
-                return {"ok": False, "error": str(exc)}
+                self._reload_failed([str(exc)])
+                return {"ok": False, "error": str(exc), "problems": [str(exc)]}
             else:
-                lines = _problem_lines(problems)
-                for line in lines:
+                lines = _problem_lines(problems)  # the scan's problems included
+                for line in lines[len(project.problems):]:
                     _log.error("function problem", problem=line)
-                self.broken = list(project.problems) + lines
+                self.broken = lines
+                self.front.reload_problems = None  # normal serving resumes
                 _warn_unknown_routes(config, project)
                 _log.info("reloaded", functions=len(project.functions),
                           assets=len(project.assets))
@@ -360,6 +389,11 @@ class Daemon:
                 # The old or the new code is serving either way: systemd may leave "reloading".
                 self.notifier.ready()
                 self.notifier.status(self.status_line())
+
+    def _reload_failed(self, problems: list[str]) -> None:
+        """In dev mode, a failed reload's problems answer every request until one succeeds."""
+        if self.config.dev:
+            self.front.reload_problems = problems
 
     def _read_generation(self) -> tuple[Config, Project]:
         config = load_config(self._project_arg, self._flags, self._config_file)

@@ -18,6 +18,8 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                     {"t": LOG, "id": str, "stream": "stdout"|"stderr"|"logging"|"fnd",
                      "level": str, "line": str}   ("fnd": the worker's own note, e.g.
                      that the invocation's output was truncated)
+                    {"t": RETURNED, "id": str}   (dev mode only: a callback-style handler
+                     returned without calling callback; the call stays open)
                     {"t": DONE, "id": str, "clean": bool, "reason": str | None,
                      "cpu": float, "rss": int}   (always after the call's one RESULT: a
                      DONE before it is forged, and the daemon kills that worker)
@@ -46,6 +48,7 @@ INVOKE: Final = "invoke"
 RESULT: Final = "result"
 LOG: Final = "log"
 DONE: Final = "done"
+RETURNED: Final = "returned"
 PREFLIGHT: Final = "preflight"
 PREFLIGHT_RESULT: Final = "preflight_result"
 LOG_STREAMS = frozenset({"stdout", "stderr", "logging", "fnd"})  # a LOG frame's "stream"
@@ -165,6 +168,11 @@ class Log(TypedDict):
     line: str
 
 
+class Returned(TypedDict):
+    t: Literal["returned"]
+    id: str
+
+
 class Done(TypedDict):
     t: Literal["done"]
     id: str
@@ -195,7 +203,7 @@ class PreflightResult(TypedDict):
 ToZygote = Configure | Spawn
 FromZygote = ZygoteReady | Spawned | SpawnFailed | Exited
 ToWorker = Invoke | Preflight
-FromWorker = Ready | Failed | Result | Log | Done | PreflightResult
+FromWorker = Ready | Failed | Result | Log | Returned | Done | PreflightResult
 Frame = ToZygote | FromZygote | ToWorker | FromWorker
 
 # A frame as decoded, before its fields are checked: a map with a text "t".

@@ -160,6 +160,9 @@ class RunningCall:
             else:
                 # Open until callback (maybe from another thread) or the time limit.
                 self.note_ignored_return(value)
+                if s.settings.dev:  # so that a 504 in dev can say the handler returned
+                    returned: m.Returned = {"t": m.RETURNED, "id": self.id}
+                    s.channel.send(returned)
                 self.finished.wait()
         except CallbackDone:
             pass

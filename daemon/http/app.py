@@ -11,6 +11,7 @@ import itertools
 import secrets
 import time
 import traceback
+from html import escape
 from typing import Any
 
 from aiohttp import StreamReader, web
@@ -67,6 +68,8 @@ class FrontEnd:
         self.stats = stats
         self.ids = InvocationIds()
         self.draining = False  # the daemon is stopping: answer, then close the connection
+        # Dev mode only: the problems of the last reload, which failed; every request gets them.
+        self.reload_problems: list[str] | None = None
         # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
         self._loop = asyncio.get_running_loop()
         self._context_defaults = config.context_defaults()
@@ -119,6 +122,9 @@ class FrontEnd:
         self, request: web.BaseRequest, origin: Origin, invocation: Invocation
     ) -> web.StreamResponse:
         config, project, assets = self.config, self.project, self.assets  # one generation
+        if self.reload_problems is not None:
+            return self._answer(invocation, _reload_failed(
+                self.reload_problems, "text/html" in request.headers.get("Accept", "")))
         if request.method in _REFUSED_METHODS:
             return self._answer(invocation, text_outcome(
                 405, calls.REJECTED, f"method {request.method} is not allowed",
@@ -302,3 +308,20 @@ def _headers(outcome: Outcome, invocation_id: str) -> CIMultiDict[str]:
 def _response(outcome: Outcome, invocation_id: str) -> web.Response:
     return web.Response(status=outcome.status, body=outcome.body or None,
                         headers=_headers(outcome, invocation_id))
+
+
+def _reload_failed(problems: list[str], html: bool) -> Outcome:
+    """Dev mode's answer while the last reload failed: every problem, one per line (a page
+    for a browser)."""
+    title = "fnd --dev: the last reload failed; fix these and save"
+    reason = f"reload failed: {len(problems)} problem(s)"
+    if html:
+        items = "".join(f"<li><pre>{escape(problem)}</pre></li>" for problem in problems)
+        page = (f"<!doctype html><meta charset=utf-8><title>reload failed</title>"
+                f"<h1>{escape(title)}</h1><ul>{items}</ul>\n")
+        return Outcome(500, [("Content-Type", "text/html; charset=utf-8")], page.encode(),
+                       calls.ERROR, reason)
+    lines = "".join(f"  {problem}\n" for problem in problems)
+    body = f"{title} (the previous code is not served meanwhile):\n{lines}".encode()
+    return Outcome(500, [("Content-Type", "text/plain; charset=utf-8")], body, calls.ERROR,
+                   reason)

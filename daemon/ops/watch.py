@@ -1,5 +1,5 @@
 """Dev mode (docs/pool.md#dev-mode): notice changes under functions/, assets/, .env and the
-project's requirements (requirements.txt, the .fnd/deps folder), and reload.
+project's requirements (requirements.txt, the .fnd/deps folder) and its fnd.toml, and reload.
 
 A cheap poll, not inotify: every `interval` seconds a snapshot of (mtime, size) per file is
 taken in a thread (a big assets/ folder must not stall the event loop) and compared with the
@@ -21,7 +21,7 @@ INTERVAL = 0.5
 WATCHED_DIRS = ("functions", "assets")
 # .fnd/deps is the folder itself: its mtime moves when `fnd deps` renames a new install in,
 # so a dev server retries the reload that requirements.txt's change made fail.
-WATCHED_FILES = (".env", "requirements.txt", ".fnd/deps")
+WATCHED_FILES = (".env", "fnd.toml", "requirements.txt", ".fnd/deps")
 Snapshot = dict[str, tuple[int, int]]
 
 

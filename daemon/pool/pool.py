@@ -147,19 +147,23 @@ class Pool(WorkerSupervisor):
 
     async def reload(self, config: Config, worker_config: m.WorkerConfig,
                      timeout: float = 60.0, switch: Callable[[], None] | None = None,
-                     checks: list[m.FunctionCheck] | None = None) -> list[tuple[str, str]]:
+                     checks: list[m.FunctionCheck] | None = None,
+                     known: list[tuple[str, str]] | None = None,
+                     blocking: bool = False) -> list[tuple[str, str]]:
         """Start the new generation, then switch to it in one step; old workers retire.
 
         `switch` runs inside that step (the front-end swaps its route table there), so no
         call routed by the new table reaches an old worker. If the new workers cannot start,
         or a function of `checks` cannot run (unless config.allow_broken), the old generation
-        keeps serving and PoolError says why. Returns the problems found (allowed ones).
+        keeps serving and PoolError says why. `known` are problems found before (the scan's):
+        they come first in the list, and with `blocking` they refuse the generation whatever
+        config.allow_broken says. Returns the problems found (allowed ones).
         """
         old_worker_config = self.worker_config
         await self.spawner.configure(worker_config)
-        problems = await self.preflight(checks or [], max(timeout, config.timeout),
-                                        dict(config.context_defaults()))
-        if problems and not config.allows_broken:
+        problems = [*(known or []), *await self.preflight(
+            checks or [], max(timeout, config.timeout), dict(config.context_defaults()))]
+        if blocking or (problems and not config.allows_broken):
             with contextlib.suppress(ZygoteError):
                 await self.spawner.configure(old_worker_config)
             raise FunctionsBroken(problems)
@@ -296,8 +300,13 @@ class Pool(WorkerSupervisor):
         call.timer = None
         if worker.state == DEAD:
             return  # it died first: its death report (bounded wait) answers 502 with why
+        hint = ""
+        if call.returned and self.config.dev:
+            hint = ("; the handler returned without calling callback: respond with "
+                    "callback(None, response), or return the response from "
+                    "handler(context, event)")
         call.resolve(text_outcome(
-            504, calls.TIMEOUT, f"function timed out after {call.timeout:g} s"
+            504, calls.TIMEOUT, f"function timed out after {call.timeout:g} s{hint}"
         ))
         worker.kill("timeout", deaths.TIMEOUT)
 

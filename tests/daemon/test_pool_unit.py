@@ -151,6 +151,43 @@ def test_a_call_past_its_time_limit_gets_504_and_its_worker_is_killed() -> None:
     run(body, fake)
 
 
+@pytest.mark.parametrize(("dev", "hint"), [(True, True), (False, False)])
+def test_a_504_in_dev_says_the_handler_returned_without_calling_callback(
+    dev: bool, hint: bool,
+) -> None:
+    fake = FakeSpawner()
+
+    def returned(worker: FakeWorker, invoke: m.Message) -> None:
+        worker.send({"t": m.RETURNED, "id": invoke["id"]})  # then no RESULT: the time limit
+
+    fake.on_invoke = returned
+
+    async def body(s: Scene) -> None:
+        outcome = await s.invoke(timeout=0.02)
+        assert outcome.status == 504
+        assert outcome.reason is not None
+        assert outcome.reason.startswith("function timed out after 0.02 s")
+        assert ("handler returned without calling callback" in outcome.reason) is hint
+        assert ("callback(None, response)" in outcome.body.decode()) is hint
+
+    run(body, fake, dev=dev)
+
+
+def test_a_returned_frame_for_another_call_is_refused() -> None:
+    fake = FakeSpawner()
+
+    def forged(worker: FakeWorker, invoke: m.Message) -> None:
+        worker.send({"t": m.RETURNED, "id": "someone-else"})
+
+    fake.on_invoke = forged
+
+    async def body(s: Scene) -> None:
+        outcome = await s.invoke()
+        assert outcome.status == 500 and "invalid frame" in (outcome.reason or "")
+
+    run(body, fake)
+
+
 @pytest.mark.parametrize(("status", "oom", "reason", "cause"), [
     (exit_code(3), False, "worker exited with code 3", deaths.EXIT),
     (signal.SIGSEGV.value, False, "worker killed by SIGSEGV", deaths.SIGNAL),

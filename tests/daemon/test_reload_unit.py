@@ -19,7 +19,7 @@ from aiohttp.test_utils import RawTestServer, TestClient
 from fnd.daemon import server
 from fnd.daemon.config import Config, load_config
 from fnd.daemon.http.app import FrontEnd
-from fnd.daemon.pool.pool import PoolError
+from fnd.daemon.pool.pool import FunctionsBroken, PoolError
 from fnd.daemon.project import Project, scan_project
 from fnd.daemon.stats import Stats
 from tests.daemon.fake_pool import FakePool
@@ -39,12 +39,15 @@ class ReloadingPool(FakePool):
         self.failure: Exception | None = None
 
     async def reload(self, config: Config, worker_config: Any, *, switch: Any,
-                     checks: Any) -> list[tuple[str, str]]:
+                     checks: Any, known: list[tuple[str, str]],
+                     blocking: bool) -> list[tuple[str, str]]:
         if self.failure is not None:
             raise self.failure
+        if blocking or (known and not config.allows_broken):
+            raise FunctionsBroken(known)
         self.generation += 1
         switch()
-        return []
+        return known
 
     def snapshot(self) -> dict[str, Any]:
         workers = {"idle": 1, "busy": 0, "starting": 0, "min": 1, "max": 1}
@@ -133,9 +136,58 @@ def test_a_failed_reload_is_reported_and_a_bug_is_not_disguised(tmp_path: Path) 
         daemon = _daemon(config, pool)
         pool.failure = PoolError("workers of the new generation did not start")
         assert await daemon.reload() == {
-            "ok": False, "error": "workers of the new generation did not start"}
+            "ok": False, "error": "workers of the new generation did not start",
+            "problems": ["workers of the new generation did not start"]}
         pool.failure = KeyError("a bug")
         with pytest.raises(KeyError):
             await daemon.reload()
+
+    asyncio.run(main())
+
+
+def test_dev_answers_every_request_with_the_failed_reloads_problems_until_one_succeeds(
+    tmp_path: Path,
+) -> None:
+    root = _project(tmp_path, files=1)
+    config = load_config(root, {"dev": True}, environ={})
+    broken = root / "functions" / "broken.py"
+
+    async def main() -> None:
+        daemon = _daemon(config, ReloadingPool())
+        async with TestClient(RawTestServer(daemon.front.handle)) as client:
+            (root / "requirements.txt").write_text("left-pad==1.0\n")  # not installed
+            broken.write_text("def handler(:\n")
+            result = await daemon.reload()
+            assert not result["ok"]
+            answer = await client.get("/f0")
+            text = await answer.text()
+            assert answer.status == 500, text
+            assert "the last reload failed" in text
+            assert "functions/broken.py:1: SyntaxError" in text  # every problem, each a line
+            assert "requirements.txt is not installed" in text
+            page = await client.get("/f0", headers={"Accept": "text/html,*/*"})
+            assert page.headers["Content-Type"].startswith("text/html")
+            assert "<li><pre>functions/broken.py:1: SyntaxError" in await page.text()
+            (root / "requirements.txt").unlink()
+            broken.write_text(CODE)
+            assert (await daemon.reload())["ok"]
+            assert (await client.get("/f0")).status == 200
+            assert (await client.get("/broken")).status == 200
+
+    asyncio.run(main())
+
+
+def test_outside_dev_a_failed_reload_keeps_the_old_code_serving(tmp_path: Path) -> None:
+    root = _project(tmp_path, files=1)
+    config = load_config(root, environ={})
+
+    async def main() -> None:
+        daemon = _daemon(config, ReloadingPool())
+        async with TestClient(RawTestServer(daemon.front.handle)) as client:
+            (root / "functions" / "broken.py").write_text("def handler(:\n")
+            (root / "functions" / "guarded.protected.py").write_text(CODE)
+            result = await daemon.reload()
+            assert not result["ok"] and len(result["problems"]) == 2, result
+            assert (await client.get("/f0")).status == 200
 
     asyncio.run(main())

@@ -38,6 +38,14 @@ def test_snapshot_covers_functions_assets_and_env_only(tmp_path: Path) -> None:
     ]
 
 
+def test_snapshot_covers_fnd_toml(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / "fnd.toml").write_text("timeout = 5\n")
+    before = snapshot(project)
+    (project / "fnd.toml").write_text("timeout = 7.5\n")
+    assert changes(before, snapshot(project)) == ["fnd.toml"]
+
+
 def test_requirements_and_a_new_deps_folder_are_changes(tmp_path: Path) -> None:
     project = _project(tmp_path)
     (project / ".fnd" / "deps").mkdir(parents=True)

@@ -58,7 +58,7 @@ def test_strict_refuses_to_start() -> None:
     # --strict wins over allow_broken in fnd.toml
     with running("problems", "--strict", ready=False) as server:
         line = server.wait_for(lambda entry: entry.get("event") == "cannot start")
-        assert "problem(s) in the project" in line["reason"] and ".py" in line["reason"]
+        assert "problem(s)" in line["reason"] and ".py" in line["reason"]
         assert server.process.wait(30) == 1
 
 
