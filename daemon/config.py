@@ -26,8 +26,8 @@ from typing import Any, TypeVar, cast
 
 from dotenv import dotenv_values
 
+from fnd.daemon.frame_room import frame_problem
 from fnd.daemon.http.hostname import url_host
-from fnd.protocol.frames import MAX_FRAME
 from fnd.protocol.messages import WorkerSettings
 
 
@@ -460,48 +460,11 @@ def _validate(config: Config) -> None:
                           f"got {config.public_url!r}")
     if not all(" " <= char <= "~" for char in config.server_header):
         raise ConfigError(f"server_header must be printable ASCII, got {config.server_header!r}")
-    _check_frame_fits(config)
+    problem = frame_problem(config)
+    if problem:
+        raise ConfigError(problem)
     if config.max_buffered_mb * _MIB < config.max_response_body:
         raise ConfigError(
             f"max_buffered_mb = {config.max_buffered_mb} cannot hold one answer of "
             f"max_response_body ({config.max_response_body} bytes): raise it to at least "
             f"{-(-config.max_response_body // _MIB)}")
-
-
-# What a worker frame holds besides the body, at most (see _check_frame_fits).
-_QUERY_ROOM = 96 * 1024  # a 64 KiB request line whose query is "a&b&c...": 1.5x in msgpack
-_FIXED_ROOM = 16 * 1024  # ids, function name and file, method, path, timeout, status, error
-_PER_FIELD = 16  # msgpack framing of one header or cookie pair, at most
-
-
-def largest_request_body(config: Config) -> int:
-    """The biggest request body whose INVOKE frame surely fits in MAX_FRAME.
-
-    The body reaches the worker once, parsed into the event (never raw as well), but parsed
-    JSON can grow: ``0.0,`` (4 bytes) becomes a 9-byte msgpack float, so 9/4 is the worst
-    case (a form grows by 4/3 at most). Next to it travel the headers (a ``Cookie`` header twice:
-    raw and parsed), the query, the project's ``.env`` in the context, and a few fixed fields.
-    """
-    env = sum(len(k.encode()) + len(v.encode()) + _PER_FIELD for k, v in config.env.items())
-    headers = 3 * config.max_header_bytes + 2 * _PER_FIELD * config.max_header_count
-    room = MAX_FRAME - headers - env - _QUERY_ROOM - _FIXED_ROOM
-    return max(0, room * 4 // 9)
-
-
-def largest_response_body(config: Config) -> int:
-    """The biggest response body whose RESULT frame surely fits in MAX_FRAME (body is bytes)."""
-    headers = config.max_header_bytes + _PER_FIELD * config.max_header_count
-    return max(0, MAX_FRAME - headers - 4 * _FIXED_ROOM)
-
-
-def _check_frame_fits(config: Config) -> None:
-    """Refuse limits a worker frame could not carry: such a request would fail every time."""
-    for name, largest in (("max_request_body", largest_request_body(config)),
-                          ("max_response_body", largest_response_body(config))):
-        value = getattr(config, name)
-        if value > largest:
-            raise ConfigError(
-                f"{name} = {value} is too large: with this max_header_bytes, max_header_count "
-                f"and .env, the most one {MAX_FRAME} byte worker frame surely carries is "
-                f"{largest}"
-            )
