@@ -40,6 +40,7 @@ IDLE_DEFAULT = 600.0  # seconds without a call before the warm daemon exits
 _SKIP_DIRS = {".git", ".fnd", "__pycache__", "node_modules", ".venv", ".pytest_cache"}
 # Read once at start: a change to one of these restarts the daemon instead of reloading it.
 _CONFIG_FILES = {"fnd.toml", ".env", "requirements.txt"}
+RESTART_REASON = "restart-reason"  # why the last call started a new daemon
 
 
 def state_folder(project: Path) -> Path:
@@ -166,26 +167,34 @@ def ensure(project: Path, serve_args: list[str], idle: float = IDLE_DEFAULT) -> 
     config_fp, code_fp = fingerprint(project)
     state = _read_state(folder)
     keeper = int(state.get("keeper", 0) or 0)
+    why = "no warm daemon"
     if keeper and _alive(keeper):
+        why = "settings, fnd or fnd.toml/.env/requirements changed"
         if state.get("key") == key and state.get("config") == config_fp:
             warm = Warm(folder, str(state["listen"]), folder / "serve.log", keeper)
-            if state.get("code") == code_fp or _reload(folder):
+            refused = None if state.get("code") == code_fp else _reload(folder)
+            if refused is None:
                 state["code"] = code_fp
                 _write_state(folder, state)
                 touch(folder)
                 return warm
+            why = f"reload refused: {refused}"
         stop(folder)
+    (folder / RESTART_REASON).write_text(why + "\n")  # for whoever wonders why (tests too)
     return _start(folder, project, serve_args, idle, key, config_fp, code_fp)
 
 
-def _reload(folder: Path) -> bool:
+def _reload(folder: Path) -> str | None:
+    """None once the daemon serves the current code, else why it does not."""
     from fnd.ctl import client
 
     try:
         answer = asyncio.run(client.request(str(folder / "control.sock"), {"cmd": "reload"}, 60))
-    except (OSError, ValueError):  # TimeoutError is an OSError
-        return False
-    return bool(answer.get("ok")) and not answer.get("problems")
+    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+        return f"{type(exc).__name__}: {exc}"
+    if answer.get("ok") and not answer.get("problems"):
+        return None
+    return str(answer.get("error") or answer.get("problems") or answer)
 
 
 def touch(folder: Path) -> None:

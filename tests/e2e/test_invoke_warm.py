@@ -110,7 +110,11 @@ def test_edits_between_calls_are_served(project: Path) -> None:
     edited = handler.read_text().replace('f"{context.GREETING}', 'f"Edited {context.GREETING}')
     handler.write_text(edited)
     assert greeting() == "Edited Hello, Ada!"  # a function edit: the same daemon reloads
-    assert _processes_of(project) == pids
+    if _processes_of(project) != pids:
+        # A function edit is a reload, never a restart; only a reload the daemon could not
+        # finish (the machine overloaded) may fall back to one.
+        why = (warm.state_folder(project) / warm.RESTART_REASON).read_text()
+        assert why.startswith("reload refused"), why
     (project / ".env").write_text((project / ".env").read_text().replace("Hello", "Howdy"))
     assert greeting() == "Edited Howdy, Ada!"  # .env is read at start: a new daemon
     (project / "functions" / "broken.py").write_text("def handler(:\n")
