@@ -10,11 +10,14 @@ made against other versions of fnd's own packages) is refused with the command t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import re
+import stat
 import sys
 import sysconfig
 from pathlib import Path
@@ -23,6 +26,7 @@ REQUIREMENTS = "requirements.txt"
 DEPS_DIR = Path(".fnd") / "deps"
 MANIFEST = ".fnd-deps.json"  # written into the folder by fnd deps, last thing before the rename
 
+MAX_READ = 1 << 20  # requirements.txt or a manifest larger than this is refused (as fnd deps)
 _NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -45,15 +49,51 @@ def deps_hash(requirements: bytes) -> str:
     return hashlib.sha256(requirements + b"\0" + interpreter_tag().encode()).hexdigest()
 
 
+def read_regular(path: Path) -> bytes:
+    """A regular file's bytes, never through a symlink and at most MAX_READ of them: the
+    daemon reads these as root, and whoever writes the project chooses what they are."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > MAX_READ:
+            raise OSError(errno.EFBIG, f"larger than {MAX_READ} bytes")
+        data = bytearray()
+        while len(data) <= MAX_READ and (chunk := os.read(fd, MAX_READ + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_READ:
+        raise OSError(errno.EFBIG, f"larger than {MAX_READ} bytes")
+    return bytes(data)
+
+
+def _why(exc: OSError) -> str:
+    return ("a symlink (fnd does not follow symlinks in a project)" if exc.errno == errno.ELOOP
+            else str(exc.strerror))
+
+
 def wanted_folder(root: Path) -> Path | None:
     """``root/.fnd/deps/<hash>`` for the project's requirements.txt; None when it has none."""
     try:
-        data = (root / REQUIREMENTS).read_bytes()
+        data = read_regular(root / REQUIREMENTS)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise DepsMismatch(f"{root / REQUIREMENTS} cannot be read: {exc.strerror}") from None
+        raise DepsMismatch(f"{root / REQUIREMENTS} cannot be read: {_why(exc)}") from None
     return root / DEPS_DIR / deps_hash(data)
+
+
+def _refuse_links(root: Path, folder: Path) -> None:
+    """Workers are granted the deps folder: none of .fnd, .fnd/deps, <hash> may be a symlink."""
+    for path in (root / DEPS_DIR.parent, root / DEPS_DIR, folder):
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise DepsMismatch(f"{path} is a symlink: fnd does not follow symlinks in a "
+                                   f"project; remove it and run: fnd deps {root}")
+        except FileNotFoundError:
+            return  # missing: said below, with the command that makes it
 
 
 def fnd_runtime_versions() -> dict[str, str]:
@@ -91,7 +131,7 @@ def stale_shared(manifest: dict[str, object], runtime: dict[str, str]) -> list[s
 
 def read_manifest(folder: Path) -> dict[str, object] | None:
     try:
-        data = json.loads((folder / MANIFEST).read_text())
+        data = json.loads(read_regular(folder / MANIFEST))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -104,6 +144,7 @@ def installed_folder(root: Path) -> Path | None:
     folder = wanted_folder(root)
     if folder is None:
         return None
+    _refuse_links(root, folder)
     fix = f"run: fnd deps {root}"
     shown = f"{DEPS_DIR}/{folder.name}"
     manifest = read_manifest(folder)
