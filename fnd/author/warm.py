@@ -127,8 +127,14 @@ def locked(folder: Path) -> Iterator[None]:
     ``--stop`` removes the folder, lock file included: a waiter that then gets the lock of
     the removed file takes the new one instead."""
     while True:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        with open(folder / "lock", "a") as lock:
+        # --stop may remove the folder at any moment: make it again and retry.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        try:
+            lock = open(folder / "lock", "a")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            continue
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 held = os.fstat(lock.fileno())
