@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="build packages published only as source (runs their build "
                            "code, in the build sandbox); default: wheels only")
 
+    _deploy_parser(commands)
+
     init = commands.add_parser("init", help="create a new function project in DIR")
     init.add_argument("dir", help="folder to create (must be new or empty)")
 
@@ -103,6 +105,28 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("--stop", action="store_true",
                         help="stop the project's warm daemon and exit")
     return parser
+
+
+def _deploy_parser(commands: Any) -> None:
+    from fnd.ctl.deploy import DEFAULT_ROOT, DESCRIPTION
+
+    deploy = commands.add_parser(
+        "deploy", help="serve a release folder: check, switch the project symlink, reload",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="fnd deploy [options] RELEASE_DIR [NAME]\n       fnd deploy --rollback "
+              "[options] [NAME]")
+    deploy.add_argument("release", nargs="?", metavar="RELEASE_DIR",
+                        help="the release folder to serve (functions/, assets/, .env 0600)")
+    _daemon_choice(deploy)
+    deploy.add_argument("--rollback", action="store_true",
+                        help="serve the previous release again (ROOT/LINK.previous)")
+    deploy.add_argument("--root", default=DEFAULT_ROOT, metavar="DIR",
+                        help=f"the folder holding the symlink (default: {DEFAULT_ROOT})")
+    deploy.add_argument("--link", metavar="LINK",
+                        help="the symlink's name in ROOT (default: NAME, else project)")
+    deploy.add_argument("--no-reload", action="store_true",
+                        help="only switch the symlink: for a daemon not started yet "
+                             "(first install), which serves the release when it starts")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +158,11 @@ def _command(argv: list[str] | None) -> int:
                      f"{_did_you_mean(parser, args.command, unknown)}")
     if args.command == "serve":
         return _serve(args)
-    if args.command in ("status", "reload", "metrics"):
+    if args.command == "deploy" and args.rollback and args.name is None:
+        args.name, args.release = args.release, None  # `--rollback NAME`: no release given
+    if args.command == "deploy" and (args.release is None) != args.rollback:
+        parser.error("deploy: give RELEASE_DIR, or --rollback (not both)")
+    if args.command in ("status", "reload", "metrics", "deploy"):
         from fnd.ctl.instances import InstanceError, control_path
 
         try:
@@ -147,6 +175,8 @@ def _command(argv: list[str] | None) -> int:
         return _reload(args)
     if args.command == "metrics":
         return _metrics(args)
+    if args.command == "deploy":
+        return _deploy(args)
     if args.command == "init":
         return _init(args)
     if args.command == "deps":
@@ -154,6 +184,14 @@ def _command(argv: list[str] | None) -> int:
     if args.command == "invoke":
         return _invoke(args)
     return EXIT_USAGE
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from fnd.ctl.deploy import DeployArgs, deploy
+
+    return deploy(DeployArgs(
+        release=args.release, rollback=args.rollback, name=args.name,
+        control=args.control_path, root=args.root, link=args.link, reload=not args.no_reload))
 
 
 def _init(args: argparse.Namespace) -> int:
