@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.doc_blocks import vm_blocks
 from tests.fndserver import FIXTURES, FndServer, Ledger
 
 GOOD = "def handler(context, event, callback):\n    callback(None, {text!r})\n"
@@ -183,3 +184,35 @@ def test_without_a_daemon_or_a_previous_release_nothing_is_changed() -> None:
             rollback.stderr
         assert os.readlink(root / "project") == str(one)
         assert sorted(p.name for p in root.iterdir()) == ["project", "releases"]
+
+
+def test_the_pages_deploy_and_rollback_blocks_work_as_written() -> None:
+    """docs/operating.md's marked deploy and rollback steps, run by bash with only their
+    paths moved under ROOT (and the daemon named: the default control socket is not ours)."""
+    blocks = {step: found[0] for step, found in vm_blocks().items()}
+    with _root() as root:
+        one = _release(root, "2026-12-01-1", GOOD.format(text="one"))
+        example = _release(root, "example", GOOD.format(text="two"))  # the page's examples/hello
+        shutil.copy2(example / ".env", example / ".env.example")
+        assert _deploy(root, "--no-reload", str(one)).returncode == 0
+        with _serving(root) as fnd:
+            moved = {"/usr/local/src/fnd/examples/hello": str(example), "/srv/fnd": str(root),
+                     "fnd deploy ": f"fnd deploy --root {root} --control {fnd.control} "}
+
+            def run(block: str) -> subprocess.CompletedProcess[str]:
+                for old, new in moved.items():
+                    block = block.replace(old, new)
+                return subprocess.run(
+                    ["bash", "-euo", "pipefail", "-c", block], capture_output=True, text=True,
+                    timeout=600, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
+
+            deployed = run(blocks["deploy"])
+            assert deployed.returncode == 0, deployed.stderr
+            two = root / "releases" / "2026-12-02-1"
+            assert os.readlink(root / "project") == str(two)
+            assert (two / ".env").stat().st_mode & 0o777 == 0o600
+            assert fnd.get("/hello").text == "two"
+            rolled = run(blocks["rollback"])
+            assert rolled.returncode == 0, rolled.stderr
+            assert os.readlink(root / "project") == str(one)
+            assert fnd.get("/hello").text == "one"

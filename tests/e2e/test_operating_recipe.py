@@ -1,7 +1,9 @@
 """docs/operating.md, followed as written: install, the unit's command, nginx, a signed request.
 
 The install block is taken from the page and run as it stands, with its paths moved under a
-temporary folder (and its `apt-get` lines left to the machine: .ci/run installs packages).
+temporary folder (and its `apt-get` lines left to the machine: .ci/run installs packages): it
+leaves the source tree as it was, puts `fnd` on PATH and makes the project a symlink to the
+first release.
 The daemon is started with the unit's own `ExecStart=` (no systemd here), nginx with the
 shipped site, and a request signed for nginx's URL must reach the protected function.
 """
@@ -38,8 +40,9 @@ def _sh_blocks(section: str) -> list[str]:
 def test_the_operating_recipe_serves_a_signed_request_through_nginx() -> None:
     prefix = Path(tempfile.mkdtemp(prefix="fnd-recipe-", dir="/tmp"))
     prefix.chmod(0o755)
-    project = prefix / "my-project"
+    project = prefix / "hello"  # the page's example project: the ops fixture here
     shutil.copytree(FIXTURES / "ops", project)
+    shutil.copy2(project / ".env", project / ".env.example")
     # pip builds in the source folder (build/, fnd.egg-info): a copy of what scripts/setup-venv
     # installs, so that nothing is left in the checkout.
     source = prefix / "fnd-source"
@@ -49,9 +52,12 @@ def test_the_operating_recipe_serves_a_signed_request_through_nginx() -> None:
     for name in ("fnd", "daemon", "worker", "protocol", "docs"):
         shutil.copytree(ROOT / name, source / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
+    before = sorted(str(p.relative_to(source)) for p in source.rglob("*"))
+    (prefix / "usr" / "local" / "bin").mkdir(parents=True)
     moved = {"/opt/fnd-venv": f"{prefix}/opt/fnd-venv", "/srv/fnd": f"{prefix}/srv/fnd",
-             "/run/fnd": f"{prefix}/run/fnd", "/path/to/fnd": str(source),
-             "my-project": str(project)}
+             "/run/fnd": f"{prefix}/run/fnd", "/usr/local/src/fnd/examples/hello": str(project),
+             "/usr/local/src/fnd": str(source), "/usr/local/bin": f"{prefix}/usr/local/bin",
+             "fnd deploy ": f"fnd deploy --root {prefix}/srv/fnd "}
 
     def local(text: str) -> str:
         for old, new in moved.items():
@@ -62,8 +68,13 @@ def test_the_operating_recipe_serves_a_signed_request_through_nginx() -> None:
     script = "\n".join(line for line in local(install).splitlines()
                        if not line.startswith("apt-get "))
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={"PATH": f"{prefix}/usr/local/bin:/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert sorted(str(p.relative_to(source)) for p in source.rglob("*")) == before
+    release = prefix / "srv" / "fnd" / "releases" / "2026-12-01-1"
+    assert (prefix / "srv" / "fnd" / "project").readlink() == release
+    assert (release / ".env").stat().st_mode & 0o777 == 0o600
     unit = (ROOT / "systemd" / "fnd.service").read_text()
     command = local(re.search(r"^ExecStart=(.+)$", unit, re.M).group(1)).split()
     (prefix / "run" / "fnd").mkdir(parents=True)  # RuntimeDirectory=fnd
