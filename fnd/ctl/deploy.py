@@ -101,8 +101,9 @@ class _Deploy:
         failure = self._reload(release)
         if failure is not None:
             self._switch_back()
-            _say(f"fnd: deploy failed: {failure}; switched back to {self._shown_current()}; "
-                 f"the previous code keeps serving")
+            back = (f"switched back to {self.current}" if self.current is not None
+                    else f"removed {self.link.path} again")
+            _say(f"fnd: deploy failed: {failure}; {back}; the previous code keeps serving")
             return EXIT_FAILED
         self._record_previous(release)
         previous = self.link.previous()
@@ -177,9 +178,6 @@ class _Deploy:
         """The release that was served before, unless this deploy served it again."""
         if self.current is not None and self.link.resolve(self.current) != release:
             self.link.record_previous(self.current)
-
-    def _shown_current(self) -> str:
-        return self.current if self.current is not None else f"no {self.link.path}"
 
     def _where(self) -> str:
         if self.current is None:

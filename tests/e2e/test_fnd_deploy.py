@@ -216,3 +216,22 @@ def test_the_pages_deploy_and_rollback_blocks_work_as_written() -> None:
             assert rolled.returncode == 0, rolled.stderr
             assert os.readlink(root / "project") == str(one)
             assert fnd.get("/hello").text == "one"
+
+
+def test_a_served_project_folder_becomes_the_first_release_as_the_refusal_says() -> None:
+    with _root() as root:
+        folder = _release(root, "staged", GOOD.format(text="folder"))
+        folder.rename(root / "project")  # an install from before fnd deploy: a real folder
+        with _serving(root) as fnd:
+            refused = _deploy(root, str(_release(root, "2026-12-02-1", GOOD.format(text="x"))),
+                              control=fnd.control)
+            assert refused.returncode == 1
+            first = root / "releases" / "project-first"
+            command = f"mv {root / 'project'} {first} && fnd deploy --root {root} {first}"
+            assert command in refused.stderr, refused.stderr
+            (root / "project").rename(first)
+            done = _deploy(root, str(first), control=fnd.control)
+            assert done.returncode == 0, done.stderr
+            assert os.readlink(root / "project") == str(first)
+            assert fnd.status()["project"] == str(first)
+            assert fnd.get("/hello").text == "folder"
