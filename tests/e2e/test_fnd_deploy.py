@@ -112,8 +112,9 @@ def test_a_release_the_reload_refuses_is_switched_back_and_the_old_code_keeps_se
             assert os.readlink(root / "project") == str(one)
             assert not (root / "project.previous").exists()
             assert fnd.get("/hello").text == "one"
-            # A restart now starts on the link's code: the one that serves.
             assert fnd.status()["project"] == str(one)
+        with _serving(root) as restarted:  # a restart starts on the link: the code that served
+            assert restarted.get("/hello").text == "one"
 
 
 def test_a_release_with_problems_changes_nothing_and_names_each() -> None:
