@@ -14,9 +14,9 @@ The process limit (RLIMIT_NPROC, per uid) and the memory limit (RLIMIT_DATA) are
 worker itself (worker/sandbox/limits.py). There is no OOM attribution: ``oom_killed`` is
 always False.
 
-/proc is scanned once per question. A worker is not dumpable, so its /proc folder belongs to
-root: only root-owned and in-range folders have their status read (a few in a pod's own pid
-namespace; every root process on a host).
+/proc is scanned once per question: one stat() per process, and a read of its status only
+for the slot's own processes and for root-owned ones not seen before (a worker is not
+dumpable, so its /proc folder belongs to root). See ``scan`` for what is remembered.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from fnd.daemon.sandbox import uid_killer
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _POLL = 0.002
+# cpu() right after tasks() (a worker verified clean going idle) reads the CPU of the
+# processes that count found, not /proc again: a process started since is found by the next
+# count, as the slot's next check is a count.
+_REUSE = 0.01
+Known = dict[int, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -42,24 +47,61 @@ class Task:
     zombie: bool
 
 
-def scan(first: int, count: int) -> list[Task]:
-    """Every process whose real uid is in first .. first + count - 1."""
+def scan(first: int, count: int, known: Known | None = None) -> list[Task]:
+    """Every process whose real uid is in first .. first + count - 1.
+
+    ``known`` (updated) maps pid -> (inode of /proc/PID, real uid) for processes whose uid
+    cannot become one of the range: any uid but root's (only root changes uid), and root
+    processes older than the daemon's workers. Those outside the range are skipped without
+    a read; a new process under a reused pid has another inode."""
     found = []
     last = first + count - 1
+    seen: Known = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            info = entry.stat()  # st_uid: the effective uid; root for a non-dumpable process
+            if info.st_uid != 0 and not first <= info.st_uid <= last:
+                continue
+            cached = known.get(pid) if known is not None else None
+            if cached is not None and cached[0] == info.st_ino:
+                seen[pid] = cached
+                if not first <= cached[1] <= last:
+                    continue
+            with open(f"/proc/{pid}/status", "rb") as f:
+                text = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        task = _parse_status(pid, text)
+        if task is None:
+            continue
+        if task.uid != 0:
+            seen[pid] = (info.st_ino, task.uid)
+        if first <= task.uid <= last:
+            found.append(task)
+    if known is not None:
+        known.clear()
+        known.update(seen)
+    return found
+
+
+def _known_now() -> Known:
+    """pid -> (/proc inode, real uid) of every process that runs now as root or another
+    uid, read before this daemon forks any worker: none of them can become one of ours."""
+    found: Known = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            owner = entry.stat().st_uid  # the effective uid; root for a non-dumpable process
-            if owner != 0 and not first <= owner <= last:
-                continue
+            info = entry.stat()
             with open(f"/proc/{entry.name}/status", "rb") as f:
-                text = f.read()
-        except OSError:  # gone meanwhile
+                task = _parse_status(int(entry.name), f.read())
+        except OSError:
             continue
-        task = _parse_status(int(entry.name), text)
-        if task is not None and first <= task.uid <= last:
-            found.append(task)
+        if task is not None and not task.zombie:
+            found[task.pid] = (info.st_ino, task.uid)
     return found
 
 
@@ -94,6 +136,11 @@ class UidAccounting:
     def __init__(self, first: int, count: int) -> None:
         self.first = first
         self.count = count
+        self._known = _known_now()
+        self._counted: dict[int, tuple[float, list[Task]]] = {}  # slot -> the last tasks()
+
+    def _scan(self, slot: int) -> list[Task]:
+        return scan(self.uid(slot), 1, self._known)
 
     def describe(self) -> str:
         return "uid"
@@ -102,28 +149,34 @@ class UidAccounting:
         return self.first + slot
 
     def pids(self, slot: int) -> list[int]:
-        return [t.pid for t in scan(self.uid(slot), 1)]
+        return [t.pid for t in self._scan(slot)]
 
     def tasks(self, slot: int) -> int | None:
         """Threads of every process of the slot, one per zombie (like pids.current)."""
-        return sum(1 if t.zombie else t.threads for t in scan(self.uid(slot), 1))
+        found = self._scan(slot)
+        self._counted[slot] = (time.monotonic(), found)
+        return sum(1 if t.zombie else t.threads for t in found)
 
     def cpu(self, slot: int) -> float | None:
         """CPU seconds of the slot's live processes and of the children they reaped. Unlike
         a cgroup's counter it forgets a process once it is gone: it is read across an idle
         spell, when nothing of the slot should start or end."""
-        return sum(_cpu_seconds(t.pid) for t in scan(self.uid(slot), 1) if not t.zombie)
+        when, found = self._counted.get(slot, (0.0, []))
+        if time.monotonic() - when > _REUSE:
+            found = self._scan(slot)
+        return sum(_cpu_seconds(t.pid) for t in found if not t.zombie)
 
     def kill_slot(self, slot: int, timeout: float = 2.0) -> int:
         """SIGKILL every process of the slot's uid; returns how many were alive."""
-        alive = [t for t in scan(self.uid(slot), 1) if not t.zombie]
+        alive = [t for t in self._scan(slot) if not t.zombie]
         if alive:
             kill_uid(self.uid(slot), timeout)
         return len(alive)
 
     def kill_all(self) -> int:
         """Kill every process of the range (leftovers of an earlier daemon, or at stop)."""
-        uids = sorted({t.uid for t in scan(self.first, self.count) if not t.zombie})
+        uids = sorted({t.uid for t in scan(self.first, self.count, self._known)
+                       if not t.zombie})
         for uid in uids:
             kill_uid(uid)
         return len(uids)
