@@ -6,7 +6,8 @@ slot's uid belongs to this daemon alone (daemon/sandbox/uid_claim.py), so "the p
 uid U" is exactly what the slot's cgroup would hold. What the cgroups do, done by uid:
 
   kill_slot     a helper process running as the slot's uid sends kill(-1, SIGKILL) until
-                nothing of the uid is left (uid_killer.py): setsid or re-parented children die
+                nothing of the uid is left (uid_killer.py): setsid or re-parented children die;
+                survivors (one may kill the helper first) are SIGKILLed through pidfds
   tasks / cpu   the outside checks (tasks left after DONE, CPU used while idle) read /proc
   pids          processes of the uid, zombies included, as cgroup.procs would list them
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -190,7 +192,10 @@ class UidAccounting:
 
 def kill_uid(uid: int, timeout: float = 2.0) -> bool:
     """Run uid_killer.py as `uid` (and gid `uid`, no groups) until no live process of the
-    uid is left; False if one still is at the deadline."""
+    uid is left; False if one still is at the deadline.
+
+    A process of the uid may kill each helper first (it may signal its own uid too), so
+    after every run the daemon also SIGKILLs the survivors it finds itself, through pidfds."""
     deadline = time.monotonic() + timeout
     while True:
         # user=/group= are applied in C between fork and exec: safe from a thread. On its
@@ -201,8 +206,31 @@ def kill_uid(uid: int, timeout: float = 2.0) -> bool:
                 user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
                 cwd="/", timeout=max(deadline - time.monotonic(), 0.1), check=False)
-        if not any(not t.zombie for t in scan(uid, 1)):
+        survivors = [t.pid for t in scan(uid, 1) if not t.zombie]
+        if not survivors:
             return True
+        for pid in survivors:
+            _kill_if_uid(pid, uid)
         if time.monotonic() >= deadline:
-            return False
+            return not any(not t.zombie for t in scan(uid, 1))
         time.sleep(_POLL)
+
+
+def _kill_if_uid(pid: int, uid: int) -> None:
+    """SIGKILL `pid` if it still runs as `uid`: the pidfd pins the process, so a pid reused
+    by another process between the check and the signal is never hit."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            task = _parse_status(pid, f.read())
+        if task is not None and task.uid == uid:
+            # Read after the pidfd was opened: if that process has since died, the signal
+            # fails (ESRCH) instead of reaching whoever took its pid.
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -153,3 +153,12 @@ def test_accounting_cgroup_refuses_to_start_strict_without_one() -> None:
         refused = " ".join(str(line.get("reason") or line.get("text") or "")
                            for line in server.lines)
         assert "no usable cgroup hierarchy" in refused, refused
+
+
+def test_a_child_that_kills_its_own_uid_in_a_loop_is_killed_too(fnd: FndServer) -> None:
+    response = fnd.get("/kill_loop")
+    assert response.status_code in (502, 504), (response.status_code, response.text)
+    looper = int(_line(fnd, "looper="))
+    gone(looper, 5 + SLACK, f"the kill(-1) looper {looper} killed")
+    until(lambda: not fnd.status()["per_worker"] or _hello(fnd) is not None, 5 + SLACK)
+    _hello(fnd)
