@@ -146,6 +146,17 @@ def test_memory_hog_gets_a_memory_error_and_the_next_call_is_served(fnd: FndServ
     _hello(fnd)
 
 
+def test_a_writable_cgroup_is_used_as_before_unless_uid_is_asked_for() -> None:
+    with running(FIXTURE) as fnd:  # this host's cgroup v1 hierarchies are writable
+        status = fnd.status()
+        assert status["accounting"] == "cgroup v1", status
+        assert status["per_worker"][0]["layers"]["cgroup"].startswith("v1 memory+pids"), status
+    with running(FIXTURE, env={"FND_ACCOUNTING": "uid"}) as fnd:
+        status = fnd.status()
+        assert status["accounting"] == "uid", status
+        assert status["per_worker"][0]["layers"]["cgroup"] == "n/a: uid accounting", status
+
+
 def test_accounting_cgroup_refuses_to_start_strict_without_one() -> None:
     with running(FIXTURE, wrap=without_cgroups, env={"FND_ACCOUNTING": "cgroup"},
                  ready=False) as server:
