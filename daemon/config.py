@@ -214,6 +214,11 @@ class Config:
     sandbox: str = setting(
         "strict", "`permissive` starts even when a protection cannot be applied (with a "
         "warning)", choices=("strict", "permissive"))
+    accounting: str = setting(
+        "auto", "what holds a worker's processes together: `cgroup` (refuse to start strict "
+        "without a writable one), `uid` (the worker's uid and rlimits), `auto` (a cgroup when "
+        "one can be written, else uid; docs/sandbox.md#uid-accounting)",
+        choices=("auto", "cgroup", "uid"))
     memory_mb: int = setting(256, "memory limit of each worker", unit="MiB", minimum=0)
     scratch_mb: int = setting(
         64, "size of each worker's scratch folder (its own tmpfs; a write beyond it fails with "

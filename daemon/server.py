@@ -230,6 +230,7 @@ class Daemon:
         _log.info("ready", version=__version__, listen=self.listen_address,
                   control=self.control.path, workers=self.config.workers_min,
                   uids=uids.describe() if uids is not None else None,
+                  accounting=self.sandbox.accounting(),
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
         self.notifier.ready()
         self._background(self._report_status())
@@ -424,6 +425,7 @@ class Daemon:
             "sandbox": self.config.sandbox,
             "sandbox_warnings": self.sandbox.warnings,
             "uids": self.sandbox.uid_status(),
+            "accounting": self.sandbox.accounting(),
             "workers": pool["workers"],
             "queue": pool["queue"],
             "queue_longest_wait": pool["queue_longest_wait"],

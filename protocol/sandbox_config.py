@@ -31,6 +31,9 @@ Keys:
                       scratch_root are always hidden except for what is granted explicitly)
   cgroup_dirs         the worker's own cgroup dirs, made by daemon/sandbox/cgroups.py; "{slot}" in
                       an entry is replaced by the slot number
+  accounting          "cgroup", or "uid": no cgroup could be written, the daemon accounts the
+                      slot by its uid (daemon/sandbox/uid_accounting.py) and the worker's
+                      rlimits (NPROC, DATA) are its bounds
 
 The worker answers with a report ``{layer: value}``: "on", a detail such as "abi 7" or
 "61003", "off: reason" for a layer that should be there and is not, or "n/a: reason" for a
@@ -83,6 +86,7 @@ class SandboxConfig(TypedDict):
     readable_paths: list[str]
     hidden_paths: list[str]
     cgroup_dirs: list[str]
+    accounting: Literal["cgroup", "uid"]
 
 
 def default_data_bytes(memory_bytes: int) -> int:
@@ -106,6 +110,8 @@ def resolve(settings: Mapping[str, object]) -> SandboxConfig:
     unknown = sorted(set(s) - known)
     if unknown:
         raise ValueError(f"unknown sandbox setting(s): {', '.join(unknown)}")
+    if s.get("accounting", "cgroup") not in ("cgroup", "uid"):
+        raise ValueError(f"sandbox accounting must be 'cgroup' or 'uid', got {s['accounting']!r}")
     mode = s.get("mode", "strict")
     if mode not in ("strict", "permissive"):
         raise ValueError(f"sandbox mode must be 'strict' or 'permissive', got {mode!r}")
@@ -129,6 +135,7 @@ def resolve(settings: Mapping[str, object]) -> SandboxConfig:
         "readable_paths": _strs(s, "readable_paths"),
         "hidden_paths": _strs(s, "hidden_paths"),
         "cgroup_dirs": _strs(s, "cgroup_dirs"),
+        "accounting": "uid" if s.get("accounting", "cgroup") == "uid" else "cgroup",
     }
     return resolved
 

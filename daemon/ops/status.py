@@ -69,6 +69,8 @@ class Status(TypedDict):
     sandbox: str
     sandbox_warnings: list[str]
     uids: UidStatus | None  # None: workers keep the daemon's uid (not root)
+    # What holds a slot's processes: "cgroup v1", "cgroup v2", "uid" or "none" (not root).
+    accounting: NotRequired[str]
     workers: WorkerCounts
     queue: int
     queue_longest_wait: float

@@ -377,7 +377,7 @@ class Pool(WorkerSupervisor):
                                       attempt + 1)
                 return
             self._finalize(call)
-            worker.kill(f"{tasks - 1} thread(s) or process(es) left in its cgroup after the "
+            worker.kill(f"{tasks - 1} thread(s) or process(es) left in its slot after the "
                         "call", deaths.UNCLEAN)
             return
         if call.cpu is not None and call.started:

@@ -20,8 +20,9 @@ from fnd.daemon.sandbox.privileges import missing_capabilities, unwritable_cgrou
 from fnd.daemon.sandbox.read_check import check_readable_for_uid, interpreter_paths, project_paths
 from fnd.daemon.sandbox.scratch import ScratchMounts
 from fnd.daemon.sandbox.scratch_root import ScratchRoot, sweep_stale
-from fnd.daemon.sandbox.slot_probe import SlotProbe
+from fnd.daemon.sandbox.slot_probe import Probe, SlotProbe
 from fnd.daemon.sandbox.sysv_ipc import remove_owned_by
+from fnd.daemon.sandbox.uid_accounting import UidAccounting
 from fnd.daemon.sandbox.uid_claim import FIRST_UID, UidClaim, UidRangeTaken, claim
 from fnd.protocol.sandbox_config import SandboxConfig, resolve
 
@@ -41,6 +42,7 @@ class SandboxSetup:
     _probe: SlotProbe | None = None
     scratch: ScratchMounts | None = None  # None: scratch folders are not size-limited
     uids: UidClaim | None = None  # None: not root, or (permissive) the range is not held
+    by_uid: UidAccounting | None = None  # slots accounted by uid: no usable cgroup
 
     def prepare_slot(self, slot: int) -> None:
         """Before a worker is forked: the slot's cgroups (made once), its scratch mounted and
@@ -51,9 +53,12 @@ class SandboxSetup:
             self.scratch.prepare(slot)
 
     def kill_slot(self, slot: int) -> None:
-        """Kill what is left in the slot's cgroup, then empty its scratch (runs in a thread)."""
+        """Kill what is left in the slot's cgroup (or of its uid), then empty its scratch
+        (runs in a thread)."""
         if self.cgroups is not None:
             self.cgroups.kill_slot(slot)
+        if self.by_uid is not None:
+            self.by_uid.kill_slot(slot)
         self.release_slot(slot)
 
     def release_slot(self, slot: int) -> None:
@@ -87,10 +92,14 @@ class SandboxSetup:
             self.cgroups.pids(slot) or self.cgroups.pids_current(slot)
         ):
             return False
+        if self.by_uid is not None and self.by_uid.tasks(slot):
+            return False
         return self.scratch is None or not self.scratch.has_files(slot)
 
-    def probe(self) -> SlotProbe | None:
-        """Outside checks of a slot (task count, CPU), where the slot has cgroups."""
+    def probe(self) -> Probe | None:
+        """Outside checks of a slot (task count, CPU), from its cgroups or its uid."""
+        if self.by_uid is not None:
+            return self.by_uid
         if self.cgroups is None:
             return None
         if self._probe is None:
@@ -99,6 +108,13 @@ class SandboxSetup:
 
     def oom_killed(self, slot: int) -> bool:
         return self.cgroups.oom_killed(slot) if self.cgroups is not None else False
+
+    def accounting(self) -> str:
+        """What holds each slot's processes together, for `fnd status`: "cgroup v1",
+        "cgroup v2", "uid" or "none"."""
+        if self.cgroups is not None:
+            return f"cgroup {self.cgroups.layout.version}"
+        return "uid" if self.by_uid is not None else "none"
 
     def uid_status(self) -> UidStatus | None:
         """The worker uid range for `fnd status`; None when workers keep the daemon's uid."""
@@ -115,6 +131,8 @@ class SandboxSetup:
         if self.uids is not None:
             before = self.uids.count
             self.uids.grow(slots)
+            if self.by_uid is not None:
+                self.by_uid.count = self.uids.count
             self.remove_ipc(range(before, self.uids.count))
 
     def cleanup(self) -> None:
@@ -122,6 +140,8 @@ class SandboxSetup:
             self._probe.close()
         if self.cgroups is not None:
             self.cgroups.cleanup()
+        if self.by_uid is not None:
+            self.by_uid.kill_all()
         if self.scratch is not None:
             self.scratch.cleanup()
         self.root.remove()
@@ -160,6 +180,28 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
     # Capabilities first: without CAP_SETUID the read check below could not even switch uid.
     _fail_or_warn(setup, strict, [f"missing capability {cap}" for cap in missing_capabilities()])
     _fail_or_warn(setup, strict, _unreadable(config, resolved["uid_base"]))
+    problems = [] if config.accounting == "uid" else _make_cgroups(setup)
+    if problems and config.accounting != "cgroup" and setup.uids is not None:
+        # No cgroup can be written here: each slot's uid, held by this daemon alone, is
+        # what holds its processes together instead (docs/sandbox.md#uid-accounting).
+        _log.info("no usable cgroup: worker slots accounted by uid", reason="; ".join(problems))
+        problems = []
+    if not problems and setup.cgroups is None:
+        if setup.uids is None:
+            problems = ["uid accounting: the worker uid range is not held"]
+        else:
+            setup.by_uid = UidAccounting(setup.uids.first, setup.uids.count)
+            setup.by_uid.kill_all()  # what a killed daemon with this range left running
+            resolved["accounting"] = "uid"
+    _fail_or_warn(setup, strict, problems)
+    if config.scratch_mb:
+        _mount_scratch(setup, strict, config)
+    return setup
+
+
+def _make_cgroups(setup: SandboxSetup) -> list[str]:
+    """The daemon's cgroups, or why none can be made (nothing is left made then)."""
+    resolved = setup.settings
     try:
         setup.cgroups = Cgroups.create(resolved["memory_bytes"], resolved["pids_max"])
         resolved["cgroup_dirs"] = setup.cgroups.dir_templates()
@@ -168,10 +210,11 @@ def prepare_sandbox(config: Config) -> SandboxSetup:
         problems = [f"cgroup: {p}" for p in unwritable_cgroup_files(setup.cgroups.slot_dirs(0))]
     except CgroupError as exc:
         problems = [f"cgroup: {exc}"]
-    _fail_or_warn(setup, strict, problems)
-    if config.scratch_mb:
-        _mount_scratch(setup, strict, config)
-    return setup
+    if problems and setup.cgroups is not None:
+        setup.cgroups.cleanup()
+        setup.cgroups = None
+        resolved["cgroup_dirs"] = []
+    return problems
 
 
 def _claim_uids(setup: SandboxSetup, strict: bool, config: Config) -> None:

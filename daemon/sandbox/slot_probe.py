@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Protocol
 
 from fnd.daemon.sandbox.cgroups import Cgroups
+
+
+class Probe(Protocol):
+    """A slot's task count and CPU seconds, None where not accounted (SlotProbe from its
+    cgroups; uid_accounting.UidAccounting from /proc)."""
+
+    def tasks(self, slot: int) -> int | None: ...
+    def cpu(self, slot: int) -> float | None: ...
+    def close(self) -> None: ...
 
 
 class SlotProbe:

@@ -103,6 +103,9 @@ def render_status(status: StatusAnswer) -> str:
         _field("uids", _uids(status)),
     ]
     layers = _layers(per_worker)
+    if status.get("accounting"):
+        # Named first: with "uid" the cgroup layer below reads "n/a: uid accounting".
+        layers = ", ".join(p for p in (f"accounting={status['accounting']}", layers) if p)
     if layers:
         lines.append(_field("layers", layers))
     lines += [

@@ -3,7 +3,8 @@
 The zygote calls, in the forked child, ``os.setsid()`` and then ``apply(settings, slot,
 keep_fds, prepared)``, which runs these steps in this order (docs/sandbox.md#the-layers says why):
 
-  cgroup        join the slot's cgroups while still root      required when memory_bytes > 0
+  cgroup        join the slot's cgroups while still root      required when memory_bytes > 0,
+                unless settings["accounting"] is "uid" (no cgroup could be written)
   scratch       recreate scratch_root/slot-N (0700, the slot's uid); TMPDIR and cwd point there
   scratch_limit the scratch dir is the daemon's tmpfs of at most scratch_bytes  required (root,
                 scratch_bytes > 0)
@@ -138,6 +139,9 @@ def apply(
         run.report["cgroup"] = "n/a: not running as root"
     elif s["memory_bytes"] == 0:
         run.report["cgroup"] = "n/a: no memory limit configured"
+    elif s["accounting"] == "uid":
+        # The rlimits below bound it; the daemon watches and kills the slot by its uid.
+        run.report["cgroup"] = "n/a: uid accounting"
     else:
         run.layer("cgroup", True, _no_cgroup)
     scratch = run.layer("scratch", True, lambda: _scratch(s["scratch_root"], slot, uid, gid))
