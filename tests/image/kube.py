@@ -3,12 +3,17 @@
 tests/image/fixtures/kube into localhost/fnd-project:latest.
 
 The Deployment file is played unchanged. What podman 4.3 does differently from a kubelet is
-worked around here, never in the manifests (docs/scaling.md#podman-kube-play-as-a-node):
-it fills a Secret volume from `data` only, so the Secret is played from a file of the test's
-own as `kubectl create secret generic --from-file` makes it; it publishes every containerPort
-on the host at the same number, so of the two replicas only fnd-pod-0 is started (the
-other's ports would clash) and the test reaches the pod on 127.0.0.1; it runs no probes here
-(its health checks need systemd), so the test polls /readyz itself.
+worked around here, never in the manifests (docs/scaling.md, "podman kube play as a node"):
+- a Secret volume gets its `data` still base64-encoded, and nothing of `stringData`: a Secret
+  is played so that the volume exists, and the test writes the .env into it, as a kubelet would;
+- every containerPort is published on the host at its own number, so of the two replicas only
+  fnd-pod-0 is started (the other one's ports would clash); the test talks to the pod from
+  inside its network namespace (127.0.0.1 there), as a kubelet's probes and a Service do,
+  which also keeps the connection when podman takes the pod's network down;
+- `podman kube down` kills the containers without a grace period: the test first stops the pod
+  as a kubelet deletes one (SIGTERM, then terminationGracePeriodSeconds), then runs kube down;
+- no probes and no preStop are run (podman's health checks need systemd): the test polls
+  /readyz itself.
 
 Checks marked [uid accounting] need the strict sandbox without a writable cgroup (#23): until
 then the pod crash-loops and the test fails at its first check. Standard library only: it runs
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import json
+import os
 import re
 import socket
 import subprocess
@@ -30,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +78,31 @@ def podman(*args: str, timeout: float = 120, check_rc: bool = True) -> str:
     return done.stdout
 
 
+class PodNetwork:
+    """Threads that live in the pod's network namespace: 127.0.0.1 there is the pod's."""
+
+    _CLONE_NEWNET = 0x40000000
+    executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def enter(cls, pid: int) -> None:
+        # The namespace is held open by this descriptor, even after the pod's processes exit.
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        cls.executor = ThreadPoolExecutor(max_workers=4, initializer=cls._setns, initargs=(fd,))
+
+    @classmethod
+    def _setns(cls, fd: int) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, cls._CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns into the pod's network namespace")
+
+
 def get(port: int, path: str, timeout: float = 30) -> tuple[int, dict[str, str], str]:
+    assert PodNetwork.executor is not None, "the pod is not started"
+    return PodNetwork.executor.submit(_get, port, path, timeout).result(timeout + 30)
+
+
+def _get(port: int, path: str, timeout: float) -> tuple[int, dict[str, str], str]:
     url = f"http://127.0.0.1:{port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -150,8 +182,13 @@ def play(folder: Path) -> None:
                       f"type: Opaque\ndata:\n  .env: {encoded}\n")
     podman("kube", "play", str(secret))
     podman("kube", "play", "--start=false", str(DEPLOYMENT))
-    podman("pod", "rm", "-f", "-t", "0", EXTRA_POD)
-    podman("pod", "start", POD)
+    volume = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", "fnd-env").strip())
+    env = volume / ".env"
+    env.unlink(missing_ok=True)
+    env.write_text(SECRET_ENV)
+    env.chmod(0o400)  # the Secret volume's defaultMode
+    podman("pod", "start", POD)  # fnd-pod-1 stays created, not started
+    PodNetwork.enter(int(podman("inspect", "--format", "{{.State.Pid}}", CONTAINER).strip()))
 
 
 def wait_ready() -> float:
@@ -167,8 +204,10 @@ def wait_ready() -> float:
 
 
 def clean_up() -> None:
-    for args in (["kube", "down", str(DEPLOYMENT)], ["pod", "rm", "-f", "-t", "0", POD, EXTRA_POD],
-                 ["secret", "rm", "fnd-env"], ["volume", "rm", "-f", "fnd-env", "run", "tmp"]):
+    for args in (["kube", "down", str(DEPLOYMENT)], ["pod", "rm", "-f", "-t", "0", POD],
+                 ["pod", "rm", "-f", "-t", "0", EXTRA_POD], ["secret", "rm", "fnd-env"],
+                 ["volume", "rm", "-f", "fnd-env"], ["volume", "rm", "-f", "run"],
+                 ["volume", "rm", "-f", "tmp"]):
         subprocess.run(["podman", *args], capture_output=True, timeout=120, check=False)
 
 
@@ -227,6 +266,7 @@ def _grandchild() -> int | None:
 
 def fork_bomb_is_contained() -> str:
     """[uid accounting] RLIMIT_NPROC per slot uid stops it; everything it forked is killed."""
+    left_before = sandboxed_pids() - worker_pids()  # another check's failure, not this one's
     code, _headers, body = get(HTTP, "/fork_bomb")
     check(code == 200, f"fork bomb answered: {code} {body[:300]}")
     result = json.loads(body)
@@ -234,31 +274,39 @@ def fork_bomb_is_contained() -> str:
           f"fork refused (EAGAIN) early: {result.get('errno')}, {len(result['children'])}")
     children = set(result["children"])
     until(lambda: not children & sandboxed_pids(), "the fork bomb's processes gone")
-    until(only_workers_left, "no sandboxed process but the workers")
+    until(lambda: sandboxed_pids() - worker_pids() <= left_before,
+          "no sandboxed process but the workers")
     check(get(HTTP, "/json")[0] == 200, "answers after the fork bomb")
     return (f"fork bomb stopped at {len(children)} processes (EAGAIN), all of them killed, "
             "nothing left but the workers")
 
 
-def down_answers_the_call_in_flight() -> str:
+def stop_answers_the_call_in_flight() -> str:
     results: list[tuple[int, dict[str, str], str]] = []
     call = threading.Thread(target=lambda: results.append(get(HTTP, "/sleep?s=6", timeout=60)))
     call.start()
     until(lambda: status()[1]["workers"].get("busy", 0) >= 1, "the slow call in flight")
-    down = threading.Thread(target=lambda: podman("kube", "down", str(DEPLOYMENT), timeout=90,
+    # The pod deleted, as a kubelet does it: SIGTERM, SIGKILL after the grace period.
+    stop = threading.Thread(target=lambda: podman("pod", "stop", "-t", "45", POD, timeout=90,
                                                   check_rc=False))
-    down.start()
-    until(lambda: readyz() == (503, "not ready: draining\n"), "/readyz 503 while draining",
-          timeout=10)
-    call.join(60)
-    down.join(90)
+    stop.start()
+    try:
+        until(lambda: readyz() == (503, "not ready: draining\n"), "/readyz 503 while draining",
+              timeout=10)
+        check(not results, "the call was still in flight when /readyz said draining")
+    finally:
+        call.join(60)
+        stop.join(90)
     check(bool(results) and results[0][0] == 200 and results[0][2] == "slept",
-          f"the call in flight answered during `podman kube down`: {results}")
-    return "podman kube down: /readyz 503 at once, the call in flight answered 200"
+          f"the call in flight answered during the stop: {results}")
+    code = podman("inspect", "--format", "{{.State.ExitCode}}", CONTAINER).strip()
+    check(code == "0" and '"event": "stopped"' in logs(), f"fnd drained and exited 0: {code}")
+    podman("kube", "down", str(DEPLOYMENT))
+    return "pod stopped: /readyz 503 at once, the call in flight answered 200, exit 0, kube down"
 
 
 CHECKS = [status_names_uid_accounting, answers_twiml_and_json, timeout_is_504,
-          setsid_child_is_gone, fork_bomb_is_contained, down_answers_the_call_in_flight]
+          setsid_child_is_gone, fork_bomb_is_contained, stop_answers_the_call_in_flight]
 
 
 def main() -> int:
