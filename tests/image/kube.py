@@ -125,6 +125,18 @@ def logs() -> str:
     return done.stdout + done.stderr
 
 
+def log_lines() -> list[dict[str, Any]]:
+    found = []
+    for text in logs().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            found.append(line)
+    return found
+
+
 def restarts() -> int:
     return int(podman("inspect", "--format", "{{.RestartCount}}", CONTAINER).strip() or 0)
 
@@ -196,7 +208,8 @@ def wait_ready() -> float:
 
     def ready() -> bool:
         if restarts() > 0:
-            reasons = re.findall(r'"reason": "([^"]*)", "event": "cannot start"', logs())
+            reasons = [line.get("reason") for line in log_lines()
+                       if line.get("event") == "cannot start"]
             raise CheckFailed(f"the pod crash-loops: {reasons[-1] if reasons else logs()[-800:]}")
         return readyz()[0] == 200
     until(ready, "/readyz 200", timeout=READY_WITHIN)
@@ -233,6 +246,9 @@ def answers_twiml_and_json() -> str:
     check(answer.get("greeting") == "hello from the pod" and answer.get("name") == "kube",
           f"JSON: {code} {body}")
     check(answer.get("from_secret") == "yes", f"the Secret's .env read through env_file: {answer}")
+    left_out = subprocess.run(["podman", "exec", CONTAINER, "ls", "-A", "/srv/project"],
+                              capture_output=True, text=True, timeout=30, check=False).stdout
+    check(".env" not in left_out.split(), f"the project's .env not in the image: {left_out}")
     check(answer.get("uid", 0) != 0, f"the function ran as a slot uid: {answer}")
     return f"TwiML and JSON answers (function as uid {answer['uid']}, .env from the Secret)"
 
@@ -300,7 +316,8 @@ def stop_answers_the_call_in_flight() -> str:
     check(bool(results) and results[0][0] == 200 and results[0][2] == "slept",
           f"the call in flight answered during the stop: {results}")
     code = podman("inspect", "--format", "{{.State.ExitCode}}", CONTAINER).strip()
-    check(code == "0" and '"event": "stopped"' in logs(), f"fnd drained and exited 0: {code}")
+    stopped = any(line.get("event") == "stopped" for line in log_lines())
+    check(code == "0" and stopped, f"fnd drained and exited 0: {code}")
     podman("kube", "down", str(DEPLOYMENT))
     return "pod stopped: /readyz 503 at once, the call in flight answered 200, exit 0, kube down"
 
