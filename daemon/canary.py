@@ -48,8 +48,9 @@ class SelfCheck:
                 if name not in tolerated and (value == "ok" or value.startswith("visible"))]
 
 
-async def run_canary(pool: Pool, project_dir: Path) -> SelfCheck:
-    """One canary invocation through ``pool``; what each attempt ran into."""
+async def run_canary(pool: Pool, project_dir: Path, secrets: tuple[Path, ...] = ()) -> SelfCheck:
+    """One canary invocation through ``pool``; what each attempt ran into. ``secrets``: files
+    outside the project a worker must not read either (the `env_file`)."""
     loop = asyncio.get_running_loop()
     call = Call(
         invocation=Invocation(pool.stats, "self-check", "GET", ROUTE, time.perf_counter(),
@@ -58,7 +59,8 @@ async def run_canary(pool: Pool, project_dir: Path) -> SelfCheck:
         function={"name": ROUTE, "file": FUNCTION_FILE},
         event={
             "project": str(project_dir),
-            "hidden": [name for name in _HIDDEN if (project_dir / name).exists()],
+            "hidden": [name for name in _HIDDEN if (project_dir / name).exists()]
+            + [str(path) for path in secrets],
             "daemon_pid": os.getpid(),
         },
         context={},  # no secrets for the canary
@@ -91,7 +93,8 @@ def tolerated_escapes() -> frozenset[str]:
 async def self_check(pool: Pool, config: Config) -> SelfCheck:
     """Run the canary and log "sandbox self-check"; in strict mode raise SelfCheckFailed
     (after stopping the pool) if the canary escaped or could not run."""
-    check = await run_canary(pool, config.project_dir)
+    secrets = (config.project_dir / config.env_file,) if config.env_file else ()
+    check = await run_canary(pool, config.project_dir, secrets)
     escapes = check.escapes(tolerated_escapes())
     passed = check.error is None and not escapes
     log = _log.info if passed else _log.error if config.sandbox == "strict" else _log.warning

@@ -114,8 +114,11 @@ class Config:
         metavar="PATH", shown="`$RUNTIME_DIRECTORY/control.sock`, else `/run/fnd/control.sock` "
                               "(root) or `/tmp/fnd-$UID/control.sock`")
     metrics_port: int | None = setting(
-        None, "also serve Prometheus metrics on 127.0.0.1:PORT/metrics", flag=True,
-        metavar="PORT")
+        None, "also serve `/metrics` (Prometheus), `/livez` and `/readyz` on "
+        "`metrics_host`:PORT", flag=True, metavar="PORT")
+    metrics_host: str = setting(
+        "127.0.0.1", "address of the `metrics_port` listener; it has no authentication (the "
+        "image sets 0.0.0.0 for a pod's probes and scraper)", flag=True, metavar="ADDRESS")
     workers_min: int = setting(2, "warm workers kept at all times", flag=True, minimum=1)
     workers_max: int = setting(4, "most workers under load", flag=True)
     queue_max: int = setting(
@@ -227,6 +230,10 @@ class Config:
         1 * _MIB, "function output logged per invocation, bytes; the rest is dropped with one "
         "warning; 0: no limit", shown="1 MiB", minimum=0, worker=True)
     network: bool = setting(True, "workers may reach the network")
+    env_file: str | None = setting(
+        None, "read the project's variables from this file instead of the project's `.env` "
+        "(a Kubernetes Secret mounted as a folder)", metavar="PATH",
+        shown="`.env` in the project")
     uid_base: int | None = setting(
         None, "the first worker's uid; unset: the first range no other fnd on the host holds "
         "(docs/sandbox.md#worker-uids)", shown="auto, from 61000")
@@ -434,7 +441,10 @@ def load_config(
             if key not in _SETTABLE:
                 raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key, _SETTABLE)}")
             settings[key] = _coerce(key, value, BY_NAME[key].flag_name)
-    dotenv_path = root / ".env"
+    env_file = settings.get("env_file")
+    dotenv_path = root / ".env" if env_file is None else root / env_file
+    if env_file is not None and not dotenv_path.is_file():
+        raise ConfigError(f"env_file {env_file}: no such file")
     if dotenv_path.exists():
         env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
     config = Config(

@@ -30,8 +30,9 @@ from fnd.daemon.http.listen import ListenError, bind_tcp, make_fd_room, probe_tc
 from fnd.daemon.http.timeouts import TimeoutServer
 from fnd.daemon.logs import get_logger
 from fnd.daemon.ops import otel, socket_claim
+from fnd.daemon.ops.admin import not_ready_reason, start_admin_server
 from fnd.daemon.ops.control import ControlServer, check_folder, default_control_path
-from fnd.daemon.ops.metrics import render_metrics, start_metrics_server
+from fnd.daemon.ops.metrics import render_metrics
 from fnd.daemon.ops.status import Status
 from fnd.daemon.ops.systemd import Notifier, socket_activated, watchdog_loop
 from fnd.daemon.ops.watch import Watcher
@@ -168,6 +169,8 @@ class Daemon:
         self._tcp: socket.socket | None = None  # bound before the pool starts (port in use?)
         self.notifier = Notifier()  # takes NOTIFY_SOCKET & co. out of our environment
         self._metrics: web.AppRunner | None = None
+        self._serving = False  # startup done: /readyz may say ready
+        self._draining = False  # SIGTERM seen: /readyz says not ready from that moment
         self._tasks: list[asyncio.Task[None]] = []
         self.broken: list[str] = list(self.project.problems)  # what the serving code can't run
 
@@ -181,7 +184,7 @@ class Daemon:
                 if path:
                     socket_claim.claim(path)
             if self.config.metrics_port is not None:
-                probe_tcp("127.0.0.1", self.config.metrics_port)
+                probe_tcp(self.config.metrics_host, self.config.metrics_port)
             if not socket_activated() and not self.config.unix:
                 self._tcp = bind_tcp(self.config.host, self.config.port)
         except ListenError as exc:
@@ -232,6 +235,7 @@ class Daemon:
                   uids=uids.describe() if uids is not None else None,
                   accounting=self.sandbox.accounting(),
                   startup_ms=round((time.monotonic() - started) * 1000, 1))
+        self._serving = True
         self.notifier.ready()
         self._background(self._report_status())
         interval = self.notifier.watchdog_interval()
@@ -264,12 +268,9 @@ class Daemon:
         self.listen_address = await start_sites(self._runner, self.config, self._tcp)
         self._tcp = None  # the site owns it now
         if self.config.metrics_port is not None:
-            try:
-                self._metrics = await start_metrics_server(
-                    "127.0.0.1", self.config.metrics_port, self.metrics_text
-                )
-            except ValueError as exc:
-                raise OSError(str(exc)) from None
+            self._metrics = await start_admin_server(
+                self.config.metrics_host, self.config.metrics_port, self.metrics_text,
+                self.not_ready, self.config.server_header)
 
     def _broken(self, project: Project, problems: list[tuple[str, str]]) -> None:
         """Log every problem, each on its own line; refuse them unless allowed; keep for
@@ -294,13 +295,12 @@ class Daemon:
         self._stop.set()
 
     async def _shutdown(self) -> None:
+        self._draining = True  # first: a probe during the drain takes this pod out of service
         _log.info("stopping", drain_timeout=self.config.drain_timeout)
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()
         await self.control.stop()
-        if self._metrics is not None:
-            await self._metrics.cleanup()
         if self._runner is not None:
             # Stop accepting; in-flight requests get up to the drain timeout to finish. Idle
             # keep-alive connections close now, busy ones after their answer (which says
@@ -314,6 +314,8 @@ class Daemon:
         await self.pool.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics is not None:  # kept through the drain: /readyz answers "draining"
+            await self._metrics.cleanup()
         self.sandbox.cleanup()
         if self.stats.spans is not None:  # the last spans out (a thread: it may wait on I/O)
             await asyncio.get_running_loop().run_in_executor(None, self.stats.spans.close)
@@ -410,6 +412,12 @@ class Daemon:
         if command == "metrics":
             return {"ok": True, "text": self.metrics_text()}
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def not_ready(self) -> str | None:
+        """Why /readyz answers 503 now (None: 200); from memory, as a probe must be cheap."""
+        return not_ready_reason(serving=self._serving, draining=self._draining,
+                                ready_workers=self.pool.ready_workers(),
+                                workers_min=self.config.workers_min)
 
     def metrics_text(self) -> str:
         return render_metrics(self.stats, self.status(), self.project.functions)

@@ -6,8 +6,8 @@ worked, i.e. an escape. Every attempt is harmless if it does succeed: reads read
 the write is undone, the signal is 0, and PTRACE_SEIZE does not stop the traced process
 (the daemon kills a worker that managed any escape, which ends the trace).
 
-Event: ``project`` (the project dir), ``hidden`` (files at its root that must stay unreadable,
-e.g. .env), ``daemon_pid``.
+Event: ``project`` (the project dir), ``hidden`` (files that must stay unreadable: names at
+the project's root, e.g. .env, or absolute paths, e.g. an `env_file`), ``daemon_pid``.
 """
 
 from __future__ import annotations

@@ -9,18 +9,15 @@ scrape time, with the names, help and units of prometheus-client's process colle
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
-
-from aiohttp import web
 
 from fnd import __version__
 from fnd.daemon.ops.status import Status
@@ -188,41 +185,3 @@ def _escape_label(value: str) -> str:
 
 def _escape_help(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _loopback_host(host: str) -> str:
-    """The host itself if it is a loopback address; a clear ValueError otherwise."""
-    if host == "localhost":
-        return "127.0.0.1"  # don't trust the resolver to keep "localhost" local
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        address = None
-    if address is None or not address.is_loopback:
-        raise ValueError(
-            f"metrics are served on loopback only (127.0.0.1 or ::1), not on {host!r}: "
-            "they are unauthenticated; put a proxy in front to expose them"
-        )
-    return str(address)
-
-
-async def start_metrics_server(host: str, port: int, render: Callable[[], str]) -> web.AppRunner:
-    """Serve GET /metrics on a loopback address; returns the runner (call .cleanup() to stop).
-
-    Port 0 picks a free port: read it back from `runner.addresses`.
-    """
-    bind = _loopback_host(host)
-
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=render().encode(), headers={"Content-Type": CONTENT_TYPE})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, bind, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner

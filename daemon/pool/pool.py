@@ -427,6 +427,11 @@ class Pool(WorkerSupervisor):
         self._slots.sweep()
 
     # -- reporting ----------------------------------------------------------------------
+    def ready_workers(self) -> int:
+        """Workers of the serving generation that are up (idle or busy): what /readyz counts."""
+        return sum(1 for w in self.workers.values()
+                   if w.state in (IDLE, BUSY) and not w.leaving)
+
     def snapshot(self) -> PoolSnapshot:
         states = {STARTING: 0, IDLE: 0, BUSY: 0}
         for worker in self.workers.values():

@@ -63,6 +63,24 @@ def test_env_table_and_dotenv_make_the_context(tmp_path: Path) -> None:
     assert context["GREETING"] == "dotenv"
 
 
+def test_env_file_replaces_the_projects_dotenv(tmp_path: Path) -> None:
+    project = _project(tmp_path / "p", '[env]\nOTHER = "x"\n', "GREETING=project\n")
+    secret = tmp_path / "secret"  # a Secret volume: the file is a symlink into "..data"
+    (secret / "..data").mkdir(parents=True)
+    (secret / "..data" / ".env").write_text("GREETING=secret\nAUTH_TOKEN=t\n")
+    (secret / ".env").symlink_to("..data/.env")
+    config = load_config(project, environ={"FND_ENV_FILE": str(secret / ".env")})
+    assert dict(config.env) == {"OTHER": "x", "GREETING": "secret", "AUTH_TOKEN": "t"}
+    (project / "other.env").write_text("GREETING=relative\n")
+    config = load_config(project, environ={"FND_ENV_FILE": "other.env"})  # from the project
+    assert config.env["GREETING"] == "relative"
+
+
+def test_missing_env_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="env_file /nowhere/.env: no such file"):
+        load_config(_project(tmp_path), environ={"FND_ENV_FILE": "/nowhere/.env"})
+
+
 def test_per_function_timeout(tmp_path: Path) -> None:
     project = _project(tmp_path, '[functions."/slow"]\ntimeout = 20\n[functions.fast]\n'
                                  "timeout = 1\n")

@@ -59,7 +59,7 @@ NAMES_BEFORE = {
     "public_url", "twilio_api_base_url", "trusted_proxies", "sandbox", "memory_mb", "scratch_mb",
     "max_output", "network", "uid_base",
     "server_header", "instance_name", "otlp_endpoint",  # #24
-    "accounting",  # #23
+    "metrics_host", "env_file", "accounting",  # #23
 }
 
 
@@ -151,10 +151,11 @@ def test_flags_refused_as_before(argv: list[str]) -> None:
 
 def test_every_setting_is_read_from_its_variable(tmp_path: Path) -> None:
     (tmp_path / "functions").mkdir()
+    (tmp_path / "secret.env").write_text("A=1\n")
     samples = {int: "7", float: "7.5", bool: "true", tuple: "unix,10.0.0.1"}
     strings = {"host": "::1", "isolation": "invocation", "sandbox": "permissive",
                "log_format": "console", "public_url": "https://example.com",
-               "accounting": "uid"}
+               "env_file": "secret.env", "accounting": "uid"}
     for setting in SETTINGS:
         raw = strings.get(setting.name, samples.get(setting.kind, "/tmp/x"))
         if setting.kind is bool:

@@ -406,3 +406,24 @@ def test_workers_failing_to_start_back_off_then_the_daemon_gives_up(
         assert s.stats.restarts[deaths.START_FAILED] >= 10
 
     run(body, fake)
+
+
+# -- readiness (/readyz) -----------------------------------------------------------------------
+def test_ready_workers_counts_idle_and_busy_not_leaving_or_starting() -> None:
+    fake = FakeSpawner()
+    held = holding(fake)
+
+    async def body(s: Scene) -> None:
+        assert s.pool.ready_workers() == 2
+        task = s.start()
+        await until(lambda: held)
+        assert s.pool.snapshot()["workers"]["busy"] == 1 and s.pool.ready_workers() == 2
+        idle = next(w for w in s.pool.workers.values() if w.call is None)
+        idle.kill("test", deaths.TIMEOUT)
+        assert s.pool.ready_workers() == 1  # leaving at once; its replacement is not ready yet
+        await until(lambda: s.pool.ready_workers() == 2)
+        worker, invoke = held[0]
+        worker.answer(invoke)
+        await task
+
+    run(body, fake, workers_min=2, workers_max=3)
