@@ -1,0 +1,195 @@
+"""`isolation = "invocation"` at the speed of a fork: each call in a child of a warm worker.
+
+The worker (the parent) stays across calls; each call runs in a process of its own, forked
+from it, that holds no fd of the parent's command pipe once function code runs; the parent
+is not dumpable; what a call changes (module globals, os.environ, scratch files) is not
+seen by the next; what it leaves running (a thread dies with its child; a process in a
+session of its own) is found, and the worker replaced (docs/pool.md#isolation).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.hostile import FIXTURE, SLACK, alive, exit_line, gone, new_tag
+from tests.fndserver import FIXTURES, FndServer, running, until
+
+FACTS = '''\
+"""What the call's process sees of itself. Its fds by fstat: /proc/self is not readable in
+a forked call (Landlock's grant is the worker's own /proc/<pid>)."""
+import ctypes
+import os
+import stat
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def handler(context, event):
+    fds = {}
+    for fd in range(min(os.sysconf("SC_OPEN_MAX"), 4096)):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        fds[fd] = f"pipe:[{st.st_ino}]" if stat.S_ISFIFO(st.st_mode) else "other"
+    return {"pid": os.getpid(), "ppid": os.getppid(), "fds": fds,
+            "dumpable": _libc.prctl(3, 0, 0, 0, 0)}  # PR_GET_DUMPABLE
+'''
+
+STATE = '''\
+"""Module state, os.environ and scratch files a call changes."""
+import os
+
+BOOTS = globals().get("BOOTS", 0) + 1  # module-level code: once per worker
+SEEN = []
+
+
+def handler(context, event):
+    tag = event.get("tag", "")
+    SEEN.append(tag)
+    before = os.environ.get("FND_TEST_LEFT")
+    os.environ["FND_TEST_LEFT"] = tag
+    scratch = sorted(os.listdir(os.environ["TMPDIR"]))
+    if event.get("write"):
+        with open(os.path.join(os.environ["TMPDIR"], tag), "w") as file:
+            file.write(tag)
+    return {"seen": list(SEEN), "environ": before, "scratch": scratch, "boots": BOOTS,
+            "pid": os.getpid(), "ppid": os.getppid()}
+'''
+
+SESSION = '''\
+"""Answer, leaving a process in a session of its own behind."""
+import os
+import subprocess
+
+
+def handler(context, event):
+    child = subprocess.Popen(["/bin/sleep", "300"], start_new_session=True)
+    return {"pid": os.getpid(), "ppid": os.getppid(), "child": child.pid}
+'''
+
+TOML = (FIXTURES / FIXTURE / "fnd.toml").read_text() + 'isolation = "invocation"\n'
+FILES = {"fnd.toml": TOML, "functions/facts.py": FACTS, "functions/state.py": STATE,
+         "functions/session.py": SESSION}
+
+
+@pytest.fixture(scope="module")
+def fnd() -> Iterator[FndServer]:
+    # One worker: every call is forked from the same parent, unless it is replaced.
+    with running(FIXTURE, "--workers-min", "1", "--workers-max", "1", files=FILES) as server:
+        yield server
+
+
+def _parent(fnd: FndServer) -> int:
+    """The pid of the worker isolated calls fork from now, once it is idle. (The start-up
+    self-check ran in the first worker's own process: the first isolated call replaces it.)"""
+    parent = _json(fnd, "/facts")["ppid"]
+
+    def idle() -> bool:
+        return any(w["pid"] == parent and w["state"] == "idle" and not w["leaving"]
+                   for w in fnd.status()["per_worker"])
+
+    until(idle, 10 + SLACK, f"worker {parent} idle")
+    return int(parent)
+
+
+def _json(fnd: FndServer, path: str, **params: Any) -> Any:
+    response = fnd.get(path, params=params)
+    assert response.status_code == 200, (path, response.status_code, response.text[:300])
+    return response.json()
+
+
+def test_the_worker_stays_and_every_call_is_a_child_of_it(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    answers = [_json(fnd, "/facts") for _ in range(5)]
+    pids = [a["pid"] for a in answers]
+    assert len(set(pids)) == 5 and parent not in pids, (parent, pids)
+    assert {a["ppid"] for a in answers} == {parent}
+    assert [w["pid"] for w in fnd.status()["per_worker"]] == [parent]
+    until(lambda: not any(alive(pid) for pid in pids), 5 + SLACK, "every call's process gone")
+
+
+@pytest.mark.root_only
+def test_the_parent_is_not_dumpable(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    answer = _json(fnd, "/facts")
+    assert answer["ppid"] == parent
+    assert answer["dumpable"] == 0  # inherited from the parent
+    with open(f"/proc/{parent}/status") as status:
+        uid = int(next(line for line in status if line.startswith("Uid:")).split()[1])
+    assert uid != 0
+    # A process that is not dumpable has its /proc files owned by root, not by its uid.
+    assert os.stat(f"/proc/{parent}/fd").st_uid == 0
+    assert os.stat(f"/proc/{parent}/environ").st_uid == 0
+
+
+def _pipes(pid: int) -> dict[str, int]:
+    """The pipes `pid` holds: "pipe:[inode]" -> its access mode (0 read, 1 write)."""
+    held: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                flags = int(next(line for line in info if line.startswith("flags:")).split()[1], 8)
+        except (OSError, StopIteration):
+            continue
+        if link.startswith("pipe:"):
+            held[link] = flags & os.O_ACCMODE
+    return held
+
+
+@pytest.mark.root_only
+def test_the_call_holds_no_fd_of_the_command_pipe(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    pipes = _pipes(parent)
+    # The worker reads one pipe: its command pipe (fd 0 is /dev/null, 1 and 2 write).
+    command = [link for link, mode in pipes.items() if mode == os.O_RDONLY]
+    result = [link for link, mode in pipes.items() if mode == os.O_WRONLY]
+    assert len(command) == 1, pipes
+    answer = _json(fnd, "/facts")
+    assert answer["ppid"] == parent
+    held = set(answer["fds"].values())
+    assert command[0] not in held, answer["fds"]
+    assert set(result) <= held  # the result pipe and fds 1/2: the call still answers
+
+
+def test_what_a_call_changes_is_not_seen_by_the_next(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    tags = [new_tag("state") for _ in range(4)]
+    for tag in tags:
+        answer = _json(fnd, "/state", tag=tag)
+        assert answer["seen"] == [tag], answer  # module globals as the parent loaded them
+        assert answer["environ"] is None, answer
+        assert answer["boots"] == 1 and answer["ppid"] == parent, answer
+        assert answer["scratch"] == [], answer
+
+
+def test_files_left_in_scratch_are_gone_for_the_next_call(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    tag = new_tag("scratch")
+    assert _json(fnd, "/state", tag=tag, write=1)["scratch"] == []
+    # The worker is replaced (its scratch emptied with its slot): the next call starts empty.
+    assert exit_line(fnd, parent, 5 + SLACK)["cause"] == "isolation"
+    answer = _json(fnd, "/state", tag=new_tag("scratch"))
+    assert answer["scratch"] == [] and answer["ppid"] != parent, answer
+
+
+def test_a_thread_left_running_dies_with_its_call(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    response = fnd.get("/hide_thread", params={"tag": new_tag("thread")})
+    assert response.status_code == 200 and response.text == "hidden"
+    assert _json(fnd, "/facts")["ppid"] == parent  # nothing of the call was left
+
+
+def test_a_process_left_in_a_session_of_its_own_replaces_the_worker(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    answer = _json(fnd, "/session")
+    assert answer["ppid"] == parent
+    assert exit_line(fnd, parent, 5 + SLACK)["cause"] == "unclean"
+    gone(answer["child"], 5 + SLACK, "the call's session child gone with the slot")
+    gone(parent, 5 + SLACK)
+    assert _json(fnd, "/facts")["ppid"] != parent
