@@ -35,6 +35,10 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                      sends the INVOKE, which only the child reads, then RESULT ... DONE)
   worker -> daemon  {"t": REAPED, "pid": int, "status": int, "left": bool}   (the child is
                      gone; ``left``: a process it started still runs)
+  daemon -> child   {"t": UNFORK}   (instead of an INVOKE: the child exits unused, so that
+                     the worker reads the command pipe again)
+  The daemon sends the next FORK as soon as a call's slot is checked, so that the next
+  isolated call finds its child already waiting (daemon/pool/fork_worker.py).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ PREFLIGHT_RESULT: Final = "preflight_result"
 FORK: Final = "fork"
 FORKED: Final = "forked"
 REAPED: Final = "reaped"
+UNFORK: Final = "unfork"
 LOG_STREAMS = frozenset({"stdout", "stderr", "logging", "fnd"})  # a LOG frame's "stream"
 
 
@@ -217,6 +222,10 @@ class Fork(TypedDict):
     context: dict[str, Any]  # the project's variables only (no per-request key)
 
 
+class Unfork(TypedDict):
+    t: Literal["unfork"]
+
+
 class Forked(TypedDict):
     t: Literal["forked"]
     pid: int
@@ -231,7 +240,7 @@ class Reaped(TypedDict):
 
 ToZygote = Configure | Spawn
 FromZygote = ZygoteReady | Spawned | SpawnFailed | Exited
-ToWorker = Invoke | Preflight | Fork
+ToWorker = Invoke | Preflight | Fork | Unfork
 FromWorker = Ready | Failed | Result | Log | Returned | Done | PreflightResult | Forked | Reaped
 Frame = ToZygote | FromZygote | ToWorker | FromWorker
 

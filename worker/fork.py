@@ -117,7 +117,7 @@ def _child(parent: Parent) -> NoReturn:
         os.close(parent.cmd_fd)
         if parent.clear_refs is not None:
             os.close(parent.clear_refs)
-        if message is None:
+        if message is None or message["t"] == m.UNFORK:  # retired, or wanted for another use
             os._exit(_EXIT_CALL_DONE)
         invoke = parent.check_invoke(message)
         invoker = parent.invoker

@@ -31,83 +31,115 @@ if TYPE_CHECKING:
 _PER_REQUEST = frozenset({"PATH", "DOMAIN_NAME"})
 
 
-class _ForkedCall:
-    """Where an isolated call is: FORK sent, the child's pid, DONE seen."""
+class _Child:
+    """The worker's child for isolated calls: ordered (FORK sent), then known (FORKED)."""
 
-    __slots__ = ("invoke", "child", "done")
+    __slots__ = ("pid", "invoke", "done", "unforking", "after")
 
-    def __init__(self, invoke: bytes) -> None:
-        self.invoke = invoke  # the INVOKE frame, written once the child said FORKED
-        self.child: int | None = None
-        self.done = False
+    def __init__(self) -> None:
+        self.pid: int | None = None  # from its FORKED
+        self.invoke = b""  # a call's INVOKE frame, written once the child said FORKED
+        self.done = False  # the call's DONE was seen
+        self.unforking = False  # UNFORK sent: the worker serves `after` once it is reaped
+        self.after = b""
 
 
 class ForkingWorker(WorkerProc):
-    """A `WorkerProc` that serves isolated calls in forked children."""
+    """A `WorkerProc` that serves isolated calls in forked children.
 
-    _forked: _ForkedCall | None = None
+    After each isolated call the next child is ordered at once (`stand_by`): it is forked
+    and waits while the worker is idle, so the next isolated call's INVOKE goes straight to
+    it. A call that must run in the worker itself first sends that child away (UNFORK).
+    """
+
+    _child: _Child | None = None
 
     def start_call(self, call: Call) -> None:
-        if not call.isolated:
+        child = self._child
+        if not call.isolated and child is None:
             self.pristine = False
             super().start_call(call)
             return
-        assert self._cmd is not None and self.state == IDLE and self.pristine
+        assert self._cmd is not None and self.state == IDLE
         try:
             invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
                                 "event": call.event, "context": call.context,
                                 "timeout": call.timeout, "trace": call.invocation.trace_headers()}
             frame = encode(invoke)
-            variables = {key: value for key, value in call.context.items()
-                         if type(value) is str and key not in _PER_REQUEST}
-            order: m.Fork = {"t": m.FORK, "function": call.function, "context": variables}
-            fork = encode(order)
+            order = b"" if child is not None else _fork_order(call)
         except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
             raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
         self.state = BUSY
         self.call = call
         self.answered = False
         self.busy_since = time.monotonic()
-        self._forked = _ForkedCall(frame)
-        self._cmd.write(fork)
+        if child is None:  # an isolated call, no child waiting: order one
+            assert self.pristine
+            self._child = child = _Child()
+            self._cmd.write(order)
+        if not call.isolated:  # the child goes; the worker reads the INVOKE once it is reaped
+            self.pristine = False
+            child.unforking, child.after = True, frame
+            if child.pid is not None:
+                self._cmd.write(_UNFORK)
+        elif child.pid is not None:
+            call.worker_pid = child.pid  # the call's log line names the process that ran it
+            self._cmd.write(frame)
+        else:
+            child.invoke = frame
+
+    def stand_by(self, call: Call) -> None:
+        """After an isolated call, once the slot is checked: order the next child (loading
+        `call`'s function, if it is not loaded yet), to wait for the next isolated call."""
+        if self._cmd is None or self._child is not None or self.leaving:
+            return
+        try:
+            order = _fork_order(call)
+        except (ProtocolError, ValueError, TypeError, OverflowError):
+            return  # the next isolated call orders its child itself
+        self._child = _Child()
+        self._cmd.write(order)
 
     def _handle(self, message: m.Message) -> None:
-        forked = self._forked
-        if forked is None:
+        child = self._child
+        if child is None:
             super()._handle(message)
             return
         kind = message["t"]
         if kind == m.FORKED:
-            self._on_forked(message, forked)
+            self._on_forked(message, child)
         elif kind == m.REAPED:
-            self._on_reaped(message, forked)
-        elif forked.child is None and kind in (m.RESULT, m.DONE, m.RETURNED):
-            raise FrameError(f"{kind} before the call's process was forked")
+            self._on_reaped(message, child)
+        elif kind in (m.RESULT, m.DONE, m.RETURNED) and (child.pid is None or child.unforking):
+            raise FrameError(f"{kind} from no call's process")
         else:
             super()._handle(message)
 
-    def _on_forked(self, message: m.Message, forked: _ForkedCall) -> None:
+    def _on_forked(self, message: m.Message, child: _Child) -> None:
         pid = message.get("pid")
-        if forked.child is not None:
+        if child.pid is not None:
             raise FrameError("a second forked")
         if type(pid) is not int or pid <= 0 or pid == self.pid:
             raise FrameError(f"forked with pid {pid!r}")
-        forked.child = pid
-        assert self._cmd is not None and self.call is not None
-        self.call.worker_pid = pid  # the call's log line names the process that ran it
-        frame, forked.invoke = forked.invoke, b""
-        self._cmd.write(frame)
+        child.pid = pid
+        assert self._cmd is not None
+        if child.unforking:
+            self._cmd.write(_UNFORK)
+        elif self.call is not None and child.invoke:
+            self.call.worker_pid = pid
+            frame, child.invoke = child.invoke, b""
+            self._cmd.write(frame)
 
     def _on_result(self, message: m.Message) -> None:
-        if self._forked is not None:
+        if self._child is not None:
             # Threads the call left die with its child: no reason to replace this worker.
             # What processes it left, the check after REAPED sees.
             message["clean"] = True
         super()._on_result(message)
 
     def _on_done(self, message: m.Message) -> None:
-        forked = self._forked
-        if forked is None:
+        child = self._child
+        if child is None:
             super()._on_done(message)
             return
         call = self.call
@@ -118,32 +150,50 @@ class ForkingWorker(WorkerProc):
             if self.kill_reason is None:
                 self._done_before_result(call)
             return
-        if forked.done:
+        if child.done:
             raise FrameError("a second done for one invocation")
-        forked.done = True
+        child.done = True
         call.cpu, call.rss = done["cpu"], done["rss"]  # the child's own; not this worker's rss
 
-    def _on_reaped(self, message: m.Message, forked: _ForkedCall) -> None:
+    def _on_reaped(self, message: m.Message, child: _Child) -> None:
         pid, status, left = message.get("pid"), message.get("status"), message.get("left")
-        if pid != forked.child or type(status) is not int or type(left) is not bool:
-            raise FrameError(f"reaped {pid!r} while the call's process is {forked.child!r}")
-        self._forked = None
+        if pid is None or pid != child.pid or type(status) is not int or type(left) is not bool:
+            raise FrameError(f"reaped {pid!r} while the call's process is {child.pid!r}")
+        self._child = None
         call = self.call
-        assert call is not None
-        if not forked.done:
+        if left:
+            self.kill("a process the call started is still running", deaths.UNCLEAN)
+            return
+        if child.unforking:  # the waiting child went unused: the worker takes the call
+            assert self._cmd is not None
+            self._cmd.write(child.after)
+            return
+        if call is None:  # a waiting child ended without a call: only a retired worker's may
+            if not self.retiring:
+                self.kill("the process waiting for an isolated call exited", deaths.PROTOCOL)
+            return
+        if not child.done:
             # The child died before its DONE (crashed, or os._exit from the function).
             cause, words = deaths.classify(status, False)
             words = words.replace("worker", "the call's process", 1)
             call.resolve(text_outcome(502, calls.CRASH, f"function crashed: {words}"))
             self.kill(words, cause)
             return
-        if left:
-            self.kill("a process the call started is still running", deaths.UNCLEAN)
-            return
         self.served += 1
         self.call = None
         # Still BUSY: the pool checks the slot from outside before it counts as idle.
         self.events.worker_done(self, call, True, None)
+
+
+_UNFORK = encode({"t": m.UNFORK})
+
+
+def _fork_order(call: Call) -> bytes:
+    """FORK for `call`'s function: no request data, only the project's variables."""
+    variables = {key: value for key, value in call.context.items()
+                 if type(value) is str and key not in _PER_REQUEST}
+    order: m.Fork = {"t": m.FORK, "function": call.function, "context": variables}
+    return encode(order)
 
 
 def forked_slot_problem(spawner: Spawner, worker: WorkerProc, running: bool

@@ -28,7 +28,7 @@ from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.config import Config
 from fnd.daemon.ops.status import PoolSnapshot
 from fnd.daemon.pool import deaths, sizing
-from fnd.daemon.pool.fork_worker import forked_slot_problem
+from fnd.daemon.pool.fork_worker import ForkingWorker, forked_slot_problem
 from fnd.daemon.pool.queue import WaitQueue
 from fnd.daemon.pool.spawner import Spawner
 from fnd.daemon.pool.supervisor import FunctionsBroken, PoolError, WorkerSupervisor, limits
@@ -398,6 +398,8 @@ class Pool(WorkerSupervisor):
         if recycle is not None:
             worker.retire(recycle)  # worker_leaving schedules its replacement
         else:
+            if call.isolated and isinstance(worker, ForkingWorker):
+                worker.stand_by(call)  # the next isolated call finds its child waiting
             self._release(worker)
 
     def _forget(self, worker: WorkerProc) -> None:

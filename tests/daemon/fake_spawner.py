@@ -113,6 +113,9 @@ class FakeWorker:
                 self.forks += 1
                 self.child = self.pid * 1000 + self.forks
                 self.send({"t": m.FORKED, "pid": self.child})
+            elif message["t"] == m.UNFORK:  # the waiting child exits unused
+                self.send({"t": m.REAPED, "pid": self.child, "status": 0, "left": False})
+                self.child = None
             elif message["t"] == m.INVOKE:
                 self.spawner.on_invoke(self, message)
             elif message["t"] == m.PREFLIGHT:

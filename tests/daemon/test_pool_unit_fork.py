@@ -26,7 +26,9 @@ def test_every_isolated_call_is_a_new_child_of_the_same_worker() -> None:
         parent = s.fake.workers[0]
         children = [each.worker_pid for each in calls]
         assert len(set(children)) == 3 and parent.pid not in children, children
-        assert [f["t"] for f in parent.received] == [m.FORK, m.INVOKE] * 3
+        # After each call the next child is ordered at once, to wait for the next call.
+        await until(lambda: [f["t"] for f in parent.received]
+                    == [m.FORK, m.INVOKE] * 3 + [m.FORK])
         assert s.fake.group_kills == [] and len(s.fake.workers) == 1
         assert s.fake.ipc_removals == [0, 0, 0]  # the slot's System V objects, per call
 
@@ -40,6 +42,19 @@ def test_a_worker_that_ran_a_call_itself_never_forks_one() -> None:
         assert (await s.invoke("alone", isolated=True)).body == b"alone"
         assert [f["t"] for f in used.received] == [m.INVOKE]
         await until(lambda: not used.alive)  # retired to make room for a pristine one
+
+    run(body, workers_min=1, workers_max=1)
+
+
+def test_a_call_for_the_worker_itself_sends_the_waiting_child_away() -> None:
+    async def body(s: Scene) -> None:
+        assert (await s.invoke("alone", isolated=True)).body == b"alone"
+        parent = s.fake.workers[0]
+        await until(lambda: parent.child is not None)  # the next call's child waits
+        assert (await s.invoke("shared")).body == b"shared"
+        assert [f["t"] for f in parent.received] == [m.FORK, m.INVOKE, m.FORK, m.UNFORK,
+                                                     m.INVOKE]
+        assert parent.alive and s.fake.group_kills == []
 
     run(body, workers_min=1, workers_max=1)
 
