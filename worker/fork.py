@@ -37,6 +37,7 @@ _EXIT_CALL_DONE = 0
 _EXIT_PROTOCOL = 2
 _EXIT_INTERNAL = 3
 _EXIT_UNSAFE = 4  # the parent: module-level code left something running; it cannot fork
+_EXIT_CHILD_FAILED = 5  # the parent: a child ended otherwise than by finishing its call
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ def serve(message: m.Message, parent: Parent) -> None:
     status = _wait(pid)
     reaped: m.Reaped = {"t": m.REAPED, "pid": pid, "status": status, "left": children_alive()}
     parent.output.channel.send(reaped)
+    if status != 0:
+        # It did not end as a call ends (killed, crashed): it may have left part of its
+        # INVOKE in the command pipe, which this process must never read.
+        os._exit(_EXIT_CHILD_FAILED)
 
 
 def _check_fork(message: m.Message) -> tuple[m.FunctionRef, dict[str, Any]]:
