@@ -72,9 +72,31 @@ def handler(context, event):
     return {"pid": os.getpid(), "ppid": os.getppid(), "child": child.pid}
 '''
 
+BOOT_THREAD = '''\
+"""Module-level code that leaves a thread running: it could read the command pipe."""
+import threading
+import time
+
+threading.Thread(target=time.sleep, args=(60,), name="boot", daemon=True).start()
+
+
+def handler(context, event):
+    return "never forked"
+'''
+
+CRASH = '''\
+"""The call's process ends without an answer."""
+import os
+
+
+def handler(context, event):
+    os._exit(3)
+'''
+
 TOML = (FIXTURES / FIXTURE / "fnd.toml").read_text() + 'isolation = "invocation"\n'
 FILES = {"fnd.toml": TOML, "functions/facts.py": FACTS, "functions/state.py": STATE,
-         "functions/session.py": SESSION}
+         "functions/session.py": SESSION, "functions/boot_thread.py": BOOT_THREAD,
+         "functions/crash.py": CRASH}
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +107,7 @@ def fnd() -> Iterator[FndServer]:
 
 
 def _parent(fnd: FndServer) -> int:
-    """The pid of the worker isolated calls fork from now, once it is idle. (The start-up
-    self-check ran in the first worker's own process: the first isolated call replaces it.)"""
+    """The pid of the worker isolated calls fork from now, once it is idle."""
     parent = _json(fnd, "/facts")["ppid"]
 
     def idle() -> bool:
@@ -101,6 +122,13 @@ def _json(fnd: FndServer, path: str, **params: Any) -> Any:
     response = fnd.get(path, params=params)
     assert response.status_code == 200, (path, response.status_code, response.text[:300])
     return response.json()
+
+
+def test_the_self_check_worker_is_retired(fnd: FndServer) -> None:
+    """It ran the canary in its own process: it is replaced, never forked from."""
+    check = fnd.wait_for(lambda line: line.get("event") == "sandbox self-check", 10)
+    exited = exit_line(fnd, check["worker_pid"], 10 + SLACK)
+    assert exited["cause"] == "isolation", exited
 
 
 def test_the_worker_stays_and_every_call_is_a_child_of_it(fnd: FndServer) -> None:
@@ -192,4 +220,25 @@ def test_a_process_left_in_a_session_of_its_own_replaces_the_worker(fnd: FndServ
     assert exit_line(fnd, parent, 5 + SLACK)["cause"] == "unclean"
     gone(answer["child"], 5 + SLACK, "the call's session child gone with the slot")
     gone(parent, 5 + SLACK)
+    assert _json(fnd, "/facts")["ppid"] != parent
+
+
+def test_a_worker_whose_module_code_left_a_thread_forks_nothing(fnd: FndServer) -> None:
+    # The first call may run in a child already waiting (forked for another function): it
+    # loads the module itself, and its thread ends with it. The next child is ordered for
+    # this function: the worker loads it, finds the thread, and exits instead of forking.
+    response = fnd.get("/boot_thread")
+    assert response.status_code in (200, 502), (response.status_code, response.text)
+    assert fnd.wait_for(lambda line: "cannot fork isolated calls: module-level code left 1 "
+                        "thread(s) still running (boot)" in str(line.get("line", "")), 10)
+    assert _json(fnd, "/facts")["pid"]  # the next worker serves
+
+
+def test_a_call_that_dies_without_answering_is_a_502_and_its_worker_replaced(
+        fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    response = fnd.get("/crash")
+    assert response.status_code == 502, (response.status_code, response.text)
+    assert "exited with code 3" in response.text
+    gone(parent, 5 + SLACK, "the worker the crashed call was forked from")
     assert _json(fnd, "/facts")["ppid"] != parent
