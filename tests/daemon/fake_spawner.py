@@ -112,7 +112,8 @@ class FakeWorker:
             if message["t"] == m.FORK:  # worker/fork.py: a child says FORKED, gets INVOKE
                 self.forks += 1
                 self.child = self.pid * 1000 + self.forks
-                self.send({"t": m.FORKED, "pid": self.child})
+                if self.spawner.auto_forked:
+                    self.send({"t": m.FORKED, "pid": self.child})
             elif message["t"] == m.UNFORK:  # the waiting child exits unused
                 self.send({"t": m.REAPED, "pid": self.child, "status": 0, "left": False})
                 self.child = None
@@ -161,6 +162,7 @@ class FakeSpawner:
         self.stubborn: set[int] = set()  # slots whose leftovers survive a kill
         self.oom: set[int] = set()  # slots whose cgroup saw an OOM kill
         self.scratch_files: set[int] = set()  # slots whose scratch folder is not empty
+        self.auto_forked = True  # a FORK's child says FORKED at once (else the test sends it)
         self.cpu_used: dict[int, float] = {}
         self.task_counts: dict[int, int] = {}
         self._next_pid = 1_000_000  # above any real pid_max default: never a real process

@@ -144,3 +144,94 @@ def test_frames_out_of_order_kill_the_slot(attack: str) -> None:
         assert parent.pid in fake.group_kills
 
     run(body, fake, workers_min=1, workers_max=1)
+
+
+def _child_known(s: Scene) -> bool:
+    """The pool's worker knows its waiting child (FORKED was read)."""
+    child = getattr(s.pool.workers.get(0), "_child", None)
+    return child is not None and child.pid is not None
+
+
+def test_a_waiting_child_gets_the_invoke_at_once() -> None:
+    async def body(s: Scene) -> None:
+        await s.invoke(isolated=True)
+        parent = s.fake.workers[0]
+        await until(lambda: _child_known(s))
+        waiting = parent.child
+        second = call("again", isolated=True, stats=s.stats)
+        assert (await s.pool.invoke(second)).body == b"again"
+        assert second.worker_pid == waiting
+
+    run(body, workers_min=1, workers_max=1)
+
+
+def test_a_call_for_the_worker_waits_for_its_child_to_be_forked_and_sent_away() -> None:
+    fake = FakeSpawner()
+    fake.auto_forked = False
+
+    async def body(s: Scene) -> None:
+        parent = fake.workers[0]
+        first = s.start(say="alone", isolated=True)
+        await until(lambda: parent.child is not None)
+        parent.send({"t": m.FORKED, "pid": parent.child})
+        assert (await first).body == b"alone"
+        await until(lambda: parent.child is not None)  # the next child, ordered, not forked
+        shared = s.start(say="shared")
+        await until(lambda: s.pool.snapshot()["workers"]["busy"] == 1)
+        parent.send({"t": m.FORKED, "pid": parent.child})  # now it is sent away (UNFORK)
+        assert (await shared).body == b"shared"
+        assert [f["t"] for f in parent.received] == [m.FORK, m.INVOKE, m.FORK, m.UNFORK,
+                                                     m.INVOKE]
+
+    run(body, fake, workers_min=1, workers_max=1)
+
+
+@pytest.mark.parametrize("frame", ["result_first", "second_forked", "bad_pid", "second_done",
+                                   "child_exits_idle"])
+def test_a_broken_fork_protocol_kills_the_worker(frame: str) -> None:
+    fake = FakeSpawner()
+    fake.auto_forked = frame not in ("result_first", "bad_pid")
+
+    def second_done(worker: FakeWorker, invoke: m.Message) -> None:
+        done = {"t": m.DONE, "id": invoke["id"], "clean": True, "cpu": 0.0, "rss": 0}
+        worker.send({"t": m.RESULT, "id": invoke["id"], "status": 200, "headers": [],
+                     "body": b"x"})
+        worker.send(done)
+        worker.send(done)
+
+    if frame == "second_done":
+        fake.on_invoke = second_done
+
+    async def body(s: Scene) -> None:
+        parent = fake.workers[0]
+        if frame == "child_exits_idle":  # the waiting child dies though nobody asked it
+            await s.invoke(isolated=True)
+            await until(lambda: _child_known(s))
+            parent.send({"t": m.REAPED, "pid": parent.child, "status": 9, "left": False})
+        else:
+            task = s.start(isolated=True)
+            await until(lambda: parent.child is not None)
+            if frame == "result_first":
+                parent.send({"t": m.RESULT, "id": "x", "status": 200, "headers": [],
+                             "body": b""})
+            elif frame == "bad_pid":
+                parent.send({"t": m.FORKED, "pid": parent.pid})
+            elif frame == "second_forked":
+                await until(lambda: _child_known(s))
+                parent.send({"t": m.FORKED, "pid": parent.child})
+            await task
+        await until(lambda: s.stats.restarts[deaths.PROTOCOL] == 1)
+        assert not parent.alive
+
+    run(body, fake, workers_min=1, workers_max=1)
+
+
+def test_a_call_that_cannot_be_encoded_leaves_the_worker_idle() -> None:
+    async def body(s: Scene) -> None:
+        bad = call(isolated=True, stats=s.stats)
+        bad.event = {"x": object()}
+        assert (await s.pool.invoke(bad)).status == 500
+        assert (await s.invoke("fine", isolated=True)).body == b"fine"
+        assert s.fake.group_kills == []
+
+    run(body, workers_min=1, workers_max=1)
