@@ -9,12 +9,14 @@ session of its own) is found, and the worker replaced (docs/pool.md#isolation).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from fnd.ctl.client import request as control_request
 from tests.e2e.hostile import FIXTURE, SLACK, alive, exit_line, gone, new_tag
 from tests.fndserver import FIXTURES, FndServer, running, until
 
@@ -242,3 +244,14 @@ def test_a_call_that_dies_without_answering_is_a_502_and_its_worker_replaced(
     assert "exited with code 3" in response.text
     gone(parent, 5 + SLACK, "the worker the crashed call was forked from")
     assert _json(fnd, "/facts")["ppid"] != parent
+
+
+def test_a_reload_retires_the_worker_and_its_waiting_child(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    waiting = _json(fnd, "/facts")["pid"]  # after it, the next child is forked and waits
+    reply = asyncio.run(control_request(fnd.control, {"cmd": "reload"}))
+    assert reply["ok"], reply
+    assert exit_line(fnd, parent, 10 + SLACK)["cause"] == "reload"
+    gone(parent, 5 + SLACK)
+    answer = _json(fnd, "/facts")
+    assert answer["ppid"] != parent and answer["pid"] != waiting
