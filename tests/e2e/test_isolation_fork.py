@@ -95,10 +95,61 @@ def handler(context, event):
     os._exit(3)
 '''
 
+# The hostile functions of the untrusted fixture find the worker's objects with
+# gc.get_objects(), which does not list what the parent froze (gc.freeze) before forking:
+# these find them from the call's own stack instead, as any code can.
+FORGE = '''\
+"""Forge RESULT and DONE for the call, look for a command pipe, then wait for more."""
+import fcntl
+import os
+import stat
+import sys
+import time
+
+from fnd.protocol.frames import encode
+
+
+def _call():
+    frame = sys._getframe()
+    while frame is not None:
+        found = frame.f_locals.get("self")
+        if type(found).__name__ == "RunningCall":
+            return found
+        frame = frame.f_back
+    raise LookupError("no running call on the stack")
+
+
+def _pipes(mode):
+    for fd in range(3, 256):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode) and \\
+                    fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == mode:
+                yield fd
+        except OSError:
+            pass
+
+
+def handler(context, event):
+    call = _call()
+    result_fd = call._s.channel._fd
+    if event.get("close"):
+        os.close(result_fd)
+        time.sleep(60)
+    os.write(result_fd, encode({"t": "result", "id": call.id, "status": 200, "headers": [],
+                                "body": b"forged", "clean": True, "error": None}))
+    os.write(result_fd, encode({"t": "done", "id": call.id, "clean": True, "reason": None,
+                                "cpu": 0.0, "rss": 0}))
+    readable = list(_pipes(os.O_RDONLY))
+    print(f"hostile {event.get('tag', '')} command pipes={readable}", flush=True)
+    for fd in readable:
+        print(f"captured {os.read(fd, 65536)!r}", flush=True)
+    time.sleep(60)
+'''
+
 TOML = (FIXTURES / FIXTURE / "fnd.toml").read_text() + 'isolation = "invocation"\n'
 FILES = {"fnd.toml": TOML, "functions/facts.py": FACTS, "functions/state.py": STATE,
          "functions/session.py": SESSION, "functions/boot_thread.py": BOOT_THREAD,
-         "functions/crash.py": CRASH}
+         "functions/crash.py": CRASH, "functions/forge.py": FORGE}
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +295,32 @@ def test_a_call_that_dies_without_answering_is_a_502_and_its_worker_replaced(
     assert "exited with code 3" in response.text
     gone(parent, 5 + SLACK, "the worker the crashed call was forked from")
     assert _json(fnd, "/facts")["ppid"] != parent
+
+
+def test_a_forged_done_gains_nothing_and_the_slot_dies_at_the_limit(fnd: FndServer) -> None:
+    parent = _parent(fnd)
+    tag = new_tag("forge")
+    response = fnd.get("/forge", params={"tag": tag})
+    assert response.status_code == 200 and response.text == "forged"  # its own call only
+    line = fnd.wait_for(lambda line: str(line.get("line", "")).startswith(f"hostile {tag} "),
+                        10)
+    assert line["line"] == f"hostile {tag} command pipes=[]", line
+    # Its DONE is taken, but the worker never says REAPED: the call's limit kills the slot.
+    assert exit_line(fnd, parent, 5 + SLACK)["cause"] == "timeout"
+    gone(parent, 5 + SLACK)
+    for _ in range(3):
+        assert _json(fnd, "/facts")["ppid"] != parent
+    assert not [line for line in fnd.lines if str(line.get("line", "")).startswith("captured")]
+
+
+def test_a_call_that_closes_its_result_pipe_ends_at_its_time_limit(fnd: FndServer) -> None:
+    """The worker still holds the result pipe, so no EOF tells the daemon: the call gets
+    504 at its limit (2 s here) and the whole slot is killed."""
+    parent = _parent(fnd)
+    response = fnd.get("/forge", params={"close": 1})
+    assert response.status_code == 504, (response.status_code, response.text)
+    assert exit_line(fnd, parent, 5 + SLACK)["cause"] == "timeout"
+    gone(parent, 5 + SLACK)
 
 
 def test_a_reload_retires_the_worker_and_its_waiting_child(fnd: FndServer) -> None:
