@@ -8,8 +8,9 @@ Systems (NAME for --only/--skip; a NAME also selects the names that start with N
                        JSON logs to a file, --metrics-port, the default pool (2 workers,
                        growing to 4 under load)
   fnd-8                the same with 8 workers (for the memory target)
-  fnd-isolated         the default pool with --isolation invocation: a fresh worker per
-                       request (compare with twilio-run's default fork per request)
+  fnd-isolated         the default pool with --isolation invocation: a process per
+                       request, forked from a warm worker (compare with twilio-run's
+                       default fork per request)
   twilio-run           npm twilio-run, default mode (a Node process per request)
   twilio-run-fast      twilio-run --no-fork-process --no-live --no-logs
   functions-framework  Google's functions-framework under its gunicorn app, WORKERS=2

@@ -20,6 +20,7 @@ from fnd import worker
 from fnd.daemon.calls import Call, Invocation
 from fnd.daemon.config import Config
 from fnd.daemon.logs import get_logger
+from fnd.daemon.pool import deaths
 from fnd.daemon.pool.pool import Pool, PoolError
 
 _log = get_logger("fnd")
@@ -102,6 +103,11 @@ async def self_check(pool: Pool, config: Config) -> SelfCheck:
         error=check.error, worker_pid=check.worker_pid, sandbox=config.sandbox)
     if escapes:
         _kill_worker(pool, check.worker_pid, "sandbox self-check: escapes " + ", ".join(escapes))
+    elif config.isolation == "invocation":
+        # It ran the canary itself: no isolated call may be forked from it (docs/pool.md).
+        for proc in list(pool.workers.values()):
+            if check.worker_pid is not None and proc.pid == check.worker_pid:
+                proc.retire(deaths.ISOLATION)
     if passed or config.sandbox != "strict":
         return check
     await pool.stop(drain_timeout=0)

@@ -162,8 +162,8 @@ class Config:
     max_worker_age: float = setting(3600.0, "recycle a worker older than this; 0: never",
                                     unit="s", minimum=0, zero_is_off=True)
     isolation: str = setting(
-        "worker", "`invocation`: a fresh worker for every call, killed after it (also per "
-        "function)", flag=True, choices=("worker", "invocation"))
+        "worker", "`invocation`: every call in a process of its own, forked from a warm "
+        "worker (also per function)", flag=True, choices=("worker", "invocation"))
     allow_broken: bool = setting(
         False, "serve the functions that load even when others cannot (always on with --dev); "
         "otherwise each problem is printed and nothing starts or reloads", flag=True)

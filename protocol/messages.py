@@ -27,6 +27,18 @@ worker channel (two pipes; the worker's stdout/stderr is a third pipe, plain tex
                      "context": dict}   (the project's variables, for bootstraps that read them)
   worker -> daemon  {"t": PREFLIGHT_RESULT, "problems": [[route, reason], ...]}
                     (a worker that got PREFLIGHT serves nothing else: the daemon kills it)
+
+  isolation = "invocation" (worker/fork.py, daemon/pool/fork_worker.py):
+  daemon -> worker  {"t": FORK, "function": FunctionRef, "context": dict}   (no request data:
+                     the function to load and the project's variables; the worker forks)
+  child  -> daemon  {"t": FORKED, "pid": int}   (before any function code; the daemon then
+                     sends the INVOKE, which only the child reads, then RESULT ... DONE)
+  worker -> daemon  {"t": REAPED, "pid": int, "status": int, "left": bool}   (the child is
+                     gone; ``left``: a process it started still runs)
+  daemon -> child   {"t": UNFORK}   (instead of an INVOKE: the child exits unused, so that
+                     the worker reads the command pipe again)
+  The daemon sends the next FORK as soon as a call's slot is checked, so that the next
+  isolated call finds its child already waiting (daemon/pool/fork_worker.py).
 """
 
 from __future__ import annotations
@@ -51,6 +63,10 @@ DONE: Final = "done"
 RETURNED: Final = "returned"
 PREFLIGHT: Final = "preflight"
 PREFLIGHT_RESULT: Final = "preflight_result"
+FORK: Final = "fork"
+FORKED: Final = "forked"
+REAPED: Final = "reaped"
+UNFORK: Final = "unfork"
 LOG_STREAMS = frozenset({"stdout", "stderr", "logging", "fnd"})  # a LOG frame's "stream"
 
 
@@ -200,10 +216,32 @@ class PreflightResult(TypedDict):
     problems: list[list[str]]  # [route, reason]
 
 
+class Fork(TypedDict):
+    t: Literal["fork"]
+    function: FunctionRef
+    context: dict[str, Any]  # the project's variables only (no per-request key)
+
+
+class Unfork(TypedDict):
+    t: Literal["unfork"]
+
+
+class Forked(TypedDict):
+    t: Literal["forked"]
+    pid: int
+
+
+class Reaped(TypedDict):
+    t: Literal["reaped"]
+    pid: int
+    status: int  # the raw wait status
+    left: bool
+
+
 ToZygote = Configure | Spawn
 FromZygote = ZygoteReady | Spawned | SpawnFailed | Exited
-ToWorker = Invoke | Preflight
-FromWorker = Ready | Failed | Result | Log | Returned | Done | PreflightResult
+ToWorker = Invoke | Preflight | Fork | Unfork
+FromWorker = Ready | Failed | Result | Log | Returned | Done | PreflightResult | Forked | Reaped
 Frame = ToZygote | FromZygote | ToWorker | FromWorker
 
 # A frame as decoded, before its fields are checked: a map with a text "t".

@@ -22,6 +22,7 @@ from typing import Any, NoReturn, cast
 
 from fnd.protocol import messages as m
 from fnd.protocol.frames import BlockingFrameReader, ProtocolError
+from fnd.worker import fork
 from fnd.worker.environ import Environment
 from fnd.worker.invoke import Invoker, RunningCall, Services
 from fnd.worker.leftovers import become_subreaper
@@ -65,6 +66,7 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
         _log.warning("orphaned grandchildren will not count as leftovers: %s", exc)
 
     reader = BlockingFrameReader(cmd_fd)
+    parent = fork.Parent(os.getpid(), cmd_fd, reader, output, invoker, clear_refs, _check_invoke)
     while True:
         try:
             message = reader.read()
@@ -72,6 +74,9 @@ def serve(cmd_fd: int, res_fd: int, config: m.WorkerConfig, layers: dict[str, st
                 _exit(output, EXIT_EOF)
             if message["t"] == m.PREFLIGHT:
                 _preflight(message, loader, channel, environment)
+                continue
+            if message["t"] == m.FORK:  # isolation = "invocation": the call runs in a child
+                fork.serve(message, parent)
                 continue
             invoke = _check_invoke(message)
         except ProtocolError as exc:

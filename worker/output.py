@@ -216,6 +216,9 @@ class Output:
             _LineSink(channel, "stdout", "INFO", 1),
             _LineSink(channel, "stderr", "ERROR", 2),
         ]
+        # Set by worker/fork.py around its own fork: that child serves a call and keeps the
+        # protocol fds (it closes the command pipe itself, once it has read its INVOKE).
+        self.forking_call = False
 
     def install(self, protocol_fds: tuple[int, ...]) -> None:
         sys.stdout, sys.stderr = (_text_stream(sink) for sink in self._sinks)
@@ -238,6 +241,9 @@ class Output:
     def _after_fork(self, protocol_fds: tuple[int, ...]) -> None:
         for sink in self._sinks:
             sink.reset_after_fork()
+        if self.forking_call:
+            self.forking_call = False  # a fork by the call's own code detaches, as usual
+            return
         self.channel.detach_after_fork(*protocol_fds)
 
 

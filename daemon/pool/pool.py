@@ -28,6 +28,7 @@ from fnd.daemon.calls import Call, Outcome, text_outcome
 from fnd.daemon.config import Config
 from fnd.daemon.ops.status import PoolSnapshot
 from fnd.daemon.pool import deaths, sizing
+from fnd.daemon.pool.fork_worker import ForkingWorker, forked_slot_problem
 from fnd.daemon.pool.queue import WaitQueue
 from fnd.daemon.pool.spawner import Spawner
 from fnd.daemon.pool.supervisor import FunctionsBroken, PoolError, WorkerSupervisor, limits
@@ -230,8 +231,9 @@ class Pool(WorkerSupervisor):
         else:
             self._queue.push(call)
             if call.isolated and self._idle:
-                # Only used workers are idle (they count as capacity): one leaves, so that a
-                # fresh one is forked for this call (replaced in worker_leaving).
+                # Only workers that ran a call in their own process are idle (they count as
+                # capacity): one leaves, so that a fresh one takes this call (replaced in
+                # worker_leaving).
                 self._idle[0].retire(deaths.ISOLATION)
             self._top_up()
         return await call.result
@@ -241,8 +243,8 @@ class Pool(WorkerSupervisor):
         idle = self._idle
         while idle:
             index = len(idle) - 1
-            if call.isolated:  # only a worker that has never run anything
-                index = next((i for i in range(index, -1, -1) if idle[i].served == 0), -1)
+            if call.isolated:  # only a worker that has run no call in its own process
+                index = next((i for i in range(index, -1, -1) if idle[i].pristine), -1)
                 if index < 0:
                     return False  # queued; invoke() makes room for a fresh worker
             worker = idle.pop(index)
@@ -285,7 +287,7 @@ class Pool(WorkerSupervisor):
     def _release(self, worker: WorkerProc) -> None:
         """An idle worker takes the oldest waiting call, else goes on the idle stack."""
         while (call := self._queue.pop()) is not None:
-            if call.isolated and worker.served:
+            if call.isolated and not worker.pristine:
                 self._queue.push_front(call)
                 worker.retire(deaths.ISOLATION)  # its fresh replacement takes the call
                 return
@@ -380,19 +382,24 @@ class Pool(WorkerSupervisor):
             worker.kill(f"{tasks - 1} thread(s) or process(es) left in its slot after the "
                         "call", deaths.UNCLEAN)
             return
+        if call.isolated:  # its child is gone: the slot must be as the next call needs it
+            why = forked_slot_problem(self.spawner, worker, self.still_running(worker))
+            if why is not None:
+                self._finalize(call)
+                worker.kill(*why)
+                return
         if call.cpu is not None and call.started:
             # The worker's figure (checked finite and not negative) can claim no more than
             # its cores could have run; the cgroup counter is read only when it goes idle.
             call.cpu = min(call.cpu, (time.perf_counter() - call.started) * _CORES)
         self._finalize(call)
         worker.verified_idle(call.cpu or 0.0)
-        if call.isolated:
-            worker.kill("served its one invocation", deaths.ISOLATION)
-            return
         recycle = worker.recycle_due(self.generation, self.config.max_rss_mb * _MIB)
         if recycle is not None:
             worker.retire(recycle)  # worker_leaving schedules its replacement
         else:
+            if call.isolated and isinstance(worker, ForkingWorker):
+                worker.stand_by(call)  # the next isolated call finds its child waiting
             self._release(worker)
 
     def _forget(self, worker: WorkerProc) -> None:

@@ -49,6 +49,7 @@ class Spawner(Protocol):
     def kill_slot(self, slot: int) -> None: ...  # blocking: the pool runs it in a thread
     def slot_empty(self, slot: int) -> bool: ...
     def remove_ipc(self, slot: int) -> None: ...  # the slot is empty: its SysV objects go
+    def scratch_has_files(self, slot: int) -> bool: ...  # anything in the slot's scratch
     def oom_killed(self, slot: int) -> bool: ...
     def tasks(self, slot: int) -> int | None: ...  # None: not accounted on this host
     def cpu(self, slot: int) -> float | None: ...  # CPU seconds; None: not accounted
@@ -114,6 +115,9 @@ class ZygoteSpawner:
     def remove_ipc(self, slot: int) -> None:
         if self._sandbox is not None:
             self._sandbox.remove_ipc(range(slot, slot + 1))
+
+    def scratch_has_files(self, slot: int) -> bool:
+        return self._sandbox.scratch_has_files(slot) if self._sandbox is not None else False
 
     def oom_killed(self, slot: int) -> bool:
         return self._sandbox.oom_killed(slot) if self._sandbox is not None else False

@@ -19,6 +19,7 @@ from fnd.daemon.calls import Call, text_outcome
 from fnd.daemon.config import Config
 from fnd.daemon.logs import get_logger
 from fnd.daemon.pool import deaths
+from fnd.daemon.pool.fork_worker import ForkingWorker
 from fnd.daemon.pool.frame_check import Limits
 from fnd.daemon.pool.sizing import Recycling, backoff
 from fnd.daemon.pool.slots import EXIT_STATUS_WAIT, Slots
@@ -134,7 +135,7 @@ class WorkerSupervisor:
 
     def _spawn_in(self, slot: int, fresh: bool, config: Config | None) -> WorkerProc:
         cfg = config or self.config
-        worker = WorkerProc(self, slot, self.generation + 1 if fresh else self.generation,
+        worker = ForkingWorker(self, slot, self.generation + 1 if fresh else self.generation,
                             Recycling.draw(cfg), cfg.max_output)
         self.workers[slot] = worker
         if not fresh:  # a reload's next generation counts once the reload switches to it

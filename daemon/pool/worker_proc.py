@@ -102,6 +102,8 @@ class WorkerProc:
         self.state: WorkerState = STARTING
         self.call: Call | None = None
         self.served = 0
+        # Has run no call in its own process: isolated calls fork from it (fork_worker.py).
+        self.pristine = True
         self.layers: dict[str, str] = {}
         self.failure: str | None = None  # why it could not start, as it or the zygote said
         self.retiring = False

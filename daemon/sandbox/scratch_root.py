@@ -159,3 +159,22 @@ def sweep_stale(parent: str | None = None) -> list[str]:
     finally:
         os.close(parent_fd)
     return removed
+
+
+def has_entries(dir_fd: int, name: str) -> bool:
+    """Anything in the folder `name` below `dir_fd` (one directory read; not followed if a
+    symlink). A missing folder is empty; one that cannot be read counts as not empty."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        with os.scandir(fd) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

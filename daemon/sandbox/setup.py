@@ -19,7 +19,7 @@ from fnd.daemon.sandbox.cgroups import CgroupError, Cgroups
 from fnd.daemon.sandbox.privileges import missing_capabilities, unwritable_cgroup_files
 from fnd.daemon.sandbox.read_check import check_readable_for_uid, interpreter_paths, project_paths
 from fnd.daemon.sandbox.scratch import ScratchMounts
-from fnd.daemon.sandbox.scratch_root import ScratchRoot, sweep_stale
+from fnd.daemon.sandbox.scratch_root import ScratchRoot, has_entries, sweep_stale
 from fnd.daemon.sandbox.slot_probe import Probe, SlotProbe
 from fnd.daemon.sandbox.sysv_ipc import remove_owned_by
 from fnd.daemon.sandbox.uid_accounting import UidAccounting
@@ -95,6 +95,10 @@ class SandboxSetup:
         if self.by_uid is not None and self.by_uid.tasks(slot):
             return False
         return self.scratch is None or not self.scratch.has_files(slot)
+
+    def scratch_has_files(self, slot: int) -> bool:
+        """Anything in the slot's scratch folder, mounted or not (one directory read)."""
+        return has_entries(self.root.fd, f"slot-{slot}")
 
     def probe(self) -> Probe | None:
         """Outside checks of a slot (task count, CPU), from its cgroups or its uid."""

@@ -42,6 +42,8 @@ class FakeWorker:
         self.received: list[m.Message] = []  # every frame the daemon sent
         self.alive = True  # its process "exists"; False once it exited or was killed
         self.status: int | None = None  # its wait status once it exited
+        self.child: int | None = None  # the pid of the child serving an isolated call
+        self.forks = 0
         self._decoder = FrameDecoder()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._cmd_r, self._readable)
@@ -62,6 +64,9 @@ class FakeWorker:
         self.send({"t": m.RESULT, "id": invoke["id"], "status": status,
                    "headers": headers or [], "body": body})
         self.send({"t": m.DONE, "id": invoke["id"], "clean": clean, "cpu": cpu, "rss": rss})
+        if self.child is not None:  # an isolated call's child exits; the worker reaps it
+            self.send({"t": m.REAPED, "pid": self.child, "status": 0, "left": False})
+            self.child = None
 
     def print(self, text: str) -> None:
         """Text below Python's sys.stdout (fd 1/2)."""
@@ -104,7 +109,15 @@ class FakeWorker:
             return
         for message in self._decoder.feed(data):
             self.received.append(message)
-            if message["t"] == m.INVOKE:
+            if message["t"] == m.FORK:  # worker/fork.py: a child says FORKED, gets INVOKE
+                self.forks += 1
+                self.child = self.pid * 1000 + self.forks
+                if self.spawner.auto_forked:
+                    self.send({"t": m.FORKED, "pid": self.child})
+            elif message["t"] == m.UNFORK:  # the waiting child exits unused
+                self.send({"t": m.REAPED, "pid": self.child, "status": 0, "left": False})
+                self.child = None
+            elif message["t"] == m.INVOKE:
                 self.spawner.on_invoke(self, message)
             elif message["t"] == m.PREFLIGHT:
                 self.spawner.on_preflight(self, message)
@@ -148,6 +161,8 @@ class FakeSpawner:
         self.leftovers: set[int] = set()  # slots whose cgroup is not empty
         self.stubborn: set[int] = set()  # slots whose leftovers survive a kill
         self.oom: set[int] = set()  # slots whose cgroup saw an OOM kill
+        self.scratch_files: set[int] = set()  # slots whose scratch folder is not empty
+        self.auto_forked = True  # a FORK's child says FORKED at once (else the test sends it)
         self.cpu_used: dict[int, float] = {}
         self.task_counts: dict[int, int] = {}
         self._next_pid = 1_000_000  # above any real pid_max default: never a real process
@@ -218,6 +233,9 @@ class FakeSpawner:
 
     def remove_ipc(self, slot: int) -> None:
         self.ipc_removals.append(slot)
+
+    def scratch_has_files(self, slot: int) -> bool:
+        return slot in self.scratch_files
 
     def oom_killed(self, slot: int) -> bool:
         return slot in self.oom

@@ -247,15 +247,15 @@ def test_the_spare_stays_while_a_worker_is_busy() -> None:
 
 
 # -- isolation -------------------------------------------------------------------------------
-def test_an_isolated_call_gets_a_fresh_worker_killed_afterwards() -> None:
+def test_an_isolated_call_runs_in_a_child_of_a_pristine_worker_that_stays() -> None:
     async def body(s: Scene) -> None:
-        await s.invoke("warm")  # the first worker has served: not fresh any more
+        await s.invoke("warm")  # the first worker ran a call itself: not pristine any more
         outcome = await s.invoke("alone", isolated=True)
         assert outcome.body == b"alone"
-        fresh = s.fake.workers[1]
-        assert [f["event"] for f in fresh.received] == [{"say": "alone"}]
-        await until(lambda: not fresh.alive)
-        assert s.fake.group_kills == [fresh.pid]
+        parent = s.fake.workers[1]
+        assert [f["t"] for f in parent.received] == [m.FORK, m.INVOKE]
+        assert "event" not in parent.received[0]  # FORK carries no request data
+        assert parent.alive and s.fake.group_kills == []
 
     run(body, workers_max=2)
 
