@@ -3,10 +3,10 @@
 An isolated call goes only to a *pristine* worker, one that has run no call in its own
 process. It gets FORK (no request data); the child it forks says FORKED, and only then is the
 INVOKE written, for the child alone to read (worker/fork.py). After each isolated call the
-next child is ordered at once, so the next call usually finds it waiting. RESULT and DONE come from the
-child; REAPED from the worker once the child is gone, and only then does the pool check the
-slot from outside and take the worker back (docs/pool.md#isolation). Any step out of that
-order is a broken protocol: the whole slot is killed, the worker replaced.
+next child is ordered at once, so the next call usually finds it waiting. RESULT and DONE
+come from the child; REAPED from the worker once the child is gone, and only then does the
+pool check the slot from outside and take the worker back (docs/pool.md#isolation). Any
+step out of that order is a broken protocol: the whole slot is killed, the worker replaced.
 
 Other calls go through `WorkerProc` unchanged (a worker that ran one is no longer pristine).
 """
