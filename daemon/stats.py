@@ -42,7 +42,7 @@ INTERNAL_PREFIX = "/.fnd/"
 
 def _ms(seconds: float) -> float:
     """Milliseconds to 3 decimals, as round(seconds * 1000, 3) but without its exact decimal
-    conversion (a third of the line's bookkeeping): the nearest float to a whole count of µs
+    conversion (a tenth of the line's bookkeeping): the nearest float to a whole count of µs
     divided by 1000, which prints as short."""
     return round(seconds * 1e6) / 1000
 
