@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fnd.protocol.messages import FunctionRef, TraceHeaders
-from fnd.protocol.trace import Trace, new_span_id, new_trace_id
+from fnd.protocol.trace import Trace, new_trace
 
 if TYPE_CHECKING:
     from fnd.daemon.stats import Stats
@@ -65,7 +65,7 @@ class Invocation:
         self.route = route  # the function's route; None: no function (404, an asset)
         self.logged = False
         # fnd's span of this request (W3C Trace Context): the caller's trace, or a new one.
-        self.trace = trace or Trace(new_trace_id(), new_span_id(), "01")
+        self.trace = trace or new_trace()
         self.user_agent = user_agent  # bounded by the front-end
         self.twilio: dict[str, str] | None = None  # Twilio's ids in the request, when any
         # A function call's (queued, started) perf_counter marks, for its span's events.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import threading
 from collections.abc import Callable
 
 import msgpack
@@ -14,14 +15,35 @@ from fnd.protocol.messages import Frame, Message
 # Largest frame either side accepts: a 4 MiB response body or 1 MiB request plus headroom.
 MAX_FRAME = 8 * 1024 * 1024
 _HEADER = struct.Struct(">I")
+_KEEP_PACKER = 64 * 1024
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the channel cannot be trusted."""
 
 
+class _Packers(threading.local):
+    """A msgpack Packer per thread, made once: ``msgpack.packb`` makes one (and its buffer)
+    for every frame. Per thread, since a worker's threads send frames too; taken while in
+    use, so a frame encoded from inside another (user code in a mapping) gets its own."""
+
+    packer: msgpack.Packer | None = None
+
+
+_packers = _Packers()
+
+
 def encode(message: Frame) -> bytes:
-    payload: bytes = msgpack.packb(message, use_bin_type=True)
+    packers = _packers
+    packer = packers.packer or msgpack.Packer(use_bin_type=True)
+    packers.packer = None
+    try:
+        payload: bytes = packer.pack(message)
+    except BaseException:
+        packers.packer = packer  # msgpack empties its buffer on an error
+        raise
+    if len(payload) <= _KEEP_PACKER:  # a big frame's grown buffer is not kept for life
+        packers.packer = packer
     if len(payload) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME} byte limit")
     return _HEADER.pack(len(payload)) + payload
@@ -35,7 +57,7 @@ def write_frame(fd: int, message: Frame) -> None:
         view = view[written:]
 
 
-def _decode_payload(payload: bytes) -> Message:
+def _decode_payload(payload: bytes | memoryview) -> Message:
     try:
         message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -53,6 +75,11 @@ class FrameDecoder:
         self._max_frame = max_frame
 
     def feed(self, data: bytes) -> list[Message]:
+        if not self._buffer and len(data) >= _HEADER.size:
+            # The usual case, one whole frame in one read: decoded without the copies.
+            (length,) = _HEADER.unpack_from(data)
+            if length <= self._max_frame and len(data) == _HEADER.size + length:
+                return [_decode_payload(memoryview(data)[_HEADER.size:])]
         self._buffer += data
         messages: list[Message] = []
         buffer = self._buffer

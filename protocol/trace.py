@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _TRACEPARENT = re.compile(
     r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})"
@@ -26,9 +26,11 @@ TRACESTATE_MAX = 512  # characters fnd passes on; a longer one is dropped, as th
 _MEMBERS_MAX = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """fnd's span of one invocation: the trace it belongs to and its own span id."""
+class Trace(NamedTuple):
+    """fnd's span of one invocation: the trace it belongs to and its own span id.
+
+    A NamedTuple (immutable, made without a frozen dataclass's per-field setattr): one is
+    made for every request."""
 
     trace_id: str  # 32 lowercase hex
     span_id: str  # fnd's span: the parent of what the function sends
@@ -48,6 +50,15 @@ def new_span_id() -> str:
 
 def new_trace_id() -> str:
     return (random.getrandbits(128) or 1).to_bytes(16, "big").hex()
+
+
+def new_trace() -> Trace:
+    """The root span of a new trace: both ids from one draw of random bits."""
+    ids = random.getrandbits(192).to_bytes(24, "big").hex()
+    trace_id, span_id = ids[:32], ids[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # invalid ids; 2^-64 at most
+        return Trace(new_trace_id(), new_span_id(), "01")
+    return Trace(trace_id, span_id, "01")
 
 
 def parse_traceparent(value: str) -> tuple[str, str, str] | None:
@@ -80,7 +91,7 @@ def accept(traceparent: Sequence[str], tracestate: Sequence[str]) -> Trace:
     a child of a valid ``traceparent``, else the root of a new trace."""
     parsed = parse_traceparent(traceparent[0]) if len(traceparent) == 1 else None
     if parsed is None:  # absent, invalid or repeated: a new trace, and no tracestate
-        return Trace(new_trace_id(), new_span_id(), "01")  # fnd records it: sampled
+        return new_trace()  # fnd records it: sampled
     trace_id, parent_id, flags = parsed
     # Only the sampled bit is defined for version 00; pass on no unknown flag.
     flags = "01" if int(flags, 16) & 1 else "00"

@@ -117,3 +117,39 @@ def test_async_reader_reports_garbage_and_truncation() -> None:
     assert isinstance(asyncio.run(scenario(struct.pack(">I", 3) + b"\xc1\xc1\xc1")), ProtocolError)
     truncated = asyncio.run(scenario(encode(SAMPLE)[:-1]))
     assert isinstance(truncated, ProtocolError) and "truncated" in str(truncated)
+
+
+def test_a_whole_frame_alone_and_after_a_partial_one_decode_the_same() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(encode(SAMPLE)) == [SAMPLE]  # one whole frame: the no-copy path
+    data = encode(SAMPLE)
+    assert decoder.feed(data[:5]) == []
+    assert decoder.feed(data[5:]) == [SAMPLE]  # completes the buffered one
+    assert decoder.feed(data + data[:3]) == [SAMPLE] and decoder.pending == 3
+    with pytest.raises(ProtocolError):  # a frame of garbage on the no-copy path too
+        FrameDecoder().feed(struct.pack(">I", 1) + b"\xc1")
+
+
+def test_encode_after_a_failure_and_from_inside_an_encode_stays_correct() -> None:
+    with pytest.raises(TypeError):
+        encode({"t": "x", "bad": object()})
+    assert FrameDecoder().feed(encode(SAMPLE)) == [SAMPLE]  # no leftover of the failed one
+
+    inner: list[bytes] = []
+
+    class Sneaky(dict[str, object]):  # a mapping whose packing runs Python code
+        def items(self):  # type: ignore[override]
+            inner.append(encode({"t": "log", "line": "from inside"}))
+            return super().items()
+
+    outer = encode({"t": "result", "nested": Sneaky(a=1)})
+    assert FrameDecoder().feed(outer) == [{"t": "result", "nested": {"a": 1}}]
+    assert all(FrameDecoder().feed(frame) == [{"t": "log", "line": "from inside"}]
+               for frame in inner)
+    assert encode(SAMPLE) == encode(dict(SAMPLE))  # the per-thread packer is back
+
+
+def test_big_frames_round_trip_and_small_ones_after_them() -> None:
+    big = {"t": "result", "body": b"\x01" * (1 << 20)}
+    assert FrameDecoder().feed(encode(big)) == [big]
+    assert FrameDecoder().feed(encode(SAMPLE)) == [SAMPLE]

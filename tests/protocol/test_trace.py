@@ -79,3 +79,13 @@ def test_child_keeps_the_trace_and_flags_with_a_new_span() -> None:
     assert SHAPE.fullmatch(made)
     assert made.startswith(f"00-{TRACE_ID}-") and made.endswith("-01")
     assert made[36:52] != PARENT
+
+
+def test_a_new_trace_has_valid_distinct_ids_from_one_draw() -> None:
+    made = [trace.new_trace() for _ in range(200)]
+    for span in made:
+        assert SHAPE.fullmatch(span.traceparent) and span.flags == "01"
+        assert span.parent_id is None and span.tracestate == ""
+        assert span.trace_id != "0" * 32 and span.span_id != "0" * 16
+    assert len({span.trace_id for span in made}) == len({span.span_id for span in made}) == 200
+    assert all(span.trace_id[:16] != span.span_id for span in made)  # not one id twice
