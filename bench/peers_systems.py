@@ -307,6 +307,9 @@ class Installs:
         if not binary.exists():
             print(f"installing twilio-run into {prefix} (npm) ...", flush=True)
             prefix.mkdir(parents=True, exist_ok=True)
+            manifest = prefix / "package.json"  # npm 11 refuses --prefix without one
+            if not manifest.exists():
+                manifest.write_text('{"name": "fnd-peers", "version": "1.0.0", "private": true}\n')
             subprocess.run(["npm", "install", "--prefix", str(prefix), "twilio-run",
                             "--no-audit", "--no-fund", "--loglevel=error"],
                            check=True, timeout=900, stdout=subprocess.DEVNULL)
