@@ -12,7 +12,9 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import pytest
@@ -57,6 +59,20 @@ def nothing_left(fnd: FndServer) -> None:
     first, last = uid_range(fnd)
     until(lambda: sysv.of_uids(first, last) == [], GONE_WITHIN,
           f"no System V object of uids {first}-{last}")
+
+
+def _both_workers_serve(fnd: FndServer) -> None:
+    """Two `/hold` calls in flight together: with two workers, each serves one."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(20 + SLACK)
+        port = listener.getsockname()[1]
+        with ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(attempt, fnd, "/hold", port=port) for _ in range(2)]
+            held = [listener.accept()[0] for _ in range(2)]  # both calls are running now
+            for conn in held:
+                with conn:
+                    conn.sendall(b"go")
+            assert [call.result(timeout=20 + SLACK)["got"] for call in calls] == ["go", "go"]
 
 
 def _idle_worker(fnd: FndServer) -> dict[str, Any]:
@@ -121,12 +137,11 @@ def test_a_slots_sysv_objects_are_removed_once_it_is_emptied(served: Served) -> 
             return not any(sysv.exists(kind, ident) for kind, ident in made)
 
         if served.isolation == "invocation":
-            # each call empties the slot of the worker that served it
-            def served_until_removed() -> bool:
-                attempt(fnd, "/hello")
-                return removed()
-
-            until(served_until_removed, 30 + SLACK, "the slot's objects removed")
+            # each call empties the slot of the worker that served it: two calls held in
+            # flight at once are served by both workers, this slot's among them (one
+            # call after another may all go to the other worker)
+            _both_workers_serve(fnd)
+            until(removed, GONE_WITHIN + SLACK, "the slot's objects removed")
         else:
             assert not removed()  # its worker is alive: the objects stay for now
             os.kill(worker["pid"], signal.SIGKILL)
