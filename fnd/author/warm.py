@@ -167,7 +167,8 @@ def ensure(project: Path, serve_args: list[str], idle: float = IDLE_DEFAULT) -> 
     Call with :func:`locked` held. LaunchError with fnd's reason when it cannot start.
     """
     folder = state_folder(project)
-    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("FND_"))
+    # Lists, not tuples: the key is compared with its JSON copy in the state file.
+    settings = sorted([k, v] for k, v in os.environ.items() if k.startswith("FND_"))
     key = {"project": str(project.resolve()), "args": serve_args, "install": install_stamp(),
            "environment": settings, "idle": idle}  # FND_* variables are settings too
     config_fp, code_fp = fingerprint(project)
@@ -175,7 +176,13 @@ def ensure(project: Path, serve_args: list[str], idle: float = IDLE_DEFAULT) -> 
     keeper = int(state.get("keeper", 0) or 0)
     why = "no warm daemon"
     if keeper and _alive(keeper):
-        why = "settings, fnd or fnd.toml/.env/requirements changed"
+        stored = state.get("key")
+        old_key: dict[str, Any] = stored if isinstance(stored, dict) else {}
+        changed = [name for name in key if old_key.get(name) != key[name]]
+        if state.get("config") != config_fp:
+            changed.append("fnd.toml/.env/requirements")
+        why = ("settings, fnd or fnd.toml/.env/requirements changed: "
+               f"{', '.join(changed) or 'the state'}")
         if state.get("key") == key and state.get("config") == config_fp:
             warm = Warm(folder, str(state["listen"]), folder / "serve.log", keeper)
             refused = None if state.get("code") == code_fp else _reload(folder)

@@ -26,6 +26,9 @@ def invoke(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-P", "-m", "fnd.cli", "invoke", *args, "--project", str(project)],
         capture_output=True, text=True, timeout=120,
+        # An FND_* variable is a setting, part of the warm daemon's key: one that is set must
+        # still find the same daemon (the key is compared with its JSON copy).
+        env={**os.environ, "FND_INSTANCE_NAME": "warm-test"},
     )
 
 
