@@ -68,6 +68,7 @@ class FrontEnd:
         self.stats = stats
         self.ids = InvocationIds()
         self.draining = False  # the daemon is stopping: answer, then close the connection
+        self.handling = 0  # requests in handle(): the drain waits for them before the pool
         # Dev mode only: the problems of the last reload, which failed; every request gets them.
         self.reload_problems: list[str] | None = None
         # Looked up once: asyncio.get_running_loop() costs a getpid() syscall on 3.11.
@@ -99,6 +100,13 @@ class FrontEnd:
         Its log line is written once, by its Invocation (daemon/calls.py): here for an
         answer the front-end decides, by the call itself once a function call is over.
         """
+        self.handling += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.handling -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received = time.perf_counter()
         origin = read_origin(request, self._proxies)  # the one read of the forwarded headers
         headers = request.headers
