@@ -105,7 +105,7 @@ class Invocation:
         )
         spans = self.stats.spans
         if spans is not None:  # only with fnd[otel] and otlp_endpoint (daemon/ops/otel.py)
-            spans.export(self, status, outcome, queue_wait, cpu, worker_pid)
+            spans.export(self, status, outcome, queue_wait, cpu, worker_pid, ended)
 
     def answer(self, outcome: Outcome) -> None:
         """The line of an answer the daemon decided itself."""
