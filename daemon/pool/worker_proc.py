@@ -114,7 +114,7 @@ class WorkerProc:
         self.busy_since = 0.0
         self.cpu_total = 0.0
         self.rss = 0
-        self._loop = loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exit_status: asyncio.Future[int] = loop.create_future()
         self._cmd: asyncio.WriteTransport | None = None
@@ -129,8 +129,6 @@ class WorkerProc:
         self._max_output = max_output
         self.kill_sent_at = 0.0
         self.preflight: asyncio.Future[list[tuple[str, str]]] | None = None
-        # Frames read with an accepted RESULT, handled once its answer is written (_on_message).
-        self._after_result: list[m.Message] | None = None
 
     async def attach(self, pipes: SpawnedPipes) -> None:
         loop = asyncio.get_running_loop()
@@ -271,27 +269,6 @@ class WorkerProc:
 
     # -- what the worker says ------------------------------------------------------------
     def _on_message(self, message: m.Message) -> None:
-        """One frame, in the order read. The frames read together with an accepted RESULT
-        (its DONE, most often) wait until the callbacks already due have run, the handler
-        that writes the answer among them: they would otherwise hold the answer back by the
-        outside check and the bookkeeping after DONE, which never gate it (a DONE read on its
-        own comes after the answer too). The worker stays busy until its DONE is handled."""
-        pending = self._after_result
-        if pending is not None:
-            pending.append(message)
-            return
-        self._handle_one(message)
-        call = self.call
-        if message["t"] == m.RESULT and self.answered and call is not None and not call.isolated:
-            self._after_result = []
-            self._loop.call_soon(self._handle_after_result)
-
-    def _handle_after_result(self) -> None:
-        pending, self._after_result = self._after_result, None
-        for message in pending or ():
-            self._handle_one(message)
-
-    def _handle_one(self, message: m.Message) -> None:
         try:
             self._handle(message)
         except FrameError as exc:
@@ -416,7 +393,6 @@ class WorkerProc:
         )
 
     def _on_closed(self, exc: Exception | None) -> None:
-        self._handle_after_result()  # what came before the end, first
         if exc is not None and isinstance(exc, ProtocolError):
             self.refuse(str(exc))
         elif self._kill_reason is None and not self.retiring:

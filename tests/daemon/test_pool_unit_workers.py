@@ -34,53 +34,6 @@ def test_a_worker_that_says_it_left_something_running_is_killed_after_its_answer
     run(body, fake)
 
 
-class _CountingSpawner(FakeSpawner):
-    """Counts the outside check after DONE (the slot's task count)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.task_reads = 0
-
-    def tasks(self, slot: int) -> int | None:
-        self.task_reads += 1
-        return super().tasks(slot)
-
-
-def test_an_answer_read_with_its_done_goes_out_before_the_check_after_done() -> None:
-    fake = _CountingSpawner()  # its workers write RESULT and DONE at once: one read
-
-    async def body(s: Scene) -> None:
-        worker = next(iter(s.pool.workers.values()))
-        outcome = await s.invoke("hello")
-        assert outcome.body == b"hello"
-        assert (fake.task_reads, worker.state) == (0, "busy")  # answered, not yet checked
-        await until(lambda: worker.state == "idle")
-        assert fake.task_reads == 1
-        assert (await s.invoke("again")).body == b"again"  # the same worker, checked again
-        await until(lambda: fake.task_reads == 2 and s.stats.outcomes["ok"] == 2)
-
-    run(body, fake, workers_max=1)
-
-
-def test_a_forged_frame_read_after_done_still_kills_the_worker() -> None:
-    fake = FakeSpawner()
-
-    def forge(worker: FakeWorker, invoke: m.Message) -> None:
-        worker.answer(invoke)
-        worker.send({"t": m.RESULT, "id": invoke["id"], "status": 200, "headers": [],
-                     "body": b"forged"})
-
-    fake.on_invoke = forge
-
-    async def body(s: Scene) -> None:
-        victim = fake.workers[0]
-        assert (await s.invoke()).body == b"ok"
-        await until(lambda: s.stats.restarts[deaths.PROTOCOL] == 1)
-        assert victim.pid in fake.group_kills
-
-    run(body, fake)
-
-
 def test_a_worker_whose_result_says_unclean_is_killed() -> None:
     fake = FakeSpawner()
 
