@@ -78,8 +78,10 @@ class Invocation:
 
     def end(self, status: int, outcome: str, reason: str | None = None,
             queue_wait: float = 0.0, cpu: float | None = None, rss: int | None = None,
-            worker_pid: int | None = None, response_bytes: int | None = None) -> None:
-        """Count the request and write its log line, unless that is already done."""
+            worker_pid: int | None = None, response_bytes: int | None = None,
+            ended: float | None = None) -> None:
+        """Count the request and write its log line, unless that is already done.
+        `ended`: its perf_counter() end, when the line is written later than that."""
         if self.logged:
             return
         self.logged = True
@@ -96,13 +98,14 @@ class Invocation:
             fields.update(self.twilio)
         self.stats.record(
             invocation_id=self.id, method=self.method, path=self.path, function=self.route,
-            status=status, outcome=outcome, duration=time.perf_counter() - self.received,
+            status=status, outcome=outcome,
+            duration=(ended or time.perf_counter()) - self.received,
             queue_wait=queue_wait, cpu=cpu, rss=rss, worker_pid=worker_pid, reason=reason,
             client=self.client, **fields,
         )
         spans = self.stats.spans
         if spans is not None:  # only with fnd[otel] and otlp_endpoint (daemon/ops/otel.py)
-            spans.export(self, status, outcome, queue_wait, cpu, worker_pid)
+            spans.export(self, status, outcome, queue_wait, cpu, worker_pid, ended)
 
     def answer(self, outcome: Outcome) -> None:
         """The line of an answer the daemon decided itself."""
@@ -139,10 +142,11 @@ class Call:
             self.complete()
         return True
 
-    def complete(self) -> None:
+    def complete(self, ended: float | None = None) -> None:
         """The call is over, its worker (if any) done with it: write its log line, once.
 
         A call whose request handler is gone (cancelled, never answered) has no line.
+        `ended`: when it was over (perf_counter()), if the line is written after that.
         """
         result = self.result
         if self.invocation.logged or not result.done() or result.cancelled():
@@ -153,4 +157,4 @@ class Call:
         # Positional: this runs for every call.
         self.invocation.end(outcome.status, outcome.kind, outcome.reason,
                             waited if waited > 0.0 else 0.0, self.cpu, self.rss, self.worker_pid,
-                            len(outcome.body))
+                            len(outcome.body), ended)

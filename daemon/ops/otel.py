@@ -27,7 +27,8 @@ class Spans(Protocol):
     """Where an invocation's span goes (``Invocation.end``)."""
 
     def export(self, invocation: Invocation, status: int, outcome: str, queue_wait: float,
-               cpu: float | None, worker_pid: int | None) -> None: ...
+               cpu: float | None, worker_pid: int | None, ended: float | None = None
+               ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -81,7 +82,9 @@ class OtelSpans:
         self._server = SpanKind.SERVER
 
     def export(self, invocation: Invocation, status: int, outcome: str, queue_wait: float,
-               cpu: float | None, worker_pid: int | None) -> None:
+               cpu: float | None, worker_pid: int | None, ended: float | None = None
+               ) -> None:
+        """`ended`: the perf_counter() mark the span ends at (None: now)."""
         api = self._api
         trace = invocation.trace
         NonRecordingSpan, SpanContext, TraceFlags, TraceState = self._remote
@@ -125,7 +128,7 @@ class OtelSpans:
                 span.add_event("run", run, timestamp=wall(started))
         if status >= 500:
             span.set_status(api.Status(api.StatusCode.ERROR, outcome))
-        span.end(end_time=now_ns)
+        span.end(end_time=now_ns if ended is None else wall(ended))
 
     def close(self) -> None:
         """Send what is pending and stop the SDK's thread."""

@@ -392,7 +392,7 @@ class Pool(WorkerSupervisor):
             # The worker's figure (checked finite and not negative) can claim no more than
             # its cores could have run; the cgroup counter is read only when it goes idle.
             call.cpu = min(call.cpu, (time.perf_counter() - call.started) * _CORES)
-        self._finalize(call)
+        self._finalize_after_next(call)
         worker.verified_idle(call.cpu or 0.0)
         recycle = worker.recycle_due(self.generation, self.config.max_rss_mb * _MIB)
         if recycle is not None:

@@ -277,6 +277,19 @@ class WorkerSupervisor:
             call.timer = None
         call.complete()  # its log line
 
+    def _finalize_after_next(self, call: Call) -> None:
+        """_finalize, with the log line written after the callbacks already due on the loop.
+
+        After a clean DONE those are, at one connection, the client's next request (sent
+        the moment it had its answer) or the handler that writes this call's answer when
+        RESULT and DONE came in one read: neither waits for the line. The deadline timer
+        goes now, and the line keeps the time the call ended.
+        """
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        self._loop.call_soon(call.complete, time.perf_counter())
+
     def _exited(self, worker: WorkerProc, status: int) -> None:
         """Its exit status is known (-1: no process, or nobody will report one); once it is
         also dead its slot is freed."""

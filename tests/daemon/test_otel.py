@@ -69,6 +69,25 @@ def test_a_function_call_is_one_span_with_the_lines_ids_and_its_phases() -> None
     asyncio.run(main())
 
 
+def test_a_line_written_after_the_call_ended_keeps_its_end_in_the_line_and_the_span(
+) -> None:
+    async def main() -> None:
+        stats, exporter = _stats()
+        received = time.perf_counter()
+        invocation = Invocation(stats, "id-2", "GET", "/f", received, None, route="/f")
+        call = Call(invocation=invocation, id="id-2", function={"name": "/f", "file": "/f"},
+                    event={}, context={}, timeout=5.0,
+                    result=asyncio.get_running_loop().create_future())
+        call.queued = call.started = received
+        call.resolve(calls.Outcome(200, [], b"ok", calls.OK))
+        call.complete(ended=received + 0.003)  # the pool writes the line after its DONE
+        [span] = exporter.get_finished_spans()  # type: ignore[attr-defined]
+        [line] = stats.log.lines  # type: ignore[attr-defined]
+        assert line["duration_ms"] == 3.0
+        assert span.end_time - span.start_time == pytest.approx(3e6, abs=2e3)
+    asyncio.run(main())
+
+
 def test_a_request_without_traceparent_is_a_root_span_and_5xx_is_an_error() -> None:
     stats, exporter = _stats()
     invocation = Invocation(stats, "id-2", "GET", "/nope", time.perf_counter(), None)

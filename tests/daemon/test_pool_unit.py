@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import pytest
 
 from fnd.daemon import calls
 from fnd.daemon.pool import deaths, supervisor, worker_proc
 from fnd.daemon.pool import queue as pool_queue
+from fnd.daemon.stats import Stats
 from fnd.protocol import messages as m
 from tests.daemon.fake_spawner import (
     SIGKILLED,
@@ -39,7 +41,7 @@ def test_a_call_is_answered_by_a_warm_worker() -> None:
         outcome = await s.invoke("hello")
         assert (outcome.status, outcome.body) == (200, b"hello")
         assert s.fake.workers[0].received[0]["event"] == {"say": "hello"}
-        assert s.stats.outcomes["ok"] == 1
+        await until(lambda: s.stats.outcomes["ok"] == 1)  # the line follows the answer
 
     run(body)
 
@@ -62,6 +64,45 @@ def test_calls_beyond_the_pool_queue_then_run_in_order() -> None:
         assert len(fake.workers) == 2
 
     run(body, fake, workers_max=2)
+
+
+def test_a_freed_worker_takes_the_waiting_call_before_the_line_of_its_last_is_written(
+) -> None:
+    """After a clean DONE the next call goes out first; the line follows, with every field."""
+    fake = FakeSpawner()
+    held = holding(fake)
+    busy_at_line: list[list[str]] = []
+    recorded: list[dict[str, Any]] = []
+
+    class Watching(Stats):
+        def record(self, **fields: Any) -> None:
+            busy_at_line.append([w.call.id for w in pool.workers.values() if w.call])
+            recorded.append(fields)
+            super().record(**fields)
+
+    async def body(s: Scene) -> None:
+        nonlocal pool
+        pool = s.pool
+        watching = Watching()
+        first_call, second_call = call("a", stats=watching), call("b", stats=watching)
+        first = asyncio.ensure_future(s.pool.invoke(first_call))
+        second = asyncio.ensure_future(s.pool.invoke(second_call))
+        await until(lambda: len(held) == 1 and s.pool.snapshot()["queue"] == 1)
+        worker, invoke = held.pop(0)
+        worker.answer(invoke, body=b"first")
+        assert (await first).body == b"first"
+        await until(lambda: watching.outcomes["ok"] == 1)
+        assert busy_at_line == [[second_call.id]]  # sent before the first call's line
+        await until(lambda: len(held) == 1)
+        worker, invoke = held.pop(0)
+        worker.answer(invoke, body=b"second")
+        assert (await second).body == b"second"
+        await until(lambda: watching.outcomes["ok"] == 2)
+
+    pool: Any = None
+    run(body, fake, workers_max=1)
+    assert [(line["status"], line["outcome"]) for line in recorded] == [(200, "ok")] * 2
+    assert all(0 < line["duration"] < 3 and line["cpu"] is not None for line in recorded)
 
 
 def test_a_full_queue_answers_503_at_once() -> None:
