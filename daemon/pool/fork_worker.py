@@ -21,7 +21,14 @@ from fnd.daemon.calls import Call, text_outcome
 from fnd.daemon.pool import deaths
 from fnd.daemon.pool.frame_check import FrameError, check_id
 from fnd.daemon.pool.frame_check import done as check_done
-from fnd.daemon.pool.worker_proc import BUSY, IDLE, CallRefused, WorkerProc
+from fnd.daemon.pool.worker_proc import (
+    BUSY,
+    IDLE,
+    UNENCODABLE,
+    CallRefused,
+    WorkerProc,
+    invoke_frame,
+)
 from fnd.protocol import ProtocolError, encode
 from fnd.protocol import messages as m
 
@@ -62,13 +69,10 @@ class ForkingWorker(WorkerProc):
             super().start_call(call)
             return
         assert self._cmd is not None and self.state == IDLE
+        frame = invoke_frame(call)
         try:
-            invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
-                                "event": call.event, "context": call.context,
-                                "timeout": call.timeout, "trace": call.invocation.trace_headers()}
-            frame = encode(invoke)
             order = b"" if child is not None else _fork_order(call)
-        except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
+        except UNENCODABLE as exc:
             raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
         self.state = BUSY
         self.call = call

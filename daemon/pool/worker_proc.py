@@ -91,6 +91,20 @@ def _pipe_file(loop: asyncio.AbstractEventLoop, fd: int, mode: str) -> Any:
     return os.fdopen(fd, mode, buffering=0, closefd=owns_fd)
 
 
+UNENCODABLE = (ProtocolError, ValueError, TypeError, OverflowError)  # what encode() raises
+
+
+def invoke_frame(call: Call) -> bytes:
+    """`call`'s INVOKE frame. CallRefused when the request cannot be put into one."""
+    try:
+        invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
+                            "event": call.event, "context": call.context,
+                            "timeout": call.timeout, "trace": call.invocation.trace_headers()}
+        return encode(invoke)
+    except UNENCODABLE as exc:
+        raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
+
+
 class WorkerProc:
     def __init__(self, events: PoolEvents, slot: int, generation: int,
                  recycling: Recycling = _NEVER, max_output: int = 0) -> None:
@@ -150,13 +164,7 @@ class WorkerProc:
         """Send `call` to this idle worker. Raises CallRefused, changing nothing, when the
         call cannot be put into a frame: the worker stays idle and only that call fails."""
         assert self._cmd is not None and self.state == IDLE
-        try:
-            invoke: m.Invoke = {"t": m.INVOKE, "id": call.id, "function": call.function,
-                                "event": call.event, "context": call.context,
-                                "timeout": call.timeout, "trace": call.invocation.trace_headers()}
-            frame = encode(invoke)
-        except (ProtocolError, ValueError, TypeError, OverflowError) as exc:
-            raise CallRefused(f"the request cannot be sent to a worker: {exc}") from None
+        frame = invoke_frame(call)
         self.state = BUSY
         self.call = call
         self.answered = False
