@@ -31,7 +31,7 @@ import os
 
 from fnd.daemon.sandbox import fd_mounts
 from fnd.daemon.sandbox.fd_mounts import MountError as ScratchError
-from fnd.daemon.sandbox.scratch_root import SOURCE, ScratchRoot
+from fnd.daemon.sandbox.scratch_root import SOURCE, ScratchRoot, has_entries
 
 __all__ = ["ScratchError", "ScratchMounts"]
 
@@ -100,20 +100,8 @@ class ScratchMounts:
 
     def has_files(self, slot: int) -> bool:
         """Anything left in the slot's scratch (one directory read)."""
-        if slot not in self._mounted:
-            return False
-        try:
-            fd = os.open(f"slot-{slot}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, dir_fd=self.root.fd)
-        except OSError:
-            return True  # unreadable: start it afresh
-        try:
-            with os.scandir(fd) as entries:
-                return next(entries, None) is not None
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
+        # unreadable or gone from under its mount: start it afresh
+        return slot in self._mounted and has_entries(self.root.fd, f"slot-{slot}", missing=True)
 
     def release(self, slot: int) -> None:
         """Empty the slot's scratch: a fresh tmpfs in place of the old one."""

@@ -161,14 +161,14 @@ def sweep_stale(parent: str | None = None) -> list[str]:
     return removed
 
 
-def has_entries(dir_fd: int, name: str) -> bool:
+def has_entries(dir_fd: int, name: str, missing: bool = False) -> bool:
     """Anything in the folder `name` below `dir_fd` (one directory read; not followed if a
-    symlink). A missing folder is empty; one that cannot be read counts as not empty."""
+    symlink). A missing folder counts as `missing`; one that cannot be read as not empty."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=dir_fd)
     except FileNotFoundError:
-        return False
+        return missing
     except OSError:
         return True
     try:
