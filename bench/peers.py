@@ -2,6 +2,7 @@
 
     /opt/fnd-venv/bin/python bench/peers.py [--rounds 2] [--seconds 10]
         [--only NAME]... [--skip NAME]... [--cache DIR | --fresh] [--json FILE]
+        [--baseline REV]
 
 Systems (NAME for --only/--skip; a NAME also selects the names that start with NAME-):
   fnd                  fnd serve, production config: strict sandbox (the default as root),
@@ -17,6 +18,11 @@ Systems (NAME for --only/--skip; a NAME also selects the names that start with N
   bare-aiohttp         bench/bare_aiohttp.py: the front-end ceiling (hello-world only)
   fnd-figures          fnd's own figures: worker start, idle worker USS, 504 precision,
                        req/s when every request leaves a thread behind (kill + re-fork)
+  baseline, baseline-isolated
+                       with --baseline REV: fnd and fnd-isolated as they were at git
+                       revision REV of this checkout (exported with git archive and
+                       installed into --cache by that revision's scripts/setup-venv), for
+                       targets stated against an older fnd "in the same run"
 
 Each round starts every system afresh for each function (hello-world, JSON), warms it with
 2 s of wrk at 8 connections, then runs wrk (1 thread) for --seconds at 1 and at 64
@@ -62,6 +68,7 @@ from bench.peers_systems import (  # noqa: E402
     PeakPss,
     System,
     bare_system,
+    baseline_system,
     fnd_system,
     functions_framework_system,
     settle,
@@ -75,7 +82,7 @@ CONNECTIONS = (1, 64)
 PSS_SECONDS = 4  # the extra run per connection count that measures peak PSS
 PEERS = ("twilio-run", "twilio-run-fast", "functions-framework")
 NAMES = ("fnd", "fnd-8", "fnd-isolated", "twilio-run", "twilio-run-fast", "functions-framework",
-         "bare-aiohttp", "fnd-figures")
+         "bare-aiohttp", "fnd-figures", "baseline", "baseline-isolated")
 
 
 @dataclass
@@ -103,6 +110,10 @@ def build_systems(installs: Installs, args: argparse.Namespace) -> list[System]:
         "functions-framework": lambda: functions_framework_system(installs),
         "bare-aiohttp": bare_system,
     }
+    if args.baseline:
+        makers["baseline"] = lambda: baseline_system(installs, args.baseline, "baseline")
+        makers["baseline-isolated"] = lambda: baseline_system(
+            installs, args.baseline, "baseline-isolated", "--isolation", "invocation")
     return [make() for name, make in makers.items() if selected(name, args.only, args.skip)]
 
 
@@ -249,6 +260,7 @@ def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | 
     else:
         line(None, "isolation = invocation >= 50x twilio-run's default (fnd-isolated or "
                    "twilio-run not run)")
+    lines += speed_targets(rows)
     if figures and figures.overshoot_ms:
         worst = max(figures.overshoot_ms)
         all504 = all(code == 504 for code in figures.spin_statuses)
@@ -256,6 +268,53 @@ def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | 
              f"the 1 s limit, statuses {sorted(set(figures.spin_statuses))}")
     else:
         line(None, "504 within limit + 100 ms (fnd-figures not run)")
+    return lines
+
+
+def speed_targets(rows: dict[tuple[str, str, int], Row]) -> list[str]:
+    """Issue #25's "done when", each from this run's rows only."""
+    lines = []
+
+    def line(ok: bool | None, text: str) -> None:
+        lines.append(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {text}")
+
+    for connections, factor in ((1, 1.2), (64, 1.5)):
+        for function in ("hello", "json"):
+            ours = rows.get(("fnd", function, connections))
+            peer = rows.get(("twilio-run-fast", function, connections))
+            text = (f"{function}, {connections} connection(s): fnd >= {factor}x twilio-run "
+                    "--no-fork-process")
+            if ours and peer and peer.rps:
+                line(ours.rps >= factor * peer.rps, f"{text}: {ours.rps:.0f} vs "
+                     f"{peer.rps:.0f} req/s = {ours.rps / peer.rps:.2f}x")
+            else:
+                line(None, f"{text} (fnd or twilio-run-fast not run)")
+    ours, bare = rows.get(("fnd", "hello", 1)), rows.get(("bare-aiohttp", "hello", 1))
+    if ours and bare:
+        line(ours.p50 <= bare.p50 + 0.15, f"p50 at 1 connection <= bare aiohttp's + 0.15 ms: "
+             f"{ours.p50:.3f} vs {bare.p50:.3f} ms (+{ours.p50 - bare.p50:.3f})")
+    else:
+        line(None, "p50 at 1 connection <= bare aiohttp's + 0.15 ms (fnd or bare-aiohttp not "
+                   "run)")
+    isolated = max((rows[k].rps for k in rows if k[0] == "fnd-isolated" and k[1] == "hello"),
+                   default=None)
+    before = rows.get(("baseline-isolated", "hello", 64))
+    ours64 = rows.get(("fnd-isolated", "hello", 64))
+    if ours64 and before and before.rps:
+        line(ours64.rps >= 5 * before.rps, f"isolation = invocation, hello, 64 connections, >= "
+             f"5x the baseline's in this run: {ours64.rps:.0f} vs {before.rps:.0f} req/s = "
+             f"{ours64.rps / before.rps:.2f}x")
+    else:
+        line(None, "isolation = invocation >= 5x the baseline's (--baseline REV, fnd-isolated "
+                   "and baseline-isolated)")
+    forking = max((rows[k].rps for k in rows if k[0] == "twilio-run" and k[1] == "hello"),
+                  default=None)
+    if isolated is not None and forking:
+        line(isolated >= 250 * forking, f"isolation = invocation >= 250x twilio-run's fork "
+             f"mode: {isolated:.0f} vs {forking:.1f} req/s = {isolated / forking:.0f}x")
+    else:
+        line(None, "isolation = invocation >= 250x twilio-run's fork mode (fnd-isolated or "
+                   "twilio-run not run, or twilio-run answered nothing)")
     return lines
 
 
@@ -275,10 +334,15 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="install into a temp folder removed at the end")
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run fnd as it was at this git revision (baseline, "
+                             "baseline-isolated)")
     args = parser.parse_args()
     for name in args.only + args.skip:
         if not any(n == name or n.startswith(name + "-") for n in NAMES):
             parser.error(f"unknown system {name!r}; one of {', '.join(NAMES)}")
+    if not args.baseline and any(n.startswith("baseline") for n in args.only):
+        parser.error("baseline and baseline-isolated need --baseline REV")
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too when started ignoring it (&)
         signal.signal(signum, _terminate)
     installs = Installs(None if args.fresh else args.cache)

@@ -242,15 +242,20 @@ def fnd_args(port: int, workers: int | None, *extra: str) -> list[str]:
 
 @contextmanager
 def fnd(project: Path, workdir: Path, workers: int | None, *extra: str,
-        probe: str = "/hello") -> Iterator[Running]:
-    """fnd through its own launcher (fnd.author.launcher), logging to a file in `workdir`."""
+        probe: str = "/hello", python: Path | None = None) -> Iterator[Running]:
+    """fnd through its own launcher (fnd.author.launcher), logging to a file in `workdir`.
+    `python`: the interpreter of another fnd install (a baseline) instead of this one."""
     copy = readable_copy(project)  # sandboxed workers run as other uids
+
+    def other_python(command: list[str]) -> list[str]:
+        return [str(python), *command[1:]]
+
     try:
         port = free_port()
         log = workdir / f"fnd-{workers or 'default'}w-{port}.log"
         with ServeProcess(copy, fnd_args(port, workers, *extra), ready_timeout=90,
-                          folder=copy.parent, log_file=log, cwd=ROOT,
-                          new_session=True) as daemon:
+                          folder=copy.parent, log_file=log, cwd=ROOT, new_session=True,
+                          wrap=None if python is None else other_python) as daemon:
             base = f"http://127.0.0.1:{port}"
             wait_answering(base + probe, port, daemon.process, "fnd", log)
             yield Running(base, daemon.pid, log, daemon.control)
@@ -266,6 +271,20 @@ def fnd_system(workers: int | None, key: str, *extra: str) -> System:
     if extra:
         label += " " + " ".join(extra)
     return System(key, label, ("hello", "json"), start, _fnd_version())
+
+
+def baseline_system(installs: Installs, rev: str, key: str, *extra: str) -> System:
+    """fnd as it was at git revision `rev` (its own tree and venv, see Installs.baseline),
+    started exactly as this checkout's fnd is: the "same run" of a target against an older
+    fnd."""
+    python, commit = installs.baseline(rev)
+
+    def start(function: str, workdir: Path) -> contextlib.AbstractContextManager[Running]:
+        return fnd(PEER_PROJECTS / "fnd", workdir, None, *extra, probe="/" + function,
+                   python=python)
+
+    label = f"fnd at {commit[:9]}" + (" " + " ".join(extra) if extra else "")
+    return System(key, label, ("hello", "json"), start, f"fnd at {commit}")
 
 
 def _fnd_version() -> str:
@@ -316,6 +335,30 @@ class Installs:
         meta = json.loads((prefix / "node_modules" / "twilio-run" / "package.json").read_text())
         node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
         return binary, f"twilio-run {meta['version']}, node {node.strip()}"
+
+    def baseline(self, rev: str) -> tuple[Path, str]:
+        """The python of a venv holding fnd at git revision `rev` of this checkout: its files
+        exported with `git archive` (no worktree, the checkout is not changed) and installed
+        with that revision's own scripts/setup-venv, both kept in the cache folder."""
+        found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
+                                f"{rev}^{{commit}}"], capture_output=True, text=True)
+        if found.returncode != 0:
+            raise SystemExit(f"--baseline {rev}: not a commit of the checkout at {ROOT}")
+        commit = found.stdout.strip()
+        tree, venv = self.root / f"fnd-{commit}", self.root / f"fnd-{commit}-venv"
+        python = venv / "bin" / "python"
+        if not python.exists():
+            print(f"installing fnd at {commit[:9]} into {venv} ...", flush=True)
+            shutil.rmtree(tree, ignore_errors=True)
+            tree.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                                     check=True, capture_output=True, timeout=120).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True,
+                           timeout=120)
+            subprocess.run([str(tree / "scripts" / "setup-venv")], check=True, timeout=900,
+                           cwd=tree, env={**os.environ, "FND_VENV": str(venv)},
+                           stdout=subprocess.DEVNULL)
+        return python, commit
 
     def functions_framework(self) -> tuple[Path, str]:
         venv = self.root / "ff-venv"
