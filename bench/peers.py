@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -207,12 +208,17 @@ def table(systems: list[System], rows: dict[tuple[str, str, int], Row]) -> list[
     return lines
 
 
-def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | None
-            ) -> list[str]:
-    lines = []
-
+def _verdicts_into(lines: list[str]) -> Callable[[bool | None, str], None]:
+    """``line(ok, text)`` appends a PASS, FAIL or n/a (None: not measured) line to `lines`."""
     def line(ok: bool | None, text: str) -> None:
         lines.append(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {text}")
+    return line
+
+
+def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | None
+            ) -> list[str]:
+    lines: list[str] = []
+    line = _verdicts_into(lines)
 
     fnd64, fnd1 = rows.get(("fnd", "hello", 64)), rows.get(("fnd", "hello", 1))
     peers = [(key, rows[(key, "hello", 64)]) for key in PEERS if (key, "hello", 64) in rows]
@@ -273,10 +279,8 @@ def targets(rows: dict[tuple[str, str, int], Row], figures: peers_fnd.Figures | 
 
 def speed_targets(rows: dict[tuple[str, str, int], Row]) -> list[str]:
     """Issue #25's "done when", each from this run's rows only."""
-    lines = []
-
-    def line(ok: bool | None, text: str) -> None:
-        lines.append(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {text}")
+    lines: list[str] = []
+    line = _verdicts_into(lines)
 
     for connections, factor in ((1, 1.2), (64, 1.5)):
         for function in ("hello", "json"):
