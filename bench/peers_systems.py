@@ -347,7 +347,7 @@ class Installs:
         commit = found.stdout.strip()
         tree, venv = self.root / f"fnd-{commit}", self.root / f"fnd-{commit}-venv"
         python = venv / "bin" / "python"
-        if not python.exists():
+        if not (venv / "bin" / "fnd").exists():  # the install's last step: a whole install
             print(f"installing fnd at {commit[:9]} into {venv} ...", flush=True)
             shutil.rmtree(tree, ignore_errors=True)
             tree.mkdir(parents=True)
