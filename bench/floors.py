@@ -131,9 +131,9 @@ def main() -> None:
         runs = [fork_cycle(kind, work, args.forks) for _ in range(args.repeat)]
         wall, parent, children = (statistics.median(r[i] for r in runs) for i in range(3))
         forks[(kind, work)] = (wall, parent + children)
-        what = {"exit": "exits at once", "work": "builds a TwiML answer, exits"}[work]
-        print(f"fork, {kind} interpreter ({runs[0][3] / 2**20:.1f} MiB anonymous), child "
-              f"{what:<28}: {wall * 1e3:6.3f} ms wall, CPU parent {parent * 1e3:.3f} + "
+        what = {"exit": "exits at once", "work": "builds a TwiML answer"}[work]
+        print(f"fork + exit, {kind} interpreter ({runs[0][3] / 2**20:.1f} MiB anonymous), "
+              f"child {what}: {wall * 1e3:.3f} ms wall, CPU parent {parent * 1e3:.3f} + "
               f"children {children * 1e3:.3f} ms")
 
     unpinned = hops[placements[0][0]]
