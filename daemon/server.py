@@ -311,7 +311,8 @@ class Daemon:
                 await site.stop()
             if self._runner.server is not None:
                 self._runner.server.pre_shutdown()
-        await self.pool.stop(drain_timeout=await self._requests_handed_over())
+        left = await self.front.handed_over(self.config.drain_timeout)
+        await self.pool.stop(drain_timeout=left)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._metrics is not None:  # kept through the drain: /readyz answers "draining"
@@ -321,20 +322,6 @@ class Daemon:
             await asyncio.get_running_loop().run_in_executor(None, self.stats.spans.close)
         self.notifier.close()
         _log.info("stopped", exit_code=self._exit_code)
-
-    async def _requests_handed_over(self) -> float:
-        """Wait (within the drain timeout) until no request is between its arrival and its
-        answer: one read just before the drain began but not yet handed to the pool must
-        find the pool still serving, not refusing (a 503 in a drain that fails nothing).
-        Returns what is left of the drain timeout, for the pool's own wait."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout
-        while loop.time() < deadline:
-            await asyncio.sleep(0)  # a request parsed this turn enters handle() first
-            if self.front.handling == 0:
-                break
-            await asyncio.sleep(0.005)
-        return max(0.0, deadline - loop.time())
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))

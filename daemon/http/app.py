@@ -59,6 +59,10 @@ class InvocationIds:
         return f"{self._prefix}-{next(self._counter):x}"
 
 
+# Turns of the event loop from aiohttp parsing a request to handle() running it.
+_TURNS_TO_HANDLER = 2
+
+
 class FrontEnd:
     def __init__(self, config: Config, project: Project, pool: Pool, stats: Stats) -> None:
         self.config = config
@@ -93,6 +97,29 @@ class FrontEnd:
         self.config, self.project, self.assets = config, project, assets
         self._context_defaults, self._proxies, self._gate = defaults, proxies, gate
         self._fixed_domain = _fixed_domain(config)
+
+    async def handed_over(self, timeout: float) -> float:
+        """Wait (at most `timeout` s) until no request is between its arrival and its answer,
+        and return what is left of `timeout`. The drain calls it before the pool starts
+        refusing: a request read just before the listener closed must find the pool serving,
+        not answer 503 in a restart that fails nothing.
+
+        A request aiohttp parses in one turn of the loop enters handle() two turns later (its
+        connection's task wakes, then the request's own task runs), so `handling` must stay
+        at 0 for more turns than that, not only for one."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        quiet = 0  # successive turns with no request in handle()
+        while loop.time() < deadline:
+            if self.handling:
+                quiet = 0
+                await asyncio.sleep(0.005)
+                continue
+            quiet += 1
+            if quiet > _TURNS_TO_HANDLER + 1:  # one more: its turn may run after our check
+                break
+            await asyncio.sleep(0)
+        return max(0.0, deadline - loop.time())
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """One request: origin → route → checks → signature gate → pool (or asset) → answer.

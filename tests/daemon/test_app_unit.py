@@ -508,3 +508,37 @@ def test_a_large_answer_is_streamed_whole_within_the_budget(tmp_path: Path) -> N
         assert (await response.text()).startswith("the daemon already holds 4 MB of answers")
 
     run(tmp_path, scenario, max_buffered_mb=4)
+
+
+# -- the drain ------------------------------------------------------------------------------
+def test_the_drain_waits_for_a_request_parsed_two_loop_turns_before_its_handler(
+        tmp_path: Path) -> None:
+    """aiohttp runs handle() two turns after it parsed the request: the pool must not start
+    refusing in between (a 503 in a restart that fails nothing)."""
+    async def scenario(env: Env) -> None:
+        front, loop = env.front, asyncio.get_running_loop()
+        answered: list[str] = []
+
+        def enter() -> None:  # what handle() does when it starts, then when it answers
+            front.handling += 1
+            loop.call_later(0.02, leave)
+
+        def leave() -> None:
+            front.handling -= 1
+            answered.append("answered")
+
+        loop.call_soon(loop.call_soon, enter)  # parsed now: the handler runs two turns on
+        left = await front.handed_over(5.0)
+        assert answered == ["answered"] and front.handling == 0
+        assert 0.0 < left < 5.0
+
+    run(tmp_path, scenario)
+
+
+def test_the_drain_wait_ends_at_its_timeout_with_nothing_left(tmp_path: Path) -> None:
+    async def scenario(env: Env) -> None:
+        env.front.handling = 1  # a request that never answers
+        assert await env.front.handed_over(0.05) == 0.0
+        env.front.handling = 0
+
+    run(tmp_path, scenario)
